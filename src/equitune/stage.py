@@ -1,0 +1,52 @@
+"""What every pipeline stage script shares: validated params first, clear errors, the device, the seed.
+
+A stage script is ``main(argv)`` wrapped by :func:`run_stage`: configuration errors (bad params, a grid cell
+that is not in params, an unknown group) print one readable message and exit 2 before any output is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .config import ParamsError
+from .groups import GroupSpecError
+from .params import BaseParams
+
+__all__ = ["StageError", "argument_parser", "check_in_grid", "resolve_device", "run_stage"]
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as asked (missing input, bad argument); the message says what to do."""
+
+
+def run_stage(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    try:
+        main(argv)
+    except (ParamsError, GroupSpecError, StageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def resolve_device(base: BaseParams) -> torch.device:
+    if base.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if base.device == "cuda" and not torch.cuda.is_available():
+        raise StageError("base.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(base.device)
+
+
+def check_in_grid(name: str, value: object, allowed: Iterable[object]) -> None:
+    """A matrix stage's argument must be one of the grid values in params (so DVC tracks what ran)."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ParamsError(f"{name}={value!r} is not in the params grid; allowed: {allowed}")
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return parser
