@@ -9,23 +9,58 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["atomic_path", "write_json", "write_text", "read_json"]
 
 
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temp files of ``target`` left by writers that died without cleaning up (SIGKILL, OOM).
+
+    Temp names carry the writer's pid (``.<name>.<pid>.<random>.tmp``); a file whose writer is still alive
+    (another process writing the same path) is left alone.
+    """
+    for stale in target.parent.glob(f"{_temp_prefix(target)}*.tmp"):
+        pid_text = stale.name[len(_temp_prefix(target)):].split(".", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            stale.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed.
+
+    The temporary file exists (empty) when the block starts; write to it by name (``torch.save(obj, tmp)``).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    _remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_temp_prefix(target)}{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes the file 0600; give the product the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

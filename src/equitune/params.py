@@ -46,8 +46,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections at the top level; got {type(data).__name__}")
+        got = "an empty file" if data is None else f"a {type(data).__name__} ({str(data)[:60]!r})"
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level "
+                          f"({', '.join(Params.model_fields)}); got {got}")
     try:
         return Params.model_validate(data)
     except ValidationError as error:
-        raise ParamsError(format_validation_error(error, str(path))) from None
+        raise ParamsError(format_validation_error(error, str(path), Params)) from None

@@ -8,6 +8,10 @@
 - One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``); run name = DVC stage name.
 - Tags: task, model, method, group, seed, profile, git commit and dirty flag, dvc stage, dvc experiment, params hash.
 - A run that raises ends FAILED; SIGTERM or Ctrl-C ends it KILLED (and the process still exits non-zero).
+  A run left RUNNING by a process that died without a word (SIGKILL, OOM) is closed as KILLED by the next
+  run of the same task on the same host.
+- Artifacts of a local SQLite store go to ``mlartifacts/`` beside the database (never to the stage's working
+  directory, which is a throw-away copy under ``dvc exp run --queue``).
 - The pipeline only writes here. DVC's metrics files are the source of truth; :meth:`TrackedRun.log_final`
   logs the very dict that the stage writes to its metrics file.
 """
@@ -18,20 +22,27 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
-__all__ = ["TrackedRun", "tracked_run", "tracking_uri", "ensure_store", "params_hash", "repo_root", "EXPERIMENT_PREFIX"]
+__all__ = ["TrackedRun", "tracked_run", "tracking_uri", "ensure_store", "params_hash", "repo_root", "EXPERIMENT_PREFIX",
+           "TASKS"]
 
 EXPERIMENT_PREFIX = "equitune-"
+TASKS = ("scan", "images", "nlg")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
 def repo_root() -> Path:
+    """The real repository root: DVC_ROOT (which dvc 3.67 points at the parent repo for queued and temp
+    experiments too, see tests/test_pipeline_infra.py), else the git checkout around the working directory."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     try:
@@ -52,9 +63,11 @@ def params_hash(params: Any) -> str:
 
 
 def _git_state() -> dict[str, str]:
+    """Commit and dirty flag of the code that runs: the checkout around the working directory (under a queued
+    experiment that is DVC's copy at the experiment's baseline, not the parent repo's HEAD)."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=repo_root()).stdout.strip()
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
     commit = git("rev-parse", "HEAD")
@@ -62,20 +75,65 @@ def _git_state() -> dict[str, str]:
     return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower()}
 
 
-def ensure_store(tasks: list[str] | tuple[str, ...] = ("scan", "images", "nlg")) -> None:
-    """Create the store and one experiment per task, once, under a lock (safe to call from parallel stages)."""
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
+    """Create the store and one experiment per task, once, under a lock (safe to call from parallel stages).
+
+    The lock lives beside the SQLite file, so every process writing to the same database takes the same lock
+    whatever its repository. For a server store the lock only serialises this machine; a creation race with
+    another machine is caught and resolved by reading the experiment back.
+    """
     import mlflow
     from filelock import FileLock
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
-    lock_path = (repo_root() / ".mlflow.lock") if uri.startswith("sqlite:///") else Path("/tmp/equitune-mlflow.lock")
+    database = _sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = database.with_name(database.name + ".lock")
+    else:
+        lock_path = Path("/tmp/equitune-mlflow.lock")
     with FileLock(str(lock_path), timeout=300):
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient(uri)
-        for task in tasks:
+        for task in dict.fromkeys(tasks):
             name = EXPERIMENT_PREFIX + task
-            if client.get_experiment_by_name(name) is None:
-                client.create_experiment(name)
+            if client.get_experiment_by_name(name) is not None:
+                continue
+            location = (database.parent / "mlartifacts" / name).as_uri() if database is not None else None
+            try:
+                client.create_experiment(name, artifact_location=location)
+            except MlflowException:
+                if client.get_experiment_by_name(name) is None:
+                    raise
+
+
+def _close_orphaned_runs(client, experiment_id: str, task: str) -> None:
+    """Runs of this task left RUNNING by a dead process on this host (SIGKILL, OOM, power loss) end KILLED."""
+    host = socket.gethostname()
+    orphans = client.search_runs([experiment_id], filter_string=(
+        f"attributes.status = 'RUNNING' and tags.host = '{host}' and tags.task = '{task}'"))
+    for run in orphans:
+        try:
+            pid = int(run.data.tags.get("pid", ""))
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Interrupted(BaseException):
@@ -86,8 +144,12 @@ class TrackedRun:
     """Thin handle on the active MLflow run with the project's logging conventions."""
 
     def __init__(self, run):
+        import mlflow
         self._run = run
         self.run_id = run.info.run_id
+        self._client = mlflow.MlflowClient(mlflow.get_tracking_uri())
+        self._last_step = 0
+        self._last_timestamp = 0
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         import mlflow
@@ -95,13 +157,27 @@ class TrackedRun:
         # MLflow caps a param value at 6000 chars; long lists are still readable up to there.
         mlflow.log_params({k: (str(v)[:6000]) for k, v in flat.items()})
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in _flatten(metrics).items() if _is_number(v)}, step=step)
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log the numeric entries of ``metrics`` (nested keys joined with '/') at ``step`` (default 0)."""
+        self._log(metrics, step if step is not None else 0)
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
-        """Log the dict written to the stage's DVC metrics file (nested keys joined with '/')."""
-        self.log_metrics(metrics)
+        """Log the dict written to the stage's DVC metrics file (nested keys joined with '/').
+
+        Logged at the last step seen and a later timestamp, so that MLflow's "latest value" of a key that was
+        also logged per epoch is the final one, equal to the metrics file.
+        """
+        self._log(metrics, self._last_step)
+
+    def _log(self, metrics: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+        # Strictly increasing timestamps: MLflow breaks (step, timestamp) ties by the larger value.
+        timestamp = max(int(time.time() * 1000), self._last_timestamp + 1)
+        self._last_timestamp, self._last_step = timestamp, max(self._last_step, step)
+        batch = [Metric(key, float(value), timestamp, step)
+                 for key, value in _flatten(metrics).items() if _is_number(value)]
+        for start in range(0, len(batch), 1000):  # MLflow's per-request cap on metrics
+            self._client.log_batch(self.run_id, metrics=batch[start:start + 1000])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         import mlflow
@@ -117,10 +193,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts and lists to 'a/b/0' keys: the same names scripts/check_reproduce.py gives metrics."""
     flat: dict[str, Any] = {}
-    for key, value in data.items():
+    items = data.items() if isinstance(data, Mapping) else enumerate(data)
+    for key, value in items:
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, (Mapping, list, tuple)):
             flat.update(_flatten(value, name + "/"))
         else:
             flat[name] = value
@@ -137,9 +215,10 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
     """
     import mlflow
 
-    ensure_store()
+    ensure_store((*TASKS, task))
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(EXPERIMENT_PREFIX + task)
+    experiment = mlflow.set_experiment(EXPERIMENT_PREFIX + task)
+    _close_orphaned_runs(mlflow.MlflowClient(tracking_uri()), experiment.experiment_id, task)
     stage = os.environ.get("DVC_STAGE", "")
     all_tags = {
         "task": task,
@@ -147,6 +226,8 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         "dvc.stage": stage or "(not run by dvc)",
         "dvc.exp": os.environ.get("DVC_EXP_NAME", ""),
         "params_hash": params_hash(params),
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
         **_git_state(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
@@ -156,19 +237,25 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         raise _Interrupted()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags)
     try:
-        handle = TrackedRun(run)
-        data = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
-        handle.log_params(data)
-        yield handle
-    except (_Interrupted, KeyboardInterrupt):
-        mlflow.end_run(status="KILLED")
-        raise SystemExit(143)
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+        run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags)
+        try:
+            handle = TrackedRun(run)
+            data = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
+            handle.log_params(data)
+            yield handle
+        except _Interrupted:
+            mlflow.end_run(status="KILLED")
+            raise SystemExit(128 + signal.SIGTERM) from None
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
+    except _Interrupted:  # SIGTERM before the run was open: nothing to close, still exit as terminated
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
