@@ -11,17 +11,23 @@ axis of logits or log-probabilities). Every action offers the batched operations
 
 The Cayley tables are written from the group law, never derived from the pixel or token actions, so that
 the tests can check that each action really is a homomorphism.
+
+Groups come from params through :func:`parse_group_spec` (``c4``, ``d4``, ... or ``{cycles: [[jump, run]]}``);
+every malformed spec or vocabulary binding raises :class:`GroupSpecError`, which names the offending key or
+word and what is allowed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 
 __all__ = [
     "FiniteGroup",
+    "GroupAction",
     "GroupSpecError",
     "ImageAction",
     "IMAGE_GROUPS",
@@ -51,6 +57,8 @@ class FiniteGroup:
         n = len(self.element_names)
         if n == 0 or len(self.table) != n or any(len(row) != n for row in self.table):
             raise GroupSpecError(f"group {self.name!r}: Cayley table must be {n}x{n}")
+        if any(not 0 <= c < n for row in self.table for c in row):
+            raise GroupSpecError(f"group {self.name!r}: Cayley table has an entry that is not an element 0..{n - 1}")
         if any(self.table[0][b] != b or self.table[b][0] != b for b in range(n)):
             raise GroupSpecError(f"group {self.name!r}: element 0 must be the identity")
         inverses = []
@@ -81,6 +89,24 @@ class FiniteGroup:
 
     def __iter__(self):
         return iter(range(self.order))
+
+
+class GroupAction(Protocol):
+    """What the wrappers and the checker need from an action of ``group`` on one kind of tensor."""
+
+    group: FiniteGroup
+
+    def apply(self, x: torch.Tensor, g: int) -> torch.Tensor: ...
+
+    def transform_all(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def untransform_all(self, y: torch.Tensor) -> torch.Tensor: ...
+
+
+def _check_group_axis(y: torch.Tensor, group: FiniteGroup) -> None:
+    if y.dim() == 0 or y.shape[0] != group.order:
+        raise ValueError(f"expected a leading group axis of size {group.order} ({group.name}); "
+                         f"got shape {tuple(y.shape)}")
 
 
 def _cyclic_group(name: str, order: int, element_names: Sequence[str] | None = None) -> FiniteGroup:
@@ -164,9 +190,8 @@ class ImageAction:
         return torch.stack([self._apply_element(x, e) for e in self._elements])
 
     def untransform_all(self, y: torch.Tensor) -> torch.Tensor:
+        _check_group_axis(y, self.group)
         self._check(y)
-        if y.shape[0] != self.group.order:
-            raise ValueError(f"expected a leading group axis of size {self.group.order}; got shape {tuple(y.shape)}")
         return torch.stack([self._apply_element(y[g], self._elements[self.group.inverse(g)]) for g in self.group])
 
 
@@ -184,7 +209,7 @@ class TokenIdAction:
         self.vocab_size = permutations.shape[1]
 
     def _check(self, ids: torch.Tensor) -> None:
-        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise TypeError(f"token ids must be an integer tensor; got {ids.dtype}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(
@@ -201,9 +226,10 @@ class TokenIdAction:
         return self.permutations.to(ids.device)[:, ids.long()].to(ids.dtype)
 
     def untransform_all(self, ids: torch.Tensor) -> torch.Tensor:
+        _check_group_axis(ids, self.group)
+        self._check(ids)
         inverse_rows = [self.group.inverse(g) for g in self.group]
         perms = self.permutations.to(ids.device)[inverse_rows]
-        self._check(ids)
         flat = ids.reshape(self.group.order, -1).long()
         return torch.gather(perms, 1, flat).reshape(ids.shape).to(ids.dtype)
 
@@ -232,15 +258,14 @@ class ScoreAction:
         return torch.stack([self.apply(y, g) for g in self.group])
 
     def untransform_all(self, y: torch.Tensor) -> torch.Tensor:
+        _check_group_axis(y, self.group)
         self._check(y)
-        if y.shape[0] != self.group.order:
-            raise ValueError(f"expected a leading group axis of size {self.group.order}; got shape {tuple(y.shape)}")
         # Row g is mapped by g^-1, i.e. gathered with pi_g along the vocabulary axis.
         index = self.permutations.to(y.device).reshape(self.group.order, *([1] * (y.dim() - 2)), self.vocab_size)
         return torch.gather(y, -1, index.expand_as(y))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: a tensor field has no truth value to compare by
 class VocabPermutation:
     """A word-cycle group bound to one vocabulary: acts on token ids and on vocabulary-indexed scores."""
 
@@ -304,22 +329,52 @@ class WordCycles:
         label = " ".join("(" + " ".join(c) + ")" for c in self.cycles)
         return _cyclic_group(f"cycles {label}", n)
 
-    def bind(self, vocab: Sequence[str] | Mapping[str, int]) -> VocabPermutation:
-        """Bind the input cycles to a vocabulary (a list of words, or a word -> id mapping)."""
-        return _bind(self.group, self.cycles, vocab, "cycles")
+    def bind(self, vocab: Sequence[str] | Mapping[str, int], vocab_size: int | None = None) -> VocabPermutation:
+        """Bind the input cycles to a vocabulary (a list of words, or a word -> id mapping).
 
-    def bind_output(self, vocab: Sequence[str] | Mapping[str, int]) -> VocabPermutation:
+        ``vocab_size`` is the size of the id range / logits axis, by default the largest id + 1 (language models
+        often pad their logits beyond the tokenizer's vocabulary)."""
+        return _bind(self.group, self.cycles, vocab, vocab_size, "cycles")
+
+    def bind_output(self, vocab: Sequence[str] | Mapping[str, int], vocab_size: int | None = None) -> VocabPermutation:
         """Bind the output cycles (or the input cycles when none were given) to an output vocabulary."""
-        return _bind(self.group, self.output_cycles or self.cycles, vocab, "output_cycles")
+        if self.output_cycles is None:
+            return _bind(self.group, self.cycles, vocab, vocab_size, "output_cycles (none given, so the input cycles)")
+        return _bind(self.group, self.output_cycles, vocab, vocab_size, "output_cycles")
 
 
-def _bind(group: FiniteGroup, cycles, vocab, key: str) -> VocabPermutation:
-    word_to_id = dict(vocab) if isinstance(vocab, Mapping) else {w: i for i, w in enumerate(vocab)}
-    vocab_size = max(word_to_id.values()) + 1 if word_to_id else 0
+def _word_to_id(vocab: Sequence[str] | Mapping[str, int], key: str) -> dict[str, int]:
+    if isinstance(vocab, Mapping):
+        return dict(vocab)
+    word_to_id: dict[str, int] = {}
+    for i, word in enumerate(vocab):
+        if word in word_to_id:
+            raise GroupSpecError(f"{key}: word {word!r} appears more than once in the vocabulary "
+                                 f"(ids {word_to_id[word]} and {i}), so its token id is ambiguous")
+        word_to_id[word] = i
+    return word_to_id
+
+
+def _bind(group: FiniteGroup, cycles, vocab, vocab_size: int | None, key: str) -> VocabPermutation:
+    word_to_id = _word_to_id(vocab, key)
+    largest = max(word_to_id.values()) + 1 if word_to_id else 0
+    if vocab_size is None:
+        vocab_size = largest
+    elif vocab_size < largest:
+        raise GroupSpecError(f"{key}: vocab_size={vocab_size} is smaller than the vocabulary's "
+                             f"largest id + 1 ({largest})")
     missing = [w for c in cycles for w in c if w not in word_to_id]
     if missing:
-        sample = ", ".join(sorted(word_to_id, key=word_to_id.get)[:20])
-        raise GroupSpecError(f"{key}: word(s) {missing} not in the vocabulary ({vocab_size} entries: {sample}, ...)")
+        shown = sorted(word_to_id, key=word_to_id.get)
+        sample = ", ".join(shown[:20]) + (", ..." if len(shown) > 20 else "")
+        raise GroupSpecError(f"{key}: word(s) {missing} not in the vocabulary ({vocab_size} entries: {sample})")
+    owners: dict[int, str] = {}
+    for word in (w for c in cycles for w in c):
+        token = word_to_id[word]
+        if token in owners:
+            raise GroupSpecError(f"{key}: words {owners[token]!r} and {word!r} share the token id {token}; "
+                                 "a permutation of words needs one id per word")
+        owners[token] = word
     n = group.order
     permutations = torch.arange(vocab_size).repeat(n, 1)
     for cycle in cycles:
@@ -339,8 +394,11 @@ def parse_group_spec(spec: Any) -> ImageAction | WordCycles:
             raise GroupSpecError(f"unknown group {spec!r}; allowed: {allowed}")
         return ImageAction(spec)
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"cycles", "output_cycles"}
-        if unknown or "cycles" not in spec:
-            raise GroupSpecError(f"group spec {dict(spec)!r}: keys must be 'cycles' and optionally 'output_cycles'")
+        unknown = sorted(set(spec) - {"cycles", "output_cycles"}, key=str)
+        if unknown:
+            raise GroupSpecError(f"group spec {dict(spec)!r}: unknown key(s) {unknown}; "
+                                 "allowed: 'cycles' and optionally 'output_cycles'")
+        if "cycles" not in spec:
+            raise GroupSpecError(f"group spec {dict(spec)!r}: missing the key 'cycles', e.g. {{cycles: [[jump, run]]}}")
         return WordCycles(spec["cycles"], spec.get("output_cycles"))
     raise GroupSpecError(f"group spec {spec!r} not understood; allowed: {allowed}")
