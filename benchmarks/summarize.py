@@ -1,0 +1,146 @@
+"""Write reports/benchmarks.md from the results files in benchmarks/results/ (one per benchmark script).
+
+Each table row is a real measurement recorded by a benchmark script; every row points to the run it came from
+(the exact command, machine, CPU model, thread count, torch version, device, 1-minute load average, time).
+A benchmark without a results file is listed as not yet measured.
+
+    python benchmarks/summarize.py [--results-dir benchmarks/results] [--out reports/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import timing
+
+from equitune.io import write_text
+
+# name -> (title, what the ratio means, columns shown). The order is the order of the report.
+BENCHMARKS = {
+    "wrapper_overhead": (
+        "1. Wrapper overhead over its limit",
+        "EquiTune on B images versus the bare backbone on |G|*B images. Ratio = wrapper / bare; target <= 1.05.",
+        ["device", "amp", "channels_last", "backbone", "group", "mode", "image_size", "batch", "bare_batch",
+         "wrapper_ms", "bare_ms", "ratio", "met"],
+    ),
+    "sequence_batching": (
+        "2. Group-batched versus looped decoding",
+        "Same model and examples; looped = one group element at a time (the authors' order of work). "
+        "Ratio = looped time / batched time; target >= 1.5 at |G| = 2.",
+        ["device", "task", "group_order", "sequences", "batch", "generated_tokens", "looped_seq_per_s", "batched_seq_per_s",
+         "looped_tok_per_s", "batched_tok_per_s", "ratio", "met"],
+    ),
+    "param_sharing": (
+        "3. Equituning versus parameter sharing",
+        "Equituned small CNN (C4) versus a weight-shared C4 group CNN, trained on the same Fashion-MNIST images; "
+        "ratio = equitune / group CNN time per epoch.",
+        ["model", "parameters", "train_images", "epochs", "epoch_s_median", "test_accuracy_upright",
+         "test_accuracy_rotated", "ratio_equitune_over_group_cnn"],
+    ),
+    "memory": (
+        "4. Memory: chunking over the group axis",
+        "Peak working memory (RSS high-water above the pre-forward RSS, fresh process per row) and forward time; "
+        "outputs identical across chunk sizes.",
+        ["group", "batch", "image_size", "chunk_size", "backbone_batch", "working_mib", "forward_ms", "budget_mib",
+         "fits_budget", "identical_output"],
+    ),
+    "pipeline": (
+        "5. Pipeline wall time",
+        "Cold `dvc repro` of the default profile (fresh clone), by stage, and a no-op `dvc repro` right after.",
+        ["kind", "stage", "status", "seconds"],
+    ),
+}
+
+
+TARGET_COLUMNS = {"met", "fits_budget", "identical_output"}  # a "no" there is a missed target: shown in bold
+
+
+def _cell(value, column: str = "") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else ("**no**" if column in TARGET_COLUMNS else "no")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _run_description(row: dict) -> str:
+    m = row.get("machine", {})
+    parts = [f"`{row.get('command', '?')}`", f"at {row.get('measured_at', '?')}",
+             f"on {m.get('host', '?')} ({m.get('cpu_model', '?')}, {m.get('logical_cpus', '?')} logical CPUs)",
+             f"torch {m.get('torch', '?')} with {m.get('torch_threads', '?')} thread(s), device {m.get('device', '?')}"
+             + (f" ({m['gpu']})" if m.get("gpu") else ""),
+             f"1-min load average {m.get('load_1min', '?')}"]
+    if row.get("note"):
+        parts.append(f"note: {row['note']}")
+    return ", ".join(parts)
+
+
+def benchmark_section(name: str, data: dict | None) -> list[str]:
+    title, meaning, columns = BENCHMARKS[name]
+    lines = [f"## {title}", "", meaning, ""]
+    if not data or not data.get("rows"):
+        return lines + [f"Not measured yet: run `python benchmarks/{name}.py`.", ""]
+    runs: dict[str, int] = {}
+    lines += ["| " + " | ".join(columns + ["run"]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for row in sorted(data["rows"], key=lambda r: r["row_id"]):  # stable order, whichever run wrote a row last
+        run = _run_description(row)
+        number = runs.setdefault(run, len(runs) + 1)
+        lines.append("| " + " | ".join(_cell(row.get(c), c) for c in columns) + f" | [{number}] |")
+    extras = [row for row in data["rows"] if row.get("profile_extra_ms_per_call")]
+    if extras:
+        lines += ["", "Rows that missed the target, profiled (torch.profiler): operators with more self time under "
+                  "the wrapper than under the bare backbone, ms per call:", ""]
+        for row in extras:
+            ops = ", ".join(f"`{op}` {ms}" for op, ms in row["profile_extra_ms_per_call"])
+            lines.append(f"- {row['row_id']}: {ops}")
+    stepped = [row for row in data["rows"] if row.get("profile_step_top_ms")]
+    if stepped:
+        lines += ["", "Where a training step goes (torch.profiler, one batch forward+backward): top operators by self "
+                  "time, ms per step:", ""]
+        for row in stepped:
+            lines.append(f"- {row['row_id']}: " + ", ".join(f"`{op}` {ms}" for op, ms in row["profile_step_top_ms"]))
+    profiled = [row for row in data["rows"] if row.get("profile_batched_top_ms")]
+    if profiled:
+        lines += ["", "Rows under the target, profiled (torch.profiler, one batch): top operators by self time, "
+                  "ms per call:", ""]
+        for row in profiled:
+            for path in ("looped", "batched"):
+                ops = ", ".join(f"`{op}` {ms}" for op, ms in row[f"profile_{path}_top_ms"])
+                lines.append(f"- {row['row_id']}, {path}: {ops}")
+    lines += ["", "Runs:", ""] + [f"- [{n}] {run}" for run, n in runs.items()] + [""]
+    return lines
+
+
+def build(results_dir: Path) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `python benchmarks/summarize.py` from `benchmarks/results/*.json`; every number is from a real "
+        "run of the command listed under its table. Timings alternate the two contenders and take medians after a "
+        "warm-up (see `benchmarks/timing.py`). A run on a loaded machine says so in its load average and note.",
+        "",
+    ]
+    for name in BENCHMARKS:
+        path = results_dir / f"{name}.json"
+        lines += benchmark_section(name, json.loads(path.read_text()) if path.exists() else None)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", default=str(timing.RESULTS_DIR))
+    parser.add_argument("--out", default=str(timing.ROOT / "reports" / "benchmarks.md"))
+    args = parser.parse_args()
+    text = build(Path(args.results_dir))
+    write_text(args.out, text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
