@@ -4,8 +4,13 @@ The tests use small models, where a second intra-op thread costs more in synchro
 and the suite shares 2 cores with the stage subprocesses some tests start (those use params.base.threads).
 """
 
-import pytest
-import torch
+import os
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning (speed only; results are unchanged).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
