@@ -1,11 +1,145 @@
-"""Schema of the `scan:` section of params.yaml (filled in by the scan experiment)."""
+"""Schema of the `scan:` section of params.yaml (compositional generalisation on SCAN).
+
+Every length is in examples seen or optimiser steps, so a profile can change the batch size and keep the
+amount of training. Groups are the project's group specs (``{cycles: [[jump, run]], output_cycles: [[JUMP, RUN]]}``)
+and are checked here against the SCAN vocabularies, so a typo fails at validation, before any stage runs.
+"""
 
 from __future__ import annotations
 
-from ..config import StrictModel
+from typing import Any, Literal
 
-__all__ = ["ScanParams"]
+from pydantic import Field, field_validator, model_validator
+
+from ..config import StrictModel
+from ..groups import GroupSpecError, WordCycles, parse_group_spec
+
+__all__ = ["ScanParams", "SPLIT_NAMES", "CELL_NAMES", "bind_scan_group"]
+
+SPLIT_NAMES = ("add_jump", "around_right")
+CELL_NAMES = ("rnn", "gru", "lstm")
+SplitName = Literal["add_jump", "around_right"]
+CellName = Literal["rnn", "gru", "lstm"]
+
+
+def bind_scan_group(spec: Any):
+    """(input permutation, output permutation) of a group spec bound to the SCAN vocabularies."""
+    from .data import input_vocabulary, output_vocabulary
+
+    group = parse_group_spec(spec)
+    if not isinstance(group, WordCycles):
+        raise GroupSpecError(f"SCAN needs a word-cycle group ({{cycles: [[jump, run]], output_cycles: [[JUMP, RUN]]}}); "
+                             f"got the image group {spec!r}")
+    if group.output_cycles is None:
+        raise GroupSpecError("a SCAN group needs output_cycles (how the group acts on actions, e.g. [[JUMP, RUN]])")
+    return group.bind(input_vocabulary()), group.bind_output(output_vocabulary())
+
+
+class ScanData(StrictModel):
+    source: Literal["generate", "official"] = Field(
+        "generate", description="generate: the grammar (offline, exact); official: download brendenlake/SCAN and "
+                                "verify it equals the grammar (fails with a clear error when offline)")
+    official_base_url: str = "https://raw.githubusercontent.com/brendenlake/SCAN/master"
+    download_timeout_s: float = Field(30.0, gt=0)
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training file held out")
+    validation_seed: int = Field(0, ge=0)
+
+
+class ScanGrid(StrictModel):
+    splits: list[SplitName] = Field(min_length=1)
+    cells: list[CellName] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+
+    @field_validator("splits", "cells", "seeds")
+    @classmethod
+    def _unique(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError("grid values must be unique")
+        return values
+
+    @field_validator("seeds")
+    @classmethod
+    def _non_negative(cls, seeds: list[int]) -> list[int]:
+        if any(s < 0 for s in seeds):
+            raise ValueError("seeds must be >= 0")
+        return seeds
+
+
+class ScanModel(StrictModel):
+    hidden_size: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class ScanPretrain(StrictModel):
+    examples: int = Field(ge=1, description="training examples seen (the paper: 200k iterations of batch 1)")
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    teacher_forcing: float = Field(0.5, ge=0, le=1)
+    grad_clip: float = Field(5.0, gt=0)
+    validate_every_examples: int = Field(ge=1)
+    bucket_batches: int = Field(16, ge=1, description="batches sorted by target length together (1 = plain random)")
+
+
+class ScanTune(StrictModel):
+    steps: int = Field(ge=0, description="optimiser steps of equituning (and of equizero-tuning)")
+    batch_size: int = Field(ge=1)
+    lr: dict[SplitName, float] = Field(description="per split (the authors: 2e-5 add_jump, 5e-5 around_right)")
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    curve_steps: list[int] = Field(description="steps at which test accuracy is measured for the curves")
+    equizero_proxy: Literal["max_log_prob", "entropy"] = "max_log_prob"
+    bucket_batches: int = Field(16, ge=1)
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, lr: dict) -> dict:
+        if any(v <= 0 for v in lr.values()):
+            raise ValueError("learning rates must be > 0")
+        return lr
+
+    @model_validator(mode="after")
+    def _curve_in_range(self) -> ScanTune:
+        bad = [s for s in self.curve_steps if not 0 <= s <= self.steps]
+        if bad:
+            raise ValueError(f"curve_steps {bad} lie outside [0, steps={self.steps}]")
+        if 0 not in self.curve_steps or self.steps not in self.curve_steps:
+            raise ValueError(f"curve_steps must include 0 and steps={self.steps} (the zero-shot and final "
+                             f"accuracies are read from the curve); got {self.curve_steps}")
+        return self
+
+
+class ScanEvaluate(StrictModel):
+    batch_size: int = Field(1024, ge=1)
+    max_output_length: int = Field(50, ge=49, description="decoder steps (longest SCAN output is 48 actions + <eos>)")
 
 
 class ScanParams(StrictModel):
-    """Placeholder until the scan experiment lands: accepts only an empty section."""
+    threads: int = Field(1, ge=1, description="torch threads for SCAN stages: the tiny recurrent kernels gain "
+                                              "nothing from more, and a second thread stalls on a busy machine")
+    data: ScanData = ScanData()
+    grid: ScanGrid
+    groups: dict[SplitName, Any] = Field(description="group spec per split")
+    model: ScanModel = ScanModel()
+    pretrain: ScanPretrain
+    tune: ScanTune
+    evaluate: ScanEvaluate = ScanEvaluate()
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_bind(cls, groups: dict) -> dict:
+        for split, spec in groups.items():
+            try:
+                bind_scan_group(spec)
+            except GroupSpecError as error:
+                raise ValueError(f"groups.{split}: {error}") from None
+        return groups
+
+    @model_validator(mode="after")
+    def _every_split_configured(self) -> ScanParams:
+        for split in self.grid.splits:
+            if split not in self.groups:
+                raise ValueError(f"grid split {split!r} has no entry in groups")
+            if split not in self.tune.lr:
+                raise ValueError(f"grid split {split!r} has no entry in tune.lr")
+        return self

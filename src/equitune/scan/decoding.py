@@ -1,0 +1,121 @@
+"""Greedy decoding of the plain, the equituned and the equizero seq2seq model, batched over examples and group.
+
+- :func:`greedy_decode`: the pretrained model as it is.
+- :func:`equituned_decode`: all |G| transformed copies of every command decode together as one ``[|G|*B]``
+  batch; at each step the per-copy log-probabilities ``[|G|, B, V]`` are mapped back to the original frame with
+  the output score action, averaged over the group axis, and the argmax is the token in the original frame.
+  Copy ``g`` is then fed ``g . token``. This makes the decoder exactly equivariant.
+- :func:`equizero_decode`: every copy decodes on its own (still one batch); per example the copy with the best
+  proxy score over its own sequence is chosen and its sequence mapped back by ``g^-1``.
+
+Every sequence stops at its own ``<eos>``; what follows is padding. Outputs are token ids ``[B, L]`` including
+the ``<eos>`` (when produced within ``max_length`` steps).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..groups import VocabPermutation
+from .model import PAD_ID, Seq2Seq
+
+__all__ = ["SOS_ID", "EOS_ID", "PROXIES", "greedy_decode", "equituned_decode", "equizero_decode",
+           "decode_batched", "exact_match"]
+
+SOS_ID, EOS_ID = 1, 2
+
+
+def _mean_over_steps(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    return (values * alive).sum(dim=-1) / alive.sum(dim=-1).clamp(min=1)
+
+
+def _proxy_max_log_prob(step_log_probs: torch.Tensor) -> torch.Tensor:
+    return -step_log_probs.amax(dim=-1)  # lower = more confident
+
+
+def _proxy_entropy(step_log_probs: torch.Tensor) -> torch.Tensor:
+    return -(step_log_probs.exp() * step_log_probs).sum(dim=-1)
+
+
+PROXIES = {"max_log_prob": _proxy_max_log_prob, "entropy": _proxy_entropy}
+"""Per-step proxy losses (lower = more confident); a sequence's score is their mean over its own steps."""
+
+
+@torch.no_grad()
+def _decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation | None,
+            output_perm: VocabPermutation | None, average: bool, proxy: str = "max_log_prob"):
+    """Shared loop. With ``average`` the copies share one averaged sequence per example (equitune); without,
+    each copy keeps its own sequence (plain greedy when there is no group, equizero otherwise)."""
+    batch = src.shape[0]
+    order = 1 if input_perm is None else input_perm.group.order
+    sources = src.unsqueeze(0) if input_perm is None else input_perm.on_ids.transform_all(src)
+    encoded = model.encode(sources.reshape(order * batch, -1))
+    hidden = encoded.hidden
+    rows = batch if average else order * batch
+    tokens = torch.full((rows,), SOS_ID, dtype=torch.long, device=src.device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=src.device)
+    outputs, scores, alive = [], [], []
+    for _ in range(max_length):
+        inputs = output_perm.on_ids.transform_all(tokens).reshape(-1) if average and output_perm else tokens
+        log_probs, hidden = model.decode_step(inputs, hidden, encoded)
+        if average:
+            stacked = log_probs.view(order, batch, -1)
+            if output_perm is not None:
+                stacked = output_perm.on_scores.untransform_all(stacked)
+            log_probs = stacked.mean(dim=0)
+        else:
+            scores.append(PROXIES[proxy](log_probs))
+            alive.append(~finished)
+        chosen = log_probs.argmax(dim=-1).masked_fill(finished, PAD_ID)
+        outputs.append(chosen)
+        finished = finished | (chosen == EOS_ID)
+        tokens = chosen
+        if bool(finished.all()):
+            break
+    sequences = torch.stack(outputs, dim=1)
+    if average or input_perm is None:
+        return sequences
+    # equizero: the copy whose own sequence scores best, mapped back to the original frame by g^-1.
+    step_scores = torch.stack(scores, dim=1)
+    per_copy = _mean_over_steps(step_scores, torch.stack(alive, dim=1).to(step_scores.dtype)).view(order, batch)
+    sequences = sequences.view(order, batch, -1)
+    if output_perm is not None:
+        sequences = output_perm.on_ids.untransform_all(sequences)
+    best = per_copy.argmin(dim=0)
+    return sequences[best, torch.arange(batch, device=src.device)]
+
+
+def greedy_decode(model: Seq2Seq, src: torch.Tensor, max_length: int) -> torch.Tensor:
+    return _decode(model, src, max_length, None, None, average=False)
+
+
+def equituned_decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation,
+                     output_perm: VocabPermutation) -> torch.Tensor:
+    return _decode(model, src, max_length, input_perm, output_perm, average=True)
+
+
+def equizero_decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation,
+                    output_perm: VocabPermutation, proxy: str = "max_log_prob") -> torch.Tensor:
+    if proxy not in PROXIES:
+        raise ValueError(f"unknown equizero decoding proxy {proxy!r}; allowed: {', '.join(PROXIES)}")
+    return _decode(model, src, max_length, input_perm, output_perm, average=False, proxy=proxy)
+
+
+def decode_batched(decode, src: torch.Tensor, batch_size: int) -> list[list[int]]:
+    """Run ``decode(src_chunk) -> [b, L]`` over chunks; returns each sequence up to and including ``<eos>``."""
+    sequences: list[list[int]] = []
+    for start in range(0, src.shape[0], batch_size):
+        chunk = src[start:start + batch_size]
+        chunk = chunk[:, : int((chunk != PAD_ID).sum(dim=1).max())]  # drop all-padding columns
+        for row in decode(chunk).tolist():
+            sequences.append(row[: row.index(EOS_ID) + 1] if EOS_ID in row else [t for t in row if t != PAD_ID])
+    return sequences
+
+
+def exact_match(predicted: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> float:
+    """Fraction of sequences equal to their target (whole sequence, ``<eos>`` included)."""
+    if len(predicted) != len(targets):
+        raise ValueError(f"{len(predicted)} predictions for {len(targets)} targets")
+    return sum(list(p) == list(t) for p, t in zip(predicted, targets)) / max(len(targets), 1)
