@@ -1,11 +1,149 @@
-"""Schema of the `images:` section of params.yaml (filled in by the images experiment)."""
+"""Schema of the `images:` section of params.yaml: data, grid, training, evaluation and figures.
+
+The grid is split in two so that DVC never trains the same model twice: the baseline methods (``finetune``,
+``finetune_augment``) ignore the group and run once per backbone and seed (their group is ``trivial``), the
+group methods run once per backbone, group and seed.
+"""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
 from ..config import StrictModel
 
-__all__ = ["ImagesParams"]
+__all__ = [
+    "BASELINE_METHODS",
+    "BACKBONE_NAMES",
+    "DATASET_NAMES",
+    "GROUP_METHODS",
+    "IMAGE_GROUP_NAMES",
+    "ImagesParams",
+    "METHOD_NAMES",
+]
+
+DATASET_NAMES = ("fashion_mnist", "cifar10", "hymenoptera")
+BACKBONE_NAMES = ("efficientnet_lite0", "alexnet", "resnet18", "vgg11_bn", "densenet121")
+BASELINE_METHODS = ("finetune", "finetune_augment")
+GROUP_METHODS = ("equitune", "lambda_equitune", "equizero")
+METHOD_NAMES = BASELINE_METHODS + GROUP_METHODS
+IMAGE_GROUP_NAMES = ("c4", "d4", "hflip", "vflip")
+
+
+def _unique_members(values: list, allowed: tuple, key: str) -> list:
+    if not values:
+        raise ValueError(f"{key} must list at least one value; allowed: {', '.join(map(str, allowed))}")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"unknown {key} {bad}; allowed: {', '.join(map(str, allowed))}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key} lists a value twice: {values}")
+    return values
+
+
+class ImagesData(StrictModel):
+    """Where the images come from and how much of them is used."""
+
+    train_size: int | None = Field(..., ge=1, description="training images drawn from the training split (null: all that remain after validation)")
+    val_size: int | float = Field(..., gt=0, description="validation images carved from the training split (model selection; "
+                                  "never the test split): a count, or a fraction of the training split when below 1")
+    test_size: int | None = Field(..., ge=1, description="test images drawn from the test split (null: all)")
+    subset_seed: int = Field(0, ge=0, description="seed of the stratification-free random subset and of the train/validation split")
+    fashion_mnist_dir: str = Field("/usr/share/datasets/fashion-mnist", description="folder of the Debian package dataset-fashion-mnist")
+    download_dir: str = Field("data/images/downloads", description="where official downloads are kept (verified by sha256)")
+    allow_download: bool = Field(True, description="fall back to the official download when no local copy exists")
+    hymenoptera_size: int = Field(224, ge=8, description="square size Hymenoptera photos are resized+cropped to when prepared")
+
+
+class ImagesGrid(StrictModel):
+    """The matrix of the tune stages (lists read by dvc.yaml; every cell is checked against them)."""
+
+    datasets: list[str]
+    backbones: list[str]
+    baseline_methods: list[str]
+    group_methods: list[str]
+    groups: list[str]
+    seeds: list[int]
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v):
+        return _unique_members(v, DATASET_NAMES, "images.grid.datasets")
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbones(cls, v):
+        return _unique_members(v, BACKBONE_NAMES, "images.grid.backbones")
+
+    @field_validator("baseline_methods")
+    @classmethod
+    def _baselines(cls, v):
+        return _unique_members(v, BASELINE_METHODS, "images.grid.baseline_methods")
+
+    @field_validator("group_methods")
+    @classmethod
+    def _group_methods(cls, v):
+        return _unique_members(v, GROUP_METHODS, "images.grid.group_methods")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v):
+        return _unique_members(v, IMAGE_GROUP_NAMES, "images.grid.groups")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError(f"images.grid.seeds must be distinct non-negative integers; got {v}")
+        return v
+
+
+class ImagesTrain(StrictModel):
+    """Optimiser and schedule: SGD with momentum, as in the paper."""
+
+    pretrained: bool = Field(True, description="start from ImageNet weights (false: random init, for tests only)")
+    epochs: int = Field(..., ge=1)
+    batch_size: int = Field(..., ge=1)
+    lr: float = Field(..., gt=0, description="learning rate of the pretrained backbone")
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the new parts (head, lambda MLP); null: lr")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    freeze_batchnorm: bool = Field(True, description="keep batch-norm layers on their ImageNet running statistics while training")
+    lambda_hidden: int = Field(100, ge=1, description="hidden width of lambda-equitune's MLP (features -> h -> h -> 1)")
+    equizero_proxy: Literal["entropy", "max_prob"] = "entropy"
+    mixed_precision: bool = Field(False, description="bfloat16/float16 autocast on CUDA (ignored on CPU)")
+
+
+class ImagesEvaluation(StrictModel):
+    rotation_seed: int = Field(1234, ge=0, description="seed of the random test-image rotations (the paper's metric)")
+    invariance_batch: int = Field(32, ge=1, description="test images used to measure the invariance error")
+    batch_size: int = Field(128, ge=1)
+
+
+class ImagesFigures(StrictModel):
+    feature_image_index: int = Field(0, ge=0, description="test image shown in the feature visualisation")
+    feature_channels: int = Field(4, ge=1, le=16, description="feature-map channels drawn per frame")
+    feature_resolution: int = Field(64, ge=32, description="input size for the feature visualisation (larger = more visible maps)")
 
 
 class ImagesParams(StrictModel):
-    """Placeholder until the images experiment lands: accepts only an empty section."""
+    """The image classification experiment (paper section 3.1)."""
+
+    resolution: int = Field(..., ge=8, description="square input size of the backbone (images are resized on the fly)")
+    data: ImagesData
+    grid: ImagesGrid
+    train: ImagesTrain
+    evaluation: ImagesEvaluation = ImagesEvaluation()
+    figures: ImagesFigures = ImagesFigures()
+
+    @model_validator(mode="after")
+    def _grid_fits_data(self):
+        if isinstance(self.data.val_size, float) and not self.data.val_size < 1:
+            raise ValueError(f"images.data.val_size={self.data.val_size}: a float must be a fraction below 1 (or give a count)")
+        if "hymenoptera" in self.grid.datasets and self.data.hymenoptera_size < self.resolution:
+            raise ValueError(
+                f"images.data.hymenoptera_size ({self.data.hymenoptera_size}) must be >= images.resolution "
+                f"({self.resolution}): photos would be upsampled twice"
+            )
+        return self

@@ -1,0 +1,74 @@
+"""Build the model a method trains: the classifier itself (finetune baselines) or a core wrapper around it.
+
+- ``finetune``: the classifier; group ``trivial``.
+- ``finetune_augment``: the same model; training images are rotated by random multiples of 90 degrees
+  (see :func:`augment_batch`), the baseline that learns invariance from data instead of by construction.
+- ``equitune``: ``EquiTune(classifier)``, class logits averaged over the group (invariant).
+- ``lambda_equitune``: ``LambdaEquiTune(features, lambda MLP, head=head)``: logits of each transformed copy weighted
+  by a small positive MLP on its backbone features (the follow-up paper's arrangement, MLP F-h-h-1).
+- ``equizero``: ``EquiZero(classifier)``: the logits of the most confident transformed copy (straight-through
+  gradient of the equitune average in training).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..groups import image_action
+from ..stage import StageError
+from ..wrappers import EquiTune, EquiZero, LambdaEquiTune
+from .backbones import ImageClassifier
+from .config import BASELINE_METHODS, GROUP_METHODS
+
+__all__ = ["augment_batch", "build_method", "lambda_mlp", "method_group", "new_parameters"]
+
+
+def method_group(method: str, group: str) -> str:
+    """The group a method really uses: the baselines ignore the group."""
+    if method in BASELINE_METHODS:
+        if group != "trivial":
+            raise StageError(f"method {method!r} ignores the group; run it with group 'trivial' (got {group!r})")
+        return "trivial"
+    if method not in GROUP_METHODS:
+        raise StageError(f"unknown method {method!r}; allowed: {', '.join(BASELINE_METHODS + GROUP_METHODS)}")
+    if group == "trivial":
+        raise StageError(f"method {method!r} needs a non-trivial group (c4, d4, hflip, vflip)")
+    return group
+
+
+def lambda_mlp(width: int, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+
+def build_method(method: str, group: str, classifier: ImageClassifier, lambda_hidden: int = 100,
+                 equizero_proxy: str = "entropy") -> nn.Module:
+    group = method_group(method, group)
+    if method in BASELINE_METHODS:
+        return classifier
+    action = image_action(group)
+    if method == "equitune":
+        return EquiTune(classifier, action)
+    if method == "lambda_equitune":
+        width = classifier.head.in_features
+        return LambdaEquiTune(classifier.features, lambda_mlp(width, lambda_hidden), action, head=classifier.head)
+    return EquiZero(classifier, action, proxy=equizero_proxy)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rotate each image by its own random multiple of 90 degrees (the finetune_augment baseline)."""
+    quarter_turns = torch.randint(0, 4, (images.shape[0],), generator=generator)
+    out = images.clone()
+    for k in range(1, 4):  # 3 vectorised rotations, one per non-trivial angle
+        chosen = quarter_turns == k
+        if chosen.any():
+            out[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
+    return out
+
+
+def new_parameters(model: nn.Module, classifier: ImageClassifier) -> list[nn.Parameter]:
+    """The parameters that do not come from the pretrained backbone: the new head and lambda-equitune's MLP."""
+    fresh = list(classifier.head.parameters())
+    if isinstance(model, LambdaEquiTune):
+        fresh += list(model.lambda_net.parameters())
+    return fresh
