@@ -127,3 +127,34 @@ def test_exact_match_counts_whole_sequences():
     assert exact_match([[3, 4, 2], [3, 2]], [[3, 4, 2], [3, 4, 2]]) == 0.5
     with pytest.raises(ValueError):
         exact_match([[2]], [])
+
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_pretrain_lr_schedule(schedule, monkeypatch):
+    """Cosine: step s of S uses lr * (1 + cos(pi s / S)) / 2 (decaying towards 0); constant leaves lr alone."""
+    import math
+
+    from equitune.scan import training
+    from equitune.scan.data import input_vocabulary, output_vocabulary
+    from equitune.scan.model import Seq2Seq
+
+    pairs = [("jump", "JUMP"), ("walk twice", "WALK WALK"), ("run left", "TURN_LEFT RUN"), ("look", "LOOK")]
+    data = training.encode_pairs(pairs)
+    model = Seq2Seq("gru", len(input_vocabulary()), len(output_vocabulary()), 8, 1, 0.0)
+    seen_lrs = []
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen_lrs.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    training.pretrain(model, data, lambda m: 0.0, examples=8, batch_size=2, lr=0.01, teacher_forcing=0.5,
+                      grad_clip=5.0, validate_every_examples=8, generator=torch.Generator().manual_seed(0),
+                      lr_schedule=schedule)
+    if schedule == "cosine":
+        expected = [0.01 * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(4)]
+    else:
+        expected = [0.01] * 4
+    assert seen_lrs == pytest.approx(expected, abs=1e-12)

@@ -49,6 +49,7 @@ BAD = {
     "missing_output_cycles": (lambda s: s["groups"].update(add_jump={"cycles": [["jump", "run"]]}), "output_cycles"),
     "typo_key": (lambda s: s["pretrain"].update(exampels=5), "exampels"),
     "curve_without_final_step": (lambda s: s["tune"].update(curve_steps=[0, 50]), "curve_steps"),
+    "unknown_lr_schedule": (lambda s: s["pretrain"].update(lr_schedule="linear"), "lr_schedule"),
 }
 
 

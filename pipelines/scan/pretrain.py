@@ -47,6 +47,7 @@ def main(argv=None) -> None:
             examples=settings.examples, batch_size=settings.batch_size, lr=settings.lr,
             teacher_forcing=settings.teacher_forcing, grad_clip=settings.grad_clip,
             validate_every_examples=settings.validate_every_examples, bucket_batches=settings.bucket_batches,
+            lr_schedule=settings.lr_schedule,
             generator=generator, on_validation=on_validation, device=device)
         seconds = time.perf_counter() - started
         run.log_metrics({"pretrain_seconds": seconds, "seconds_per_1000_examples": 1000 * seconds / settings.examples})

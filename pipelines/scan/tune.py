@@ -12,8 +12,15 @@ import torch
 from equitune.io import write_json
 from equitune.params import load_params
 from equitune.scan.config import bind_scan_group
-from equitune.scan.experiment import (accuracy, build_model, checkpoint_path, decoding_equivariance_fraction,
-                                      load_split_files, metrics_path, teacher_forced_equivariance_error)
+from equitune.scan.experiment import (
+    accuracy,
+    build_model,
+    checkpoint_path,
+    decoding_equivariance_fraction,
+    load_split_files,
+    metrics_path,
+    teacher_forced_equivariance_error,
+)
 from equitune.scan.training import MaskedConfidenceProxy, tune
 from equitune.seeding import seed_everything
 from equitune.stage import StageError, argument_parser, check_in_grid, resolve_device, run_stage

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import equivariance_errors
+from ..checks import equivariance_error
 from ..groups import image_action
 from .data import to_model_input
 from .training import accuracy, predict_logits
@@ -54,7 +54,7 @@ def evaluate_rotations(model: nn.Module, test_x: np.ndarray, test_y: np.ndarray,
     model.eval()
     batch = to_model_input(test_x[:invariance_batch], resolution).to(device)
     metrics["invariance_error"] = {
-        name: max(equivariance_errors(model, image_action(name), batch).values()) for name in groups
+        name: equivariance_error(model, image_action(name), batch) for name in groups
     }
     model.train(was_training)
     return metrics

@@ -79,6 +79,9 @@ class ScanPretrain(StrictModel):
     grad_clip: float = Field(5.0, gt=0)
     validate_every_examples: int = Field(ge=1)
     bucket_batches: int = Field(16, ge=1, description="batches sorted by target length together (1 = plain random)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: lr decays from `lr` to 0 over the run (large, short CPU runs settle "
+                                "instead of oscillating between validations)")
 
 
 class ScanTune(StrictModel):

@@ -83,7 +83,7 @@ def build_section(params: ScanParams, results, figures: list[Path]) -> str:
         "## SCAN: compositional generalisation (equitune, equizero)",
         "",
         f"Test exact-match accuracy (%) of the whole action sequence, mean ± std over seeds {seeds}. "
-        f"Pretraining: {p.examples:,} examples seen (batch {p.batch_size}, Adam lr {p.lr}, teacher forcing "
+        f"Pretraining: {p.examples:,} examples seen (batch {p.batch_size}, Adam lr {p.lr}, {p.lr_schedule} lr schedule, teacher forcing "
         f"{p.teacher_forcing}), best-validation checkpoint. Equituning / equizero-tuning: {t.steps} steps of batch "
         f"{t.batch_size} (lr {dict(t.lr)}, weight decay {t.weight_decay}); the |G| copies go through the model as "
         "one batch; greedy decoding averages the mapped-back per-step log-probabilities (equitune) or keeps the most "

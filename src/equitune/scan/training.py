@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ def encode_pairs(pairs: Sequence[Pair]) -> EncodedPairs:
     targets = [tuple(out_ids[a] for a in actions.split()) + (EOS_ID,) for _, actions in pairs]
     src = torch.zeros(len(pairs), max(map(len, sources)), dtype=torch.long)
     tgt = torch.zeros(len(pairs), max(map(len, targets)), dtype=torch.long)
-    for row, (s, t) in enumerate(zip(sources, targets)):
+    for row, (s, t) in enumerate(zip(sources, targets, strict=True)):
         src[row, : len(s)] = torch.tensor(s)
         tgt[row, : len(t)] = torch.tensor(t)
     return EncodedPairs(src, tgt, tuple(targets))
@@ -114,11 +114,21 @@ class MaskedConfidenceProxy:
 
 def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Module], float], *, examples: int,
              batch_size: int, lr: float, teacher_forcing: float, grad_clip: float, validate_every_examples: int,
-             bucket_batches: int = 16, generator: torch.Generator, on_validation: Callable[[int, float, float], None] | None = None,
-             device: torch.device = torch.device("cpu")) -> tuple[dict, float, int]:
-    """Train; returns (best-validation state dict, its validation accuracy, examples seen when it was reached)."""
+             generator: torch.Generator, bucket_batches: int = 16, lr_schedule: str = "constant",
+             on_validation: Callable[[int, float, float], None] | None = None,
+             device: torch.device | None = None) -> tuple[dict, float, int]:
+    """Train; returns (best-validation state dict, its validation accuracy, examples seen when it was reached).
+
+    ``lr_schedule``: ``constant``, or ``cosine`` (lr decays from ``lr`` to 0 by the last step)."""
+    device = torch.device("cpu") if device is None else device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps = math.ceil(examples / batch_size)
+    if lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    elif lr_schedule == "constant":
+        scheduler = None
+    else:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; allowed: constant, cosine")
     validate_every = max(1, round(validate_every_examples / batch_size))
     best_state, best_accuracy, best_at = copy.deepcopy(model.state_dict()), -1.0, 0
     running, seen = 0.0, 0
@@ -132,6 +142,8 @@ def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Modul
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         seen += len(index)
         running += float(loss.detach())
         progress.update()
@@ -152,8 +164,9 @@ def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Modul
 def tune(wrapper: nn.Module, train: EncodedPairs, *, steps: int, batch_size: int, lr: float, weight_decay: float,
          grad_clip: float, generator: torch.Generator, checkpoints: Sequence[int],
          on_checkpoint: Callable[[int], None], proxy: MaskedConfidenceProxy | None = None,
-         device: torch.device = torch.device("cpu"), desc: str = "equitune", bucket_batches: int = 16) -> None:
+         device: torch.device | None = None, desc: str = "equitune", bucket_batches: int = 16) -> None:
     """Teacher-forced training of a group wrapper; ``on_checkpoint(step)`` runs (in eval mode) at each listed step."""
+    device = torch.device("cpu") if device is None else device
     wanted = sorted(set(checkpoints))
     if wanted and (wanted[0] < 0 or wanted[-1] > steps):
         raise ValueError(f"checkpoint steps must lie in [0, {steps}]; got {wanted}")
