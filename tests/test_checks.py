@@ -14,15 +14,6 @@ from equitune.groups import IMAGE_GROUPS, WordCycles, image_action
 VOCAB = ["<pad>", "walk", "look", "run", "jump", "and"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and far faster than two on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Function(nn.Module):
     def __init__(self, fn):
         super().__init__()

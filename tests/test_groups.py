@@ -35,15 +35,6 @@ WORD_ORDERS = {"swap": 2, "3cycle": 3, "4cycle": 4, "two_swaps": 2, "two_3cycles
 IMAGE_ORDERS = {"trivial": 1, "hflip": 2, "vflip": 2, "c4": 4, "d4": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and far faster than two on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def word_groups(spec_name: str):
     return parse_group_spec(WORD_SPECS[spec_name])
 

@@ -34,15 +34,6 @@ ORDER_TWO = ["swap", "two_swaps"]
 SEQ_LEN, CLASSES, IMAGE_SIZE = 6, 4, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and far faster than two on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------- random backbones
 def cnn_classifier() -> nn.Module:
     """Image classifier ``[B, 3, H, W] -> [B, CLASSES]`` whose flatten + linear head sees absolute positions."""

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "write_text", "read_json"]
+__all__ = ["atomic_path", "pid_alive", "read_json", "write_json", "write_text"]
 
 
 def _temp_prefix(target: Path) -> str:
@@ -29,11 +29,12 @@ def _remove_stale_temps(target: Path) -> None:
     """
     for stale in target.parent.glob(f"{_temp_prefix(target)}*.tmp"):
         pid_text = stale.name[len(_temp_prefix(target)):].split(".", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
             stale.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (used to recognise writers and runs that died)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

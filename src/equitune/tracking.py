@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .io import pid_alive
+
 __all__ = ["TrackedRun", "tracked_run", "tracking_uri", "ensure_store", "params_hash", "repo_root", "EXPERIMENT_PREFIX",
            "TASKS"]
 
@@ -122,18 +124,8 @@ def _close_orphaned_runs(client, experiment_id: str, task: str) -> None:
             pid = int(run.data.tags.get("pid", ""))
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             client.set_terminated(run.info.run_id, status="KILLED")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Interrupted(BaseException):
