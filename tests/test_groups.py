@@ -19,18 +19,8 @@ from equitune.groups import (
     image_action,
     parse_group_spec,
 )
+from word_groups import INPUT_VOCAB, OUTPUT_VOCAB, WORD_SPECS
 
-INPUT_VOCAB = ["<pad>", "walk", "look", "run", "jump", "left", "right", "twice", "and", "man", "woman", "he", "she"]
-OUTPUT_VOCAB = ["<pad>", "WALK", "LOOK", "RUN", "JUMP", "LTURN", "RTURN", "MAN", "WOMAN", "HE", "SHE"]
-
-WORD_SPECS = {
-    "swap": {"cycles": [["jump", "run"]], "output_cycles": [["JUMP", "RUN"]]},
-    "3cycle": {"cycles": [["walk", "look", "run"]], "output_cycles": [["WALK", "LOOK", "RUN"]]},
-    "4cycle": {"cycles": [["walk", "look", "run", "jump"]], "output_cycles": [["WALK", "LOOK", "RUN", "JUMP"]]},
-    "two_swaps": {"cycles": [["man", "woman"], ["he", "she"]], "output_cycles": [["MAN", "WOMAN"], ["HE", "SHE"]]},
-    "two_3cycles": {"cycles": [["walk", "look", "run"], ["man", "woman", "he"]],
-                    "output_cycles": [["WALK", "LOOK", "RUN"], ["MAN", "WOMAN", "HE"]]},
-}
 WORD_ORDERS = {"swap": 2, "3cycle": 3, "4cycle": 4, "two_swaps": 2, "two_3cycles": 3}
 IMAGE_ORDERS = {"trivial": 1, "hflip": 2, "vflip": 2, "c4": 4, "d4": 8}
 

@@ -15,20 +15,11 @@ from torch import nn
 from equitune.checks import equivariance_error
 from equitune.groups import IMAGE_GROUPS, GroupSpecError, WordCycles, image_action, parse_group_spec
 from equitune.wrappers import EquiTune, EquiZero, LambdaEquiTune, entropy_proxy, max_prob_proxy
+from word_groups import INPUT_VOCAB, OUTPUT_VOCAB, WORD_SPECS
 
 EXACT = 1e-10
 BROKEN = 1e-3
 
-INPUT_VOCAB = ["<pad>", "walk", "look", "run", "jump", "left", "right", "twice", "and", "man", "woman", "he", "she"]
-OUTPUT_VOCAB = ["<pad>", "WALK", "LOOK", "RUN", "JUMP", "LTURN", "RTURN", "MAN", "WOMAN", "HE", "SHE"]
-WORD_SPECS = {
-    "swap": {"cycles": [["jump", "run"]], "output_cycles": [["JUMP", "RUN"]]},
-    "3cycle": {"cycles": [["walk", "look", "run"]], "output_cycles": [["WALK", "LOOK", "RUN"]]},
-    "4cycle": {"cycles": [["walk", "look", "run", "jump"]], "output_cycles": [["WALK", "LOOK", "RUN", "JUMP"]]},
-    "two_swaps": {"cycles": [["man", "woman"], ["he", "she"]], "output_cycles": [["MAN", "WOMAN"], ["HE", "SHE"]]},
-    "two_3cycles": {"cycles": [["walk", "look", "run"], ["man", "woman", "he"]],
-                    "output_cycles": [["WALK", "LOOK", "RUN"], ["MAN", "WOMAN", "HE"]]},
-}
 ORDER_ABOVE_TWO = ["3cycle", "4cycle", "two_3cycles"]
 ORDER_TWO = ["swap", "two_swaps"]
 SEQ_LEN, CLASSES, IMAGE_SIZE = 6, 4, 6
