@@ -16,6 +16,7 @@ setup:
 	bash scripts/setup.sh
 
 repro: setup
+	python -m equitune.params check params.yaml
 	dvc repro
 
 unit: setup
@@ -31,9 +32,10 @@ reproduce: setup
 lint: setup
 	ruff check src pipelines tests scripts
 
-# Switch params.yaml to the paper-scale profile (GPU + internet); `git checkout params.yaml` switches back.
-paper:
-	cp profiles/paper.yaml params.yaml
+# Switch params.yaml to the paper-scale profile (GPU + internet): the default with the profiles/paper.yaml overlay.
+# `git checkout params.yaml` switches back.
+paper: setup
+	python -m equitune.params compose profiles/paper.yaml -o params.yaml
 	@echo "params.yaml is now the paper profile; run: dvc repro"
 
 ui:

@@ -29,8 +29,8 @@ import bench_models as models
 import timing
 import torch
 
-from equitune.groups import image_action
-from equitune.wrappers import EquiTune
+from equitune.core.groups import image_action
+from equitune.core.wrappers import EquiTune
 
 
 def rss_mib() -> float:

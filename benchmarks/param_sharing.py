@@ -29,8 +29,8 @@ import timing
 import torch
 from torch.nn import functional as F
 
-from equitune.groups import image_action
-from equitune.wrappers import EquiTune
+from equitune.core.groups import image_action
+from equitune.core.wrappers import EquiTune
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -32,7 +32,7 @@ import timing
 import torch
 from torch.nn import functional as F
 
-from equitune.groups import WordCycles
+from equitune.core.groups import WordCycles
 from equitune.nlg import equilm
 from equitune.scan import decoding as scan_decoding
 from equitune.scan.data import generate_split, input_vocabulary, output_vocabulary

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import timing
 
-from equitune.io import write_text
+from equitune.pipeline.io import write_text
 
 # name -> (title, what the ratio means, columns shown). The order is the order of the report.
 BENCHMARKS = {

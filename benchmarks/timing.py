@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "src"))  # the scripts run from a checkout, installed or not
 
-from equitune.io import write_json  # noqa: E402
+from equitune.pipeline.io import write_json  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,22 @@
-"""Stage `report`: stitch reports/<experiment>.md sections under an environment header into reports/report.md."""
+"""Stage `report`: stitch the experiments' sections, in the order given, under an environment header."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from equitune.io import write_text
-from equitune.params import load_params
-from equitune.report import build_report
-from equitune.stage import argument_parser, run_stage
+from equitune.pipeline.io import write_text
+from equitune.pipeline.report import build_report
+from equitune.pipeline.schema import load_section
+from equitune.pipeline.stage import argument_parser, run_stage
 
 
 def main(argv=None) -> None:
-    args = argument_parser(__doc__).parse_args(argv)
-    params = load_params(args.params)
-    write_text("reports/report.md", build_report(params, Path("reports")))
+    parser = argument_parser(__doc__)
+    parser.add_argument("--sections", type=Path, nargs="+", required=True, help="the experiments' sections, in order")
+    parser.add_argument("--out", type=Path, required=True, help="the report's markdown file")
+    args = parser.parse_args(argv)
+    loaded = load_section(args.params, None, None)
+    write_text(args.out, build_report(loaded.profile, loaded.base, args.sections))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,25 @@
-"""Stage `images_report`: reports/images.md and reports/figures/images/results/*.png from the grid's metrics."""
+"""Stage `images_report`: the images section of the report and its figures, aggregated from the grid in params."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from equitune.images.config import ImagesParams
 from equitune.images.report import build_images_report
-from equitune.io import write_text
-from equitune.params import load_params
-from equitune.stage import argument_parser, run_stage
+from equitune.pipeline.io import write_text
+from equitune.pipeline.schema import load_section
+from equitune.pipeline.stage import argument_parser, run_stage
 
 
 def main(argv=None) -> None:
-    args = argument_parser(__doc__).parse_args(argv)
-    params = load_params(args.params).images
-    write_text("reports/images.md", build_images_report(params))
+    parser = argument_parser(__doc__)
+    parser.add_argument("--metrics-dir", type=Path, required=True, help="folder of the cells' metrics files")
+    parser.add_argument("--features-dir", type=Path, required=True, help="folder of the features stage's figures")
+    parser.add_argument("--figures", type=Path, required=True, help="folder of this section's figures")
+    parser.add_argument("--out", type=Path, required=True, help="the section's markdown file")
+    args = parser.parse_args(argv)
+    params = load_section(args.params, "images", ImagesParams).section
+    write_text(args.out, build_images_report(params, args.metrics_dir, args.figures, args.features_dir, args.out))
 
 
 if __name__ == "__main__":

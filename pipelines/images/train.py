@@ -1,62 +1,49 @@
-"""Stage `train_images_*@<cell>`: fine-tune one backbone with one method -> outputs/images/train/<cell>/
+"""Stage `train_images_*@<cell>`: fine-tune one backbone with one method -> the cell's training folder
 (model.pt: best-validation weights; curves.json: per-epoch train loss and validation accuracy, also in MLflow)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from images_cli import cell_from, cell_parser
 
-from equitune.images.backbones import build_classifier
-from equitune.images.methods import build_method, method_group, new_parameters
+from equitune.images.cells import Cell, add_cell_arguments
+from equitune.images.config import ImagesParams
+from equitune.images.experiment import CHECKPOINT, CURVES, train_cell
+from equitune.images.methods import method_group
 from equitune.images.prepared import load_prepared
-from equitune.images.training import train
-from equitune.io import atomic_path, write_json
-from equitune.params import load_params
-from equitune.seeding import seed_everything
-from equitune.stage import resolve_device, run_stage
-from equitune.tracking import tracked_run
-
-
-def autocast_dtype(params, device: torch.device):
-    if params.train.mixed_precision and device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+from equitune.pipeline.io import atomic_path, write_json
+from equitune.pipeline.schema import load_section
+from equitune.pipeline.seeding import seed_everything
+from equitune.pipeline.stage import argument_parser, resolve_device, run_stage
+from equitune.pipeline.tracking import tracked_run
 
 
 def main(argv=None) -> None:
-    args = cell_parser(__doc__).parse_args(argv)
-    all_params = load_params(args.params)
-    params, cell = all_params.images, cell_from(args)
+    parser = add_cell_arguments(argument_parser(__doc__))
+    parser.add_argument("--data", type=Path, required=True, help="the prepared dataset (data/images/<dataset>.npz)")
+    parser.add_argument("--out", type=Path, required=True, help="the cell's training folder")
+    args = parser.parse_args(argv)
+    loaded = load_section(args.params, "images", ImagesParams)
+    params, cell = loaded.section, Cell.from_arguments(args)
     cell.check(params)  # bad names exit 2 here, before any work
     method_group(cell.method, cell.group)
-    device = resolve_device(all_params.base)
-    data, classes = load_prepared(cell.dataset)
-
-    generator = seed_everything(cell.seed, all_params.base.threads, all_params.base.deterministic)
-    classifier = build_classifier(cell.backbone, len(classes), params.resolution, params.train.pretrained)
-    model = build_method(cell.method, cell.group, classifier, params.train.lambda_hidden, params.train.equizero_proxy).to(device)
-    tags = {"model": cell.backbone, "method": cell.method, "group": cell.group, "seed": cell.seed, "dataset": cell.dataset,
-            "stage_kind": "train"}
-    with tracked_run("images", profile=all_params.profile, params=params, tags=tags, run_name=f"train-{cell.name}") as run:
-        result = train(
-            model, data, resolution=params.resolution, epochs=params.train.epochs, batch_size=params.train.batch_size,
-            lr=params.train.lr, new_parameters=new_parameters(model, classifier), new_lr=params.train.head_lr,
-            momentum=params.train.momentum, weight_decay=params.train.weight_decay,
-            generator=generator, device=device, augment_rotations=cell.method == "finetune_augment",
-            eval_batch_size=params.evaluation.batch_size, autocast_dtype=autocast_dtype(params, device),
-            freeze_batchnorm=params.train.freeze_batchnorm,
-            on_epoch=lambda r: run.log_metrics({"train_loss": r.train_loss, "val_accuracy": r.val_accuracy}, step=r.epoch),
-            progress=True,
-        )
-        curves = {
-            "best_epoch": result.best_epoch,
-            "epochs": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_accuracy": r.val_accuracy} for r in result.history],
-        }
-        with atomic_path(cell.train_dir / "model.pt") as tmp:
-            torch.save(result.best_state, tmp)
-        write_json(cell.train_dir / "curves.json", curves)
-        run.log_metrics({"best_epoch": result.best_epoch})
-    print(f"{cell.name}: best epoch {result.best_epoch}, val accuracy {result.history[result.best_epoch - 1].val_accuracy:.4f}")
+    device = resolve_device(loaded.base)
+    data, classes = load_prepared(args.data)
+    generator = seed_everything(cell.seed, loaded.base.threads, loaded.base.deterministic)
+    tags = {"model": cell.backbone, "method": cell.method, "group": cell.group, "seed": cell.seed,
+            "dataset": cell.dataset, "stage_kind": "train"}
+    with tracked_run("images", profile=loaded.profile, params=params, tags=tags, run_name=f"train-{cell.name}") as run:
+        best_state, curves = train_cell(
+            params, cell, data, len(classes), generator, device,
+            on_epoch=lambda r: run.log_metrics({"train_loss": r.train_loss, "val_accuracy": r.val_accuracy},
+                                               step=r.epoch))
+        with atomic_path(args.out / CHECKPOINT) as tmp:
+            torch.save(best_state, tmp)
+        write_json(args.out / CURVES, curves)
+        run.log_metrics({"best_epoch": curves["best_epoch"]})
+    best = curves["epochs"][curves["best_epoch"] - 1]
+    print(f"{cell.name}: best epoch {curves['best_epoch']}, val accuracy {best['val_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,35 +1,46 @@
-"""Stage `nlg_report`: reports/nlg.md and reports/figures/nlg/labels.png from the nlg metrics files."""
+"""Stage `nlg_report`: the nlg section of the report and its label figure, from the nlg stages' files."""
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
-from equitune.io import read_json, write_text
+from equitune.core.errors import DataError
+from equitune.nlg.config import NlgParams
+from equitune.nlg.records import read_prompts, read_records
 from equitune.nlg.report import example_samples, label_figure, nlg_markdown
 from equitune.nlg.scoring import LABELS
-from equitune.params import load_params
-from equitune.stage import StageError, argument_parser, run_stage
+from equitune.pipeline.io import read_json, write_text
+from equitune.pipeline.schema import load_section
+from equitune.pipeline.stage import argument_parser, run_stage
 
-FIGURE = Path("reports/figures/nlg/labels.png")
+
+def _metrics(path: Path, stage: str) -> dict:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run `dvc repro {stage}` first") from None
 
 
 def main(argv=None) -> None:
-    args = argument_parser(__doc__).parse_args(argv)
-    nlg = load_params(args.params).nlg
-    try:
-        scores = read_json("metrics/nlg/scores.json")
-        generation = read_json("metrics/nlg/generation.json")
-        perplexities = read_json("metrics/nlg/perplexity.json")
-        prompts = read_json("data/nlg/prompts.json")
-        with open("data/nlg/samples.jsonl") as handle:
-            records = [json.loads(line) for line in handle]
-    except FileNotFoundError as error:
-        raise StageError(f"{error.filename} not found: run the nlg stages first (dvc repro nlg_report)") from None
+    parser = argument_parser(__doc__)
+    for name, what in (("prompts", "the prompts stage's file"), ("samples", "the generated samples"),
+                       ("generation", "generate_nlg's metrics"), ("scores", "score_nlg's metrics"),
+                       ("perplexity", "perplexity_nlg's metrics"), ("out", "the section's markdown file"),
+                       ("figure", "the label figure (PNG)")):
+        parser.add_argument(f"--{name}", type=Path, required=True, help=what)
+    args = parser.parse_args(argv)
+    nlg = load_section(args.params, "nlg", NlgParams).section
+    scores = _metrics(args.scores, "score_nlg")
+    generation = _metrics(args.generation, "generate_nlg")
+    perplexities = _metrics(args.perplexity, "perplexity_nlg")
+    prompts = read_prompts(args.prompts)
+    records = read_records(args.samples, "generate_nlg")
     labels = LABELS[scores["scorer"]]
-    label_figure(nlg, scores, labels, FIGURE)
-    write_text("reports/nlg.md", nlg_markdown(nlg, scores, generation, perplexities, prompts, labels,
-                                              "figures/nlg/labels.png", example_samples(nlg, records)))
+    label_figure(nlg, scores, labels, args.figure)
+    figure_link = Path(os.path.relpath(args.figure, args.out.parent)).as_posix()
+    write_text(args.out, nlg_markdown(nlg, scores, generation, perplexities, prompts, labels, figure_link,
+                                      example_samples(nlg, records)))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,28 @@
-"""Stage `scan_report`: reports/scan.md (table like the paper's, mean ± std over seeds) and the curve figures."""
+"""Stage `scan_report`: the SCAN section of the report (a table like the paper's, mean ± std over seeds) and the
+curve figures, aggregated from the grid in params."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from equitune.io import write_text
-from equitune.params import load_params
+from equitune.pipeline.io import write_text
+from equitune.pipeline.schema import load_section
+from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.scan.config import ScanParams
 from equitune.scan.report import build_section, collect, plot_curves
-from equitune.stage import StageError, argument_parser, run_stage
 
 
 def main(argv=None) -> None:
-    args = argument_parser(__doc__).parse_args(argv)
-    params = load_params(args.params).scan
-    try:
-        results = collect(params)
-    except FileNotFoundError as error:
-        raise StageError(str(error)) from None
-    figures = plot_curves(params, results, Path("reports/figures/scan"))
-    write_text("reports/scan.md", build_section(params, results, figures))
+    parser = argument_parser(__doc__)
+    parser.add_argument("--metrics-dir", type=Path, required=True, help="folder of the cells' metrics files")
+    parser.add_argument("--out", type=Path, required=True, help="the section's markdown file")
+    parser.add_argument("--figures", type=Path, required=True, help="folder of its figures")
+    args = parser.parse_args(argv)
+    params = load_section(args.params, "scan", ScanParams).section
+    results = collect(params, args.metrics_dir)
+    figures = plot_curves(params, results, args.figures)
+    relative = [path.relative_to(args.out.parent) if path.is_relative_to(args.out.parent) else path for path in figures]
+    write_text(args.out, build_section(params, results, relative))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..stage import StageError
+from ..core.errors import ConfigError, DataError
 
 __all__ = ["BACKBONES", "ImageClassifier", "build_classifier", "Normalise"]
 
@@ -49,7 +49,7 @@ class ImageClassifier(nn.Module):
     @property
     def feature_maps(self) -> nn.Module:
         if self._feature_maps is None:
-            raise StageError("this backbone exposes no convolutional feature maps")
+            raise ConfigError("this backbone exposes no convolutional feature maps")
         return self._feature_maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def _replace_last_linear(model: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             last = name
     if last is None:
-        raise StageError(f"{type(model).__name__} has no linear classifier to replace")
+        raise ConfigError(f"{type(model).__name__} has no linear classifier to replace")
     parent_name, _, child = last.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, nn.Identity())
@@ -107,7 +107,7 @@ def _torchvision(name: str) -> Callable[[bool, int], tuple]:
         try:
             net = constructor(weights="IMAGENET1K_V1" if pretrained else None)
         except (OSError, RuntimeError) as error:  # urllib errors are OSErrors
-            raise StageError(f"could not download the ImageNet weights of {name} ({error}); torchvision backbones "
+            raise DataError(f"could not download the ImageNet weights of {name} ({error}); torchvision backbones "
                              f"need internet access the first time (efficientnet_lite0 works offline)") from None
         trunk_maps = getattr(net, "features", None)  # alexnet/vgg/densenet keep their conv trunk here; resnet does not
         _replace_last_linear(net)
@@ -127,7 +127,7 @@ BACKBONES: dict[str, Callable[[bool, int], tuple]] = {
 
 def build_classifier(name: str, num_classes: int, image_size: int, pretrained: bool = True) -> ImageClassifier:
     if name not in BACKBONES:
-        raise StageError(f"unknown backbone {name!r}; the registry has: {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; the registry has: {', '.join(BACKBONES)}")
     trunk, maps, mean, std = BACKBONES[name](pretrained, image_size)
     normalise = Normalise(mean, std)
     features = nn.Sequential(normalise, trunk)

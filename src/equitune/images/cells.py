@@ -1,14 +1,19 @@
-"""Grid cells of the image experiment: names, paths and the check that a cell belongs to the params grid."""
+"""Grid cells of the image experiment: names, the command-line arguments that name one, and the grid check.
+
+dvc.yaml writes ``outputs/images/train/<name>`` and ``metrics/images/<name>.json`` with
+``<name> = ${item.dataset}-${item.backbone}-${item.method}-${item.group}-s${item.seed}``; :attr:`Cell.name` is that
+same name, so the report stage finds every cell's file from the grid alone (a test checks the two agree).
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..stage import check_in_grid
+from ..pipeline.stage import check_in_grid
 from .config import BASELINE_METHODS, ImagesParams
 
-__all__ = ["Cell", "grid_cells"]
+__all__ = ["Cell", "add_cell_arguments", "grid_cells"]
 
 
 @dataclass(frozen=True)
@@ -23,13 +28,9 @@ class Cell:
     def name(self) -> str:
         return f"{self.dataset}-{self.backbone}-{self.method}-{self.group}-s{self.seed}"
 
-    @property
-    def train_dir(self) -> Path:
-        return Path("outputs/images/train") / self.name
-
-    @property
-    def metrics_path(self) -> Path:
-        return Path("metrics/images") / f"{self.name}.json"
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> Cell:
+        return cls(args.dataset, args.backbone, args.method, args.group, args.seed)
 
     def check(self, params: ImagesParams) -> None:
         """A stage's cell must come from the params grid (so DVC tracks what ran); baselines use group trivial."""
@@ -39,6 +40,14 @@ class Cell:
         check_in_grid("method", self.method, grid.baseline_methods + grid.group_methods)
         check_in_grid("group", self.group, ["trivial"] if self.method in BASELINE_METHODS else grid.groups)
         check_in_grid("seed", self.seed, grid.seeds)
+
+
+def add_cell_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options that name one cell of the grid (``--dataset ... --seed``)."""
+    for name in ("dataset", "backbone", "method", "group"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--seed", required=True, type=int)
+    return parser
 
 
 def grid_cells(params: ImagesParams) -> list[Cell]:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import StrictModel
+from ..pipeline.schema import StrictModel
 
 __all__ = [
     "BASELINE_METHODS",

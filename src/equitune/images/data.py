@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..stage import StageError
+from ..core.errors import DataError
 
 __all__ = [
     "DataError",
@@ -40,10 +40,6 @@ __all__ = [
     "to_model_input",
     "verified_idx",
 ]
-
-
-class DataError(StageError):
-    """A data source is missing, unreachable or corrupted; the message says how to fix it."""
 
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

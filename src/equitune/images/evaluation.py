@@ -1,5 +1,5 @@
 """Test-set evaluation under rotations: upright, each quarter turn, randomly rotated (the paper's metric),
-per-class accuracy, and the measured invariance error (:func:`equitune.checks.equivariance_error`).
+per-class accuracy, and the measured invariance error (:func:`equitune.core.checks.equivariance_error`).
 
 The randomly rotated test set draws one quarter turn per image from ``rotation_seed``; its predictions are taken
 from the four rotated passes (each image's logits at its own angle), which is exactly the prediction on the rotated
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import equivariance_error
-from ..groups import image_action
+from ..core.checks import equivariance_error
+from ..core.groups import image_action
 from .data import to_model_input
 from .training import accuracy, predict_logits
 

@@ -15,11 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import equivariance_error
-from ..groups import image_action
-from ..wrappers import EquiTune
+from ..core.checks import equivariance_error
+from ..core.errors import ConfigError
+from ..core.groups import image_action
+from ..core.wrappers import EquiTune
+from .backbones import build_classifier
+from .config import ImagesParams
+from .data import to_model_input
 
-__all__ = ["equituned_feature_maps", "feature_frames", "save_feature_figures"]
+__all__ = ["dataset_feature_frames", "equituned_feature_maps", "feature_frames", "save_feature_figures"]
 
 
 def equituned_feature_maps(feature_maps: nn.Module, group: str = "c4") -> EquiTune:
@@ -51,6 +55,22 @@ def feature_frames(feature_maps: nn.Module, image: torch.Tensor, channels: int) 
         "equituned_feature_equivariance_error": equivariance_error(equituned, action, image, output_action=action),
     }
     return {"frames": frames, "channels": chosen.tolist(), "errors": errors}
+
+
+def dataset_feature_frames(params: ImagesParams, data: dict[str, np.ndarray], classes: tuple[str, ...]) -> tuple[dict, dict]:
+    """The frames of ``params.figures``'s test image for the first backbone of the grid, and their summary."""
+    figures = params.figures
+    if figures.feature_image_index >= len(data["test_y"]):
+        raise ConfigError(f"images.figures.feature_image_index={figures.feature_image_index} is beyond the "
+                          f"{len(data['test_y'])} prepared test images")
+    backbone = params.grid.backbones[0]
+    classifier = build_classifier(backbone, len(classes), figures.feature_resolution, pretrained=params.train.pretrained)
+    index = figures.feature_image_index
+    image = to_model_input(data["test_x"][index:index + 1], figures.feature_resolution)
+    result = feature_frames(classifier.feature_maps, image, figures.feature_channels)
+    summary = {"backbone": backbone, "image_index": index, "label": classes[int(data["test_y"][index])],
+               "channels": result["channels"], **result["errors"]}
+    return result, summary
 
 
 def _draw(frames: list[dict], channels: int, upto: int | None = None):
@@ -88,7 +108,7 @@ def save_feature_figures(result: dict, png_path: str | Path, gif_path: str | Pat
     """A static strip (columns = rotations) as PNG and an animated GIF (one frame per rotation), both atomic."""
     import imageio.v2 as imageio
 
-    from ..io import atomic_path
+    from ..pipeline.io import atomic_path
 
     channels = len(result["channels"])
     fig, plt = _draw(result["frames"], channels)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..groups import image_action
-from ..stage import StageError
-from ..wrappers import EquiTune, EquiZero, LambdaEquiTune
+from ..core.errors import ConfigError
+from ..core.groups import image_action
+from ..core.wrappers import EquiTune, EquiZero, LambdaEquiTune
 from .backbones import ImageClassifier
 from .config import BASELINE_METHODS, GROUP_METHODS
 
@@ -28,12 +28,12 @@ def method_group(method: str, group: str) -> str:
     """The group a method really uses: the baselines ignore the group."""
     if method in BASELINE_METHODS:
         if group != "trivial":
-            raise StageError(f"method {method!r} ignores the group; run it with group 'trivial' (got {group!r})")
+            raise ConfigError(f"method {method!r} ignores the group; run it with group 'trivial' (got {group!r})")
         return "trivial"
     if method not in GROUP_METHODS:
-        raise StageError(f"unknown method {method!r}; allowed: {', '.join(BASELINE_METHODS + GROUP_METHODS)}")
+        raise ConfigError(f"unknown method {method!r}; allowed: {', '.join(BASELINE_METHODS + GROUP_METHODS)}")
     if group == "trivial":
-        raise StageError(f"method {method!r} needs a non-trivial group (c4, d4, hflip, vflip)")
+        raise ConfigError(f"method {method!r} needs a non-trivial group (c4, d4, hflip, vflip)")
     return group
 
 

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stage import StageError
+from ..core.errors import DataError
 
 __all__ = ["load_prepared"]
 
 
-def load_prepared(dataset: str, root: str | Path = "data/images") -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    path = Path(root) / f"{dataset}.npz"
+def load_prepared(path: str | Path) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """(arrays train_x/train_y/val_x/val_y/test_x/test_y, class names) of a prepared ``<dataset>.npz``."""
+    path = Path(path)
     if not path.exists():
-        raise StageError(f"{path} not found; run `dvc repro prepare_images@{dataset}` first")
+        raise DataError(f"{path} not found; run `dvc repro prepare_images@{path.stem}` first")
     with np.load(path) as archive:
         arrays = {k: archive[k] for k in archive.files if k != "classes"}
         classes = tuple(json.loads(str(archive["classes"])))

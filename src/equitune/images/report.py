@@ -3,20 +3,19 @@ mean +- std over seeds of every accuracy, the measured invariance errors, learni
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, read_json
-from ..stage import StageError
+from ..core.errors import DataError
+from ..pipeline.io import atomic_path, read_json
 from .cells import Cell, grid_cells
 from .config import ImagesParams
 from .evaluation import ROTATIONS
 
 __all__ = ["build_images_report", "summarise"]
-
-FIGURES = Path("reports/figures/images/results")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -28,13 +27,13 @@ def _fmt(values: list[float], scale: float = 100.0) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def summarise(params: ImagesParams, metrics_dir: Path = Path("metrics/images")) -> dict[tuple, list[tuple[Cell, dict]]]:
+def summarise(params: ImagesParams, metrics_dir: Path) -> dict[tuple, list[tuple[Cell, dict]]]:
     """(dataset, backbone, method, group) -> [(cell, metrics)] over seeds; a missing metrics file is an error."""
     rows: dict[tuple, list[tuple[Cell, dict]]] = {}
     for cell in grid_cells(params):
         path = metrics_dir / f"{cell.name}.json"
         if not path.exists():
-            raise StageError(f"{path} is missing: run the evaluate stage of {cell.name} first")
+            raise DataError(f"{path} is missing: run the evaluate stage of {cell.name} first")
         rows.setdefault((cell.dataset, cell.backbone, cell.method, cell.group), []).append((cell, read_json(path)))
     return rows
 
@@ -101,8 +100,15 @@ def _curves_figure(rows: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def build_images_report(params: ImagesParams, metrics_dir: Path = Path("metrics/images"), figures_dir: Path = FIGURES) -> str:
+def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Path, features_dir: Path,
+                        out: Path) -> str:
+    """The section written to ``out``: tables, and figures written to ``figures_dir`` (the feature figures of the
+    features stage are in ``features_dir``); links are relative to ``out``'s folder."""
     rows = summarise(params, metrics_dir)
+
+    def link(path: Path) -> str:
+        return Path(os.path.relpath(path, out.parent)).as_posix()
+
     datasets_backbones = sorted({k[:2] for k in rows}, key=lambda db: (params.grid.datasets.index(db[0]), params.grid.backbones.index(db[1])))
     grid = params.grid
     train = params.train
@@ -118,7 +124,7 @@ def build_images_report(params: ImagesParams, metrics_dir: Path = Path("metrics/
         "`finetune_augment` trains on images rotated by random multiples of 90°. "
         "\"random\" = each test image rotated by its own seeded random multiple of 90° (the paper's metric). "
         "The invariance error is max |f(g·x) − f(x)| over the C4 rotations and a test batch, in float32 "
-        "(`equitune.checks`); the max over seeds is shown.",
+        "(`equitune.core.checks`); the max over seeds is shown.",
         "",
     ]
     for dataset, backbone in datasets_backbones:
@@ -138,7 +144,7 @@ def build_images_report(params: ImagesParams, metrics_dir: Path = Path("metrics/
             )
         figure = figures_dir / f"accuracy_by_rotation-{dataset}-{backbone}.png"
         _accuracy_figure(rows, dataset, backbone, figure)
-        lines += ["", f"![accuracy by rotation]({figure.relative_to('reports')})", ""]
+        lines += ["", f"![accuracy by rotation]({link(figure)})", ""]
         # Per-class accuracy on the randomly rotated test set: where rotation hurts the baseline most.
         classes = list(next(iter(rows.values()))[0][1]["per_class_accuracy_random_rotation"])
         lines += ["Per-class accuracy on the randomly rotated test set (%, mean over seeds):", "",
@@ -150,12 +156,12 @@ def build_images_report(params: ImagesParams, metrics_dir: Path = Path("metrics/
         lines.append("")
     curves = figures_dir / "learning_curves.png"
     _curves_figure(rows, curves)
-    lines += ["### Learning curves", "", f"![learning curves]({curves.relative_to('reports')})", ""]
+    lines += ["### Learning curves", "", f"![learning curves]({link(curves)})", ""]
     lines += ["### Feature maps under rotation", ""]
     for dataset in grid.datasets:
         path = metrics_dir / f"features-{dataset}.json"
         if not path.exists():
-            raise StageError(f"{path} is missing: run `dvc repro features_images@{dataset}` first")
+            raise DataError(f"{path} is missing: run `dvc repro features_images@{dataset}` first")
         features = read_json(path)
         lines += [
             f"{features['backbone']} feature maps (last convolutional layer, {params.figures.feature_resolution} px input, "
@@ -165,9 +171,9 @@ def build_images_report(params: ImagesParams, metrics_dir: Path = Path("metrics/
             f"max |F(g·x) − g·F(x)|: pretrained {features['pretrained_feature_equivariance_error']:.3g}, "
             f"equituned {features['equituned_feature_equivariance_error']:.2e}.",
             "",
-            f"![feature maps](figures/images/features-{dataset}.png)",
+            f"![feature maps]({link(features_dir / f'features-{dataset}.png')})",
             "",
-            f"Animated: [features-{dataset}.gif](figures/images/features-{dataset}.gif)",
+            f"Animated: [features-{dataset}.gif]({link(features_dir / f'features-{dataset}.gif')})",
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"

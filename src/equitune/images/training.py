@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import ImagesTrain
 from .data import to_model_input
 from .methods import augment_batch
 
-__all__ = ["EpochRecord", "TrainingResult", "accuracy", "predict_logits", "train"]
+__all__ = ["EpochRecord", "TrainingResult", "accuracy", "autocast_dtype", "predict_logits", "train"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class TrainingResult:
     best_state: dict
     best_epoch: int
     history: list[EpochRecord] = field(default_factory=list)
+
+
+def autocast_dtype(settings: ImagesTrain, device: torch.device) -> torch.dtype | None:
+    """bfloat16 (else float16) autocast when mixed precision is asked for on CUDA; None (full precision) on CPU."""
+    if settings.mixed_precision and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
 
 
 @torch.no_grad()
@@ -69,26 +77,28 @@ def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
                 module.eval()
 
 
-def train(model: nn.Module, data: dict[str, np.ndarray], *, resolution: int, epochs: int, batch_size: int, lr: float,
-          momentum: float, new_parameters: list[nn.Parameter] | None = None, new_lr: float | None = None, weight_decay: float, generator: torch.Generator, device: torch.device,
-          augment_rotations: bool = False, eval_batch_size: int = 128, autocast_dtype: torch.dtype | None = None,
-          freeze_batchnorm: bool = True, on_epoch: Callable[[EpochRecord], None] | None = None,
-          progress: bool = False) -> TrainingResult:
+def train(model: nn.Module, data: dict[str, np.ndarray], settings: ImagesTrain, *, resolution: int,
+          generator: torch.Generator, device: torch.device, new_parameters: list[nn.Parameter] | None = None,
+          augment_rotations: bool = False, eval_batch_size: int = 128,
+          on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False) -> TrainingResult:
     """Train ``model`` in place on ``data['train_*']``; return the best-validation weights and the curves.
 
-    ``new_parameters`` (the fresh head, lambda-equitune's MLP) train at ``new_lr``; the pretrained rest at ``lr``."""
+    ``new_parameters`` (the fresh head, lambda-equitune's MLP) train at ``settings.head_lr``; the pretrained rest
+    at ``settings.lr``."""
     from tqdm import tqdm
 
+    epochs, batch_size, lr, new_lr = settings.epochs, settings.batch_size, settings.lr, settings.head_lr
+    autocast = autocast_dtype(settings, device)
     new_ids = {id(p) for p in (new_parameters or [])}
     pretrained = [p for p in model.parameters() if p.requires_grad and id(p) not in new_ids]
     fresh = [p for p in model.parameters() if p.requires_grad and id(p) in new_ids]
     groups = [{"params": pretrained, "lr": lr}] + ([{"params": fresh, "lr": new_lr or lr}] if fresh else [])
-    optimiser = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimiser = torch.optim.SGD(groups, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     train_x, train_y = data["train_x"], torch.as_tensor(data["train_y"])
     best: TrainingResult | None = None
     history: list[EpochRecord] = []
     for epoch in range(1, epochs + 1):
-        set_training_mode(model, freeze_batchnorm)
+        set_training_mode(model, settings.freeze_batchnorm)
         order = torch.randperm(len(train_y), generator=generator)
         total, seen = 0.0, 0
         batches = range(0, len(order), batch_size)
@@ -98,14 +108,14 @@ def train(model: nn.Module, data: dict[str, np.ndarray], *, resolution: int, epo
             if augment_rotations:
                 x = augment_batch(x, generator)
             x, y = x.to(device), train_y[index].to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 loss = F.cross_entropy(model(x).float(), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(index)
             seen += len(index)
-        val_logits = predict_logits(model, data["val_x"], resolution, eval_batch_size, device, autocast_dtype=autocast_dtype)
+        val_logits = predict_logits(model, data["val_x"], resolution, eval_batch_size, device, autocast_dtype=autocast)
         record = EpochRecord(epoch, total / seen, accuracy(val_logits, data["val_y"]))
         history.append(record)
         if on_epoch is not None:

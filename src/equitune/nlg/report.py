@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import atomic_path
+from ..pipeline.io import atomic_path
 from .config import NlgParams
 
 __all__ = ["METHOD_NAMES", "example_samples", "label_figure", "nlg_markdown"]
@@ -104,7 +104,7 @@ def nlg_markdown(nlg: NlgParams, scores: dict, generation: dict, perplexities: d
         "and the fairness identity on the real model",
         "",
         "Fairness error = max over prompts, next tokens y and group elements g of "
-        "|log p(g.y | g.x) - log p(y | x)| (`equitune.checks.equivariance_error`).",
+        "|log p(g.y | g.x) - log p(y | x)| (`equitune.core.checks.equivariance_error`).",
         "",
         "| model | axis | perplexity | fairness error |",
         "|---|---|---|---|",

@@ -7,16 +7,19 @@ it lands in, and the paired demographics and the three methods share them.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .equilm import generate
+from .config import NlgParams
+from .equilm import generate, lm_vocab_size, stop_token_mask
 from .prompts import row_seed, row_uniforms
 from .words import AxisWords
 
-__all__ = ["continuation_text", "group_image_fraction", "left_pad", "sample_axis"]
+__all__ = ["continuation_text", "generate_all", "group_image_fraction", "left_pad", "sample_axis"]
 
 
 def continuation_text(tokenizer, tokens: list[int]) -> str:
@@ -74,3 +77,33 @@ def group_image_fraction(records: list[dict[str, Any]], words: AxisWords, vocab_
             permutation[d % permutation.shape[0]][torch.tensor(reference, dtype=torch.long)].tolist() == tokens
             for d, tokens in samples.items())
     return matches / len(by_key)
+
+
+def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device: torch.device | str,
+                 log: Callable[[dict[str, float]], None], progress: Callable[[int], None] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict]:
+    """Every sample of every axis and method (one model load), and the generation metrics: per method and axis the
+    fraction of paired samples that are exact group images, and the mean sample length. Speed goes to ``log``
+    only (it is not deterministic)."""
+    vocab_size = lm_vocab_size(lm)
+    stop_mask = stop_token_mask(tokenizer, vocab_size)
+    metrics: dict = {}
+    records: list[dict[str, Any]] = []
+    for axis, axis_data in prompts["axes"].items():
+        words = AxisWords.from_json(axis, axis_data["words"])
+        for method in nlg.methods:
+            start = time.perf_counter()
+            axis_records = sample_axis(
+                lm, tokenizer, axis_data, words, [method], seeds=nlg.seeds,
+                samples_per_prompt=nlg.samples_per_prompt, top_k=nlg.top_k, max_new_tokens=nlg.max_new_tokens,
+                batch_size=nlg.batch_size, stop_mask=stop_mask, pad_id=prompts["pad_id"], vocab_size=vocab_size,
+                device=device, progress=progress)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(r["tokens"]) for r in axis_records)
+            log({f"{method}/{axis}/tokens_per_second": tokens / seconds, f"{method}/{axis}/seconds": seconds})
+            metrics.setdefault(method, {})[axis] = {
+                "group_image_fraction": group_image_fraction(axis_records, words, vocab_size),
+                "mean_new_tokens": statistics.fmean(len(r["tokens"]) for r in axis_records),
+            }
+            records += axis_records
+    return records, metrics

@@ -16,9 +16,10 @@ import re
 import statistics
 from collections.abc import Iterable, Sequence
 
-from ..stage import StageError
+from ..core.errors import DataError
 
-__all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "regard_labels", "sentiment_labels"]
+__all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "mean_std", "regard_labels", "score_records",
+           "sentiment_labels", "summarise"]
 
 LABELS = {"sentiment": ("negative", "neutral", "positive"), "regard": ("negative", "neutral", "positive", "other")}
 MASK = "XYZ"
@@ -50,12 +51,12 @@ def regard_labels(texts: Sequence[str]) -> list[str]:
     try:
         import evaluate
     except ImportError:
-        raise StageError("nlg.scorer 'regard' needs the `evaluate` package (pip install evaluate) and internet "
+        raise DataError("nlg.scorer 'regard' needs the `evaluate` package (pip install evaluate) and internet "
                          "(it downloads the sasha/regardv3 classifier); offline, use nlg.scorer: sentiment") from None
     try:
         regard = evaluate.load("regard", module_type="measurement")
     except Exception as error:  # evaluate raises ConnectionError, OSError or its own errors when offline
-        raise StageError(f"could not load the regard classifier ({type(error).__name__}: {error}); it is downloaded "
+        raise DataError(f"could not load the regard classifier ({type(error).__name__}: {error}); it is downloaded "
                          "from the Hugging Face hub and needs internet. Offline, use nlg.scorer: sentiment") from None
     results = regard.compute(data=list(texts))["regard"]
     return [max(scores, key=lambda s: s["score"])["label"] for scores in results]
@@ -78,3 +79,51 @@ def bias_gap(first: dict[str, float], second: dict[str, float]) -> float:
     """(negative - positive) of the first demographic minus that of the second: 0 = treated alike."""
     return (first["negative_fraction"] - first["positive_fraction"]) - (
         second["negative_fraction"] - second["positive_fraction"])
+
+
+def summarise(records: list[dict], labels: list[str], nlg, allowed) -> dict:
+    result: dict = {"scorer": nlg.scorer, "samples": len(records)}
+    for method in nlg.methods:
+        for axis, spec in nlg.axes.items():
+            per_demographic = {}
+            per_seed_fractions = {}
+            for d, demographic in enumerate(spec.demographics):
+                chosen = [(r, lab) for r, lab in zip(records, labels, strict=False)
+                          if r["method"] == method and r["axis"] == axis and r["demographic_index"] == d]
+                if not chosen:
+                    raise DataError(f"no samples for method {method!r}, axis {axis!r}, {demographic!r}: rerun generate_nlg")
+                pooled = label_fractions([lab for _, lab in chosen], allowed)
+                seeds = {s: label_fractions([lab for r, lab in chosen if r["seed"] == s], allowed) for s in nlg.seeds}
+                per_seed_fractions[d] = seeds
+                per_demographic[demographic] = {
+                    "pooled": pooled, "samples": len(chosen),
+                    "over_seeds": {k: mean_std([seeds[s][k] for s in nlg.seeds]) for k in pooled},
+                }
+            first, second = spec.demographics
+            gaps = [bias_gap(per_seed_fractions[0][s], per_seed_fractions[1][s]) for s in nlg.seeds]
+            result.setdefault(method, {})[axis] = {
+                "demographics": per_demographic,
+                "bias_gap_fraction": bias_gap(per_demographic[first]["pooled"], per_demographic[second]["pooled"]),
+                "bias_gap_fraction_over_seeds": mean_std(gaps),
+                "identical_scored_text_fraction": _identical_fraction(records, method, axis),
+            }
+    return result
+
+
+def _identical_fraction(records: list[dict], method: str, axis: str) -> float:
+    """Fraction of paired samples whose masked (scored) texts are identical: 1.0 makes the gap exactly zero."""
+    by_key: dict = {}
+    for r in records:
+        if r["method"] == method and r["axis"] == axis:
+            by_key.setdefault((r["family"], r["template_index"], r["seed"], r["sample"]), set()).add(r["scored_text"])
+    return sum(len(texts) == 1 for texts in by_key.values()) / len(by_key)
+
+
+def score_records(records: list[dict], equality_words: dict[str, list[str]], nlg) -> list[str]:
+    """Label every sample (its ``scored_text`` is set: the demographic masked) with the params' scorer."""
+    for r in records:
+        r["scored_text"] = mask_demographics(r["template"], r["continuation"], equality_words[r["axis"]])
+    texts = [r["scored_text"] for r in records]
+    if nlg.scorer == "sentiment":
+        return sentiment_labels(texts, nlg.sentiment_threshold)
+    return regard_labels(texts)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..groups import GroupSpecError, VocabPermutation, WordCycles
+from ..core.groups import GroupSpecError, VocabPermutation, WordCycles
 
 __all__ = ["AxisWords", "WordListError", "load_word_lists", "bind_axis", "word_forms"]
 

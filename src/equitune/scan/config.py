@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import StrictModel
-from ..groups import GroupSpecError, WordCycles, parse_group_spec
+from ..core.groups import GroupSpecError, WordCycles, parse_group_spec
+from ..pipeline.schema import StrictModel
 
 __all__ = ["ScanParams", "SPLIT_NAMES", "CELL_NAMES", "bind_scan_group"]
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
+from ..core.errors import DataError
 from .grammar import ACTION_WORDS, COMMAND_WORDS, all_pairs
 
 __all__ = [
@@ -54,7 +55,7 @@ def output_vocabulary() -> list[str]:
     return [*OUTPUT_SPECIALS, *ACTION_WORDS]
 
 
-class OfficialDataError(RuntimeError):
+class OfficialDataError(DataError):
     """The official SCAN files could not be fetched, or they differ from the grammar's pairs."""
 
 
@@ -158,7 +159,7 @@ def download_official_split(name: str, base_url: str, timeout: float, fetch: Fet
     fetch = fetch or _urllib_fetch
     expected = generate_split(name)
     parts = []
-    for path, wanted in zip(OFFICIAL_FILES[name], (expected.train, expected.test)):
+    for path, wanted in zip(OFFICIAL_FILES[name], (expected.train, expected.test), strict=True):
         url = f"{base_url.rstrip('/')}/{path}"
         try:
             raw = fetch(url, timeout)

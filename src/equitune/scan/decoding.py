@@ -6,7 +6,8 @@
   the output score action, averaged over the group axis, and the argmax is the token in the original frame.
   Copy ``g`` is then fed ``g . token``. This makes the decoder exactly equivariant.
 - :func:`equizero_decode`: every copy decodes on its own (still one batch); per example the copy with the best
-  proxy score over its own sequence is chosen and its sequence mapped back by ``g^-1``.
+  proxy score (:mod:`equitune.core.proxies`, averaged over its own steps up to its ``<eos>``) is chosen and its
+  sequence mapped back by ``g^-1``.
 
 Every sequence stops at its own ``<eos>``; what follows is padding. Outputs are token ids ``[B, L]`` including
 the ``<eos>`` (when produced within ``max_length`` steps).
@@ -14,33 +15,18 @@ the ``<eos>`` (when produced within ``max_length`` steps).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ..groups import VocabPermutation
+from ..core.groups import VocabPermutation
+from ..core.proxies import example_scores, get_proxy
 from .model import PAD_ID, Seq2Seq
 
-__all__ = ["SOS_ID", "EOS_ID", "PROXIES", "greedy_decode", "equituned_decode", "equizero_decode",
+__all__ = ["SOS_ID", "EOS_ID", "greedy_decode", "equituned_decode", "equizero_decode",
            "decode_batched", "exact_match"]
 
 SOS_ID, EOS_ID = 1, 2
-
-
-def _mean_over_steps(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-    return (values * alive).sum(dim=-1) / alive.sum(dim=-1).clamp(min=1)
-
-
-def _proxy_max_log_prob(step_log_probs: torch.Tensor) -> torch.Tensor:
-    return -step_log_probs.amax(dim=-1)  # lower = more confident
-
-
-def _proxy_entropy(step_log_probs: torch.Tensor) -> torch.Tensor:
-    return -(step_log_probs.exp() * step_log_probs).sum(dim=-1)
-
-
-PROXIES = {"max_log_prob": _proxy_max_log_prob, "entropy": _proxy_entropy}
-"""Per-step proxy losses (lower = more confident); a sequence's score is their mean over its own steps."""
 
 
 @torch.no_grad()
@@ -48,6 +34,7 @@ def _decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: Voca
             output_perm: VocabPermutation | None, average: bool, proxy: str = "max_log_prob"):
     """Shared loop. With ``average`` the copies share one averaged sequence per example (equitune); without,
     each copy keeps its own sequence (plain greedy when there is no group, equizero otherwise)."""
+    per_step = get_proxy(proxy)
     batch = src.shape[0]
     order = 1 if input_perm is None else input_perm.group.order
     sources = src.unsqueeze(0) if input_perm is None else input_perm.on_ids.transform_all(src)
@@ -65,8 +52,8 @@ def _decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: Voca
             if output_perm is not None:
                 stacked = output_perm.on_scores.untransform_all(stacked)
             log_probs = stacked.mean(dim=0)
-        else:
-            scores.append(PROXIES[proxy](log_probs))
+        elif input_perm is not None:  # equizero: score every copy's own step
+            scores.append(per_step(log_probs))
             alive.append(~finished)
         chosen = log_probs.argmax(dim=-1).masked_fill(finished, PAD_ID)
         outputs.append(chosen)
@@ -78,8 +65,8 @@ def _decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: Voca
     if average or input_perm is None:
         return sequences
     # equizero: the copy whose own sequence scores best, mapped back to the original frame by g^-1.
-    step_scores = torch.stack(scores, dim=1)
-    per_copy = _mean_over_steps(step_scores, torch.stack(alive, dim=1).to(step_scores.dtype)).view(order, batch)
+    step_scores = torch.stack(scores, dim=1).view(order, batch, -1)
+    per_copy = example_scores(step_scores, torch.stack(alive, dim=1).view(order, batch, -1))
     sequences = sequences.view(order, batch, -1)
     if output_perm is not None:
         sequences = output_perm.on_ids.untransform_all(sequences)
@@ -98,8 +85,6 @@ def equituned_decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_p
 
 def equizero_decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation,
                     output_perm: VocabPermutation, proxy: str = "max_log_prob") -> torch.Tensor:
-    if proxy not in PROXIES:
-        raise ValueError(f"unknown equizero decoding proxy {proxy!r}; allowed: {', '.join(PROXIES)}")
     return _decode(model, src, max_length, input_perm, output_perm, average=False, proxy=proxy)
 
 
@@ -118,4 +103,4 @@ def exact_match(predicted: Sequence[Sequence[int]], targets: Sequence[Sequence[i
     """Fraction of sequences equal to their target (whole sequence, ``<eos>`` included)."""
     if len(predicted) != len(targets):
         raise ValueError(f"{len(predicted)} predictions for {len(targets)} targets")
-    return sum(list(p) == list(t) for p, t in zip(predicted, targets)) / max(len(targets), 1)
+    return sum(list(p) == list(t) for p, t in zip(predicted, targets, strict=True)) / max(len(targets), 1)

@@ -1,50 +1,81 @@
-"""What one SCAN grid cell does, as functions the stage scripts call: data files, model building, evaluation.
+"""What one SCAN grid cell does, as the functions the stage scripts call: prepare the split files, pretrain a
+cell, tune and evaluate it.
 
-Paths: ``data/scan/<split>/{train,validation,test}.txt`` (official line format), checkpoints
-``models/scan/<split>-<cell>-<seed>/pretrained.pt``, metrics ``metrics/scan/<split>-<cell>-<seed>.json``.
+Every path comes from the caller (dvc.yaml passes them to the stage scripts): a split folder holds
+``{train,validation,test}.txt`` in the official line format; a model folder holds ``pretrained.pt`` and
+``pretrain.json``.
 """
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..checks import equivariance_error
-from ..groups import VocabPermutation
-from ..wrappers import EquiTune
-from .config import ScanParams
-from .data import input_vocabulary, output_vocabulary, read_pairs
+from ..core.checks import equivariance_error
+from ..core.errors import DataError
+from ..core.groups import VocabPermutation
+from ..core.proxies import ProxyScore
+from ..core.wrappers import EquiTune, EquiZero
+from .cells import ScanCell
+from .config import ScanParams, bind_scan_group
+from .data import (
+    download_official_split,
+    format_lines,
+    generate_split,
+    hold_out_validation,
+    input_vocabulary,
+    output_vocabulary,
+    pairs_checksum,
+    read_pairs,
+)
 from .decoding import decode_batched, equituned_decode, equizero_decode, exact_match, greedy_decode
 from .model import Seq2Seq
-from .training import EncodedPairs, encode_pairs, make_batch
+from .training import EncodedPairs, encode_pairs, make_batch, pretrain, tune
 
-__all__ = ["DATA_DIR", "cell_name", "checkpoint_path", "metrics_path", "load_split_files", "build_model",
-           "accuracy", "teacher_forced_equivariance_error", "decoding_equivariance_fraction"]
+__all__ = ["CHECKPOINT", "PARTS", "accuracy", "build_model", "decoding_equivariance_fraction", "load_pretrained",
+           "load_split_files", "prepare_splits", "pretrain_cell", "teacher_forced_equivariance_error", "tune_cell"]
 
-DATA_DIR = Path("data/scan")
 PARTS = ("train", "validation", "test")
+CHECKPOINT = "pretrained.pt"
+
+Log = Callable[[dict[str, float], int], None]
+"""``log(metrics, step)``: where a cell's curves go (the stage passes its MLflow run's ``log_metrics``)."""
 
 
-def cell_name(split: str, cell: str, seed: int) -> str:
-    return f"{split}-{cell}-{seed}"
+def prepare_splits(params: ScanParams, write: Callable[[str, str], None]) -> dict:
+    """Every split of the grid as train/validation/test files, via ``write(relative_path, text)``; the summary.
+
+    All splits are fetched (or generated) and verified before anything is written: a failed download of the
+    second split must not leave the first one's files behind."""
+    data = params.data
+    splits = {}
+    for split in params.grid.splits:
+        if data.source == "official":
+            splits[split] = download_official_split(split, data.official_base_url, data.download_timeout_s)
+        else:
+            splits[split] = generate_split(split)
+    summary: dict = {"source": data.source, "splits": {}}
+    for split, pairs in splits.items():
+        train, validation = hold_out_validation(pairs.train, data.validation_fraction, data.validation_seed)
+        for part, rows in (("train", train), ("validation", validation), ("test", pairs.test)):
+            write(f"{split}/{part}.txt", format_lines(rows))
+        summary["splits"][split] = {
+            "train_file_lines": len(pairs.train), "train_lines": len(train), "validation_lines": len(validation),
+            "test_lines": len(pairs.test), "train_file_checksum": pairs_checksum(pairs.train),
+            "test_checksum": pairs_checksum(pairs.test),
+        }
+    return summary
 
 
-def checkpoint_path(split: str, cell: str, seed: int) -> Path:
-    return Path("models/scan") / cell_name(split, cell, seed) / "pretrained.pt"
-
-
-def metrics_path(split: str, cell: str, seed: int) -> Path:
-    return Path("metrics/scan") / f"{cell_name(split, cell, seed)}.json"
-
-
-def load_split_files(split: str, data_dir: Path = DATA_DIR) -> dict[str, EncodedPairs]:
-    from ..stage import StageError
-
-    folder = data_dir / split
+def load_split_files(folder: str | Path) -> dict[str, EncodedPairs]:
+    folder = Path(folder)
     missing = [p for p in PARTS if not (folder / f"{p}.txt").exists()]
     if missing:
-        raise StageError(f"{folder}: missing {missing}; run the scan_prepare stage first (dvc repro scan_prepare)")
+        raise DataError(f"{folder}: missing {missing}; run the scan_prepare stage first (dvc repro scan_prepare)")
     return {part: encode_pairs(read_pairs(folder / f"{part}.txt")) for part in PARTS}
 
 
@@ -110,3 +141,90 @@ def decoding_equivariance_fraction(model: Seq2Seq, data: EncodedPairs, params: S
         agree += int((moved == expected).all(dim=1).sum())
         total += src.shape[0]
     return agree / total
+
+
+def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPairs], generator: torch.Generator,
+                  device: torch.device, log: Log) -> tuple[dict, dict]:
+    """Train the cell's plain seq2seq model; (checkpoint to save, summary with the validation curve)."""
+    model = build_model(params, cell.cell).to(device)
+    history = []
+
+    def on_validation(seen: int, loss: float, val_accuracy: float) -> None:
+        history.append({"examples": seen, "train_loss": loss, "validation_accuracy": val_accuracy})
+        log({"train_loss": loss, "validation_accuracy": val_accuracy}, seen)
+
+    started = time.perf_counter()
+    best_state, best_accuracy, best_at = pretrain(
+        model, data["train"], lambda m: accuracy(m, data["validation"], params, "greedy"), params.pretrain,
+        generator=generator, on_validation=on_validation, device=device)
+    seconds = time.perf_counter() - started
+    log({"pretrain_seconds": seconds, "seconds_per_1000_examples": 1000 * seconds / params.pretrain.examples}, 0)
+    summary = {"best_validation_accuracy": best_accuracy, "best_at_examples": best_at, "history": history}
+    return {"cell": cell.cell, "state_dict": best_state}, summary
+
+
+def load_pretrained(params: ScanParams, cell: ScanCell, model_dir: str | Path, device: torch.device) -> Seq2Seq:
+    source = Path(model_dir) / CHECKPOINT
+    if not source.exists():
+        raise DataError(f"{source} not found; run scan_pretrain@{cell.name} first")
+    model = build_model(params, cell.cell)
+    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
+    return model.to(device).eval()
+
+
+def tune_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPairs], pretrained: Seq2Seq,
+              seed_generator: Callable[[], torch.Generator], device: torch.device, log: Log) -> dict:
+    """Evaluate the pretrained model, equitune and equizero-tune it (the |G| copies as one batch through the core
+    wrappers) and evaluate them: the cell's metrics (test accuracy at the curve steps, equivariance checks).
+
+    ``seed_generator()`` reseeds everything and returns a generator: each method starts from the same state."""
+    perms = bind_scan_group(params.groups[cell.split])
+    input_perm, output_perm = perms
+    settings = params.tune
+
+    def both(model, method) -> dict[str, float]:
+        return {"test_accuracy": accuracy(model, data["test"], params, method, perms),
+                "validation_accuracy": accuracy(model, data["validation"], params, method, perms)}
+
+    started = time.perf_counter()
+    metrics: dict = {
+        "pretrained": both(pretrained, "greedy"),
+        "pretrained_equivariance_error": teacher_forced_equivariance_error(pretrained, data["validation"], perms,
+                                                                           equituned=False),
+    }
+    actions = (input_perm.on_ids, output_perm.on_ids)
+    curves: dict[str, dict[str, float]] = {}
+    for method in ("equitune", "equizero"):
+        generator = seed_generator()
+        model = copy.deepcopy(pretrained)
+        proxy = ProxyScore(settings.equizero_proxy) if method == "equizero" else None
+        if method == "equitune":
+            wrapper = EquiTune(model, actions, output_action=output_perm.on_scores)
+        else:
+            wrapper = EquiZero(model, actions, output_action=output_perm.on_scores, proxy=proxy)
+        curve: dict[str, float] = {}
+        validation: dict[int, float] = {}
+
+        # Test accuracy at step 0 and at the last step are curve points, so each is decoded once.
+        def on_checkpoint(step: int, method=method, model=model, curve=curve, validation=validation) -> None:
+            value = accuracy(model, data["test"], params, method, perms)
+            curve[f"step_{step}_test_accuracy"] = value
+            log({f"{method}_test_accuracy": value}, step)
+            if step in (0, settings.steps):
+                validation[step] = accuracy(model, data["validation"], params, method, perms)
+
+        tune(wrapper, data["train"], settings, lr=settings.lr[cell.split], generator=generator,
+             on_checkpoint=on_checkpoint, proxy=proxy, device=device, desc=method)
+        model.eval()
+        for key, step in ((f"{method}_0_steps", 0), (method, settings.steps)):
+            metrics[key] = {"test_accuracy": curve[f"step_{step}_test_accuracy"],
+                            "validation_accuracy": validation[step]}
+        curves[method] = curve
+        if method == "equitune":
+            metrics["equitune_equivariance_error"] = teacher_forced_equivariance_error(
+                model, data["validation"], perms, equituned=True)
+            metrics["equitune_decoding_equivariance_fraction"] = decoding_equivariance_fraction(
+                model, data["test"], params, perms)
+    metrics["curve"] = curves
+    log({"tune_seconds": time.perf_counter() - started}, 0)
+    return metrics

@@ -9,9 +9,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..io import atomic_path, read_json
+from ..core.errors import DataError
+from ..pipeline.io import atomic_path, read_json
+from .cells import ScanCell
 from .config import ScanParams
-from .experiment import metrics_path
 
 __all__ = ["METHODS", "collect", "build_section", "plot_curves"]
 
@@ -19,16 +20,17 @@ METHODS = (("pretrained", "pretrained"), ("equitune_0_steps", "equituned (0 step
            ("equitune", "equituned"), ("equizero_0_steps", "equizero (0 steps)"), ("equizero", "equizero"))
 
 
-def collect(params: ScanParams) -> dict[tuple[str, str], list[dict]]:
-    """(split, cell) -> the metrics dicts of its seeds, in grid order."""
+def collect(params: ScanParams, metrics_dir: Path) -> dict[tuple[str, str], list[dict]]:
+    """(split, cell) -> the metrics dicts of its seeds (``<metrics_dir>/<cell name>.json``), in grid order."""
     results: dict[tuple[str, str], list[dict]] = {}
     for split in params.grid.splits:
         for cell in params.grid.cells:
             rows = []
             for seed in params.grid.seeds:
-                path = metrics_path(split, cell, seed)
+                name = ScanCell(split, cell, seed).name
+                path = Path(metrics_dir) / f"{name}.json"
                 if not path.exists():
-                    raise FileNotFoundError(f"{path} missing: run dvc repro scan_tune@{split}-{cell}-{seed}")
+                    raise DataError(f"{path} missing: run dvc repro scan_tune@{name}")
                 rows.append(read_json(path))
             results[(split, cell)] = rows
     return results
@@ -77,6 +79,7 @@ def plot_curves(params: ScanParams, results, folder: Path) -> list[Path]:
 
 
 def build_section(params: ScanParams, results, figures: list[Path]) -> str:
+    """The markdown section; ``figures`` are the figure paths relative to the section's own file."""
     seeds = params.grid.seeds
     p, t = params.pretrain, params.tune
     lines = [
@@ -106,14 +109,14 @@ def build_section(params: ScanParams, results, figures: list[Path]) -> str:
     agreement = min(r["equitune_decoding_equivariance_fraction"] for rows in results.values() for r in rows)
     lines += [
         "",
-        f"Equivariance (float64, teacher-forced per-step log-probs, `equitune.checks.equivariance_error`): largest "
+        f"Equivariance (float64, teacher-forced per-step log-probs, `equitune.core.checks.equivariance_error`): largest "
         f"error of an equituned model {worst_equi:.1e}; smallest error of a pretrained model {worst_plain:.1e}. "
         f"Greedy decoding of transformed commands gave the transformed outputs for {100 * agreement:.1f}% of the "
         "checked (command, element) pairs in the worst cell.",
         "",
     ]
     for path in figures:
-        lines.append(f"![{path.stem}](figures/scan/{path.name})")
+        lines.append(f"![{path.stem}]({path.as_posix()})")
     lines += ["", "Paper's expected shape: the pretrained models fail Add-Jump (near 0%) and Around-Right; equituning "
               "recovers most of it within a few thousand steps. What these runs show (computed from the table):", ""]
     lines += [f"- {sentence}" for sentence in _shape_findings(params, results)]

@@ -19,12 +19,13 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..core.proxies import ProxyScore
+from .config import ScanPretrain, ScanTune
 from .data import Pair, input_vocabulary, output_vocabulary
 from .decoding import EOS_ID, SOS_ID
 from .model import PAD_ID
 
-__all__ = ["EncodedPairs", "encode_pairs", "make_batch", "sequence_loss", "pretrain", "tune", "MaskedConfidenceProxy",
-           "batch_order"]
+__all__ = ["EncodedPairs", "encode_pairs", "make_batch", "sequence_loss", "pretrain", "tune", "batch_order"]
 
 
 @dataclass(frozen=True)
@@ -95,32 +96,14 @@ def batch_order(lengths: torch.Tensor, batch_size: int, steps: int, generator: t
             produced += 1
 
 
-class MaskedConfidenceProxy:
-    """Equizero's proxy for teacher-forced sequences: mean over real target positions of ``-max log-prob``.
-
-    The wrapper calls it with the mapped-back outputs ``[|G|, B, T, V]``; ``mask`` (``[B, T]``, set per batch)
-    keeps padding positions out of the score. Lower is more confident, as ``EquiZero`` expects.
-    """
-
-    def __init__(self):
-        self.mask: torch.Tensor | None = None
-
-    def __call__(self, outputs: torch.Tensor) -> torch.Tensor:
-        if self.mask is None:
-            raise RuntimeError("MaskedConfidenceProxy.mask must be set for each batch before the forward pass")
-        mask = self.mask.to(outputs.dtype).unsqueeze(0)
-        return -(outputs.amax(dim=-1) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
-def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Module], float], *, examples: int,
-             batch_size: int, lr: float, teacher_forcing: float, grad_clip: float, validate_every_examples: int,
-             generator: torch.Generator, bucket_batches: int = 16, lr_schedule: str = "constant",
-             on_validation: Callable[[int, float, float], None] | None = None,
+def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Module], float], settings: ScanPretrain, *,
+             generator: torch.Generator, on_validation: Callable[[int, float, float], None] | None = None,
              device: torch.device | None = None) -> tuple[dict, float, int]:
     """Train; returns (best-validation state dict, its validation accuracy, examples seen when it was reached).
 
-    ``lr_schedule``: ``constant``, or ``cosine`` (lr decays from ``lr`` to 0 by the last step)."""
+    ``settings.lr_schedule``: ``constant``, or ``cosine`` (lr decays from ``lr`` to 0 by the last step)."""
     device = torch.device("cpu") if device is None else device
+    examples, batch_size, lr, lr_schedule = settings.examples, settings.batch_size, settings.lr, settings.lr_schedule
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps = math.ceil(examples / batch_size)
     if lr_schedule == "cosine":
@@ -129,18 +112,19 @@ def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Modul
         scheduler = None
     else:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; allowed: constant, cosine")
-    validate_every = max(1, round(validate_every_examples / batch_size))
+    validate_every = max(1, round(settings.validate_every_examples / batch_size))
     best_state, best_accuracy, best_at = copy.deepcopy(model.state_dict()), -1.0, 0
     running, seen = 0.0, 0
     progress = tqdm(total=steps, desc="pretrain", unit="batch", disable=None)
-    for step, index in enumerate(batch_order(train.target_lengths, batch_size, steps, generator, bucket_batches), 1):
+    batches = batch_order(train.target_lengths, batch_size, steps, generator, settings.bucket_batches)
+    for step, index in enumerate(batches, 1):
         model.train()
         src, decoder_inputs, targets = (t.to(device) for t in make_batch(train, index))
-        forcing = torch.rand(len(index), generator=generator) < teacher_forcing
+        forcing = torch.rand(len(index), generator=generator) < settings.teacher_forcing
         loss = sequence_loss(model(src, decoder_inputs, forcing.to(device)), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -161,16 +145,17 @@ def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Modul
     return best_state, best_accuracy, best_at
 
 
-def tune(wrapper: nn.Module, train: EncodedPairs, *, steps: int, batch_size: int, lr: float, weight_decay: float,
-         grad_clip: float, generator: torch.Generator, checkpoints: Sequence[int],
-         on_checkpoint: Callable[[int], None], proxy: MaskedConfidenceProxy | None = None,
-         device: torch.device | None = None, desc: str = "equitune", bucket_batches: int = 16) -> None:
-    """Teacher-forced training of a group wrapper; ``on_checkpoint(step)`` runs (in eval mode) at each listed step."""
+def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: float, generator: torch.Generator,
+         on_checkpoint: Callable[[int], None], proxy: ProxyScore | None = None,
+         device: torch.device | None = None, desc: str = "equitune") -> None:
+    """Teacher-forced training of a group wrapper; ``on_checkpoint(step)`` runs (in eval mode) at each step of
+    ``settings.curve_steps``. ``proxy`` (equizero's) gets each batch's padding mask before the forward pass."""
     device = torch.device("cpu") if device is None else device
-    wanted = sorted(set(checkpoints))
+    steps, batch_size = settings.steps, settings.batch_size
+    wanted = sorted(set(settings.curve_steps))
     if wanted and (wanted[0] < 0 or wanted[-1] > steps):
         raise ValueError(f"checkpoint steps must lie in [0, {steps}]; got {wanted}")
-    optimizer = torch.optim.Adam(wrapper.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(wrapper.parameters(), lr=lr, weight_decay=settings.weight_decay)
 
     def checkpoint(step: int) -> None:
         if step in wanted:
@@ -179,7 +164,8 @@ def tune(wrapper: nn.Module, train: EncodedPairs, *, steps: int, batch_size: int
 
     checkpoint(0)
     progress = tqdm(total=steps, desc=desc, unit="batch", disable=None)
-    for step, index in enumerate(batch_order(train.target_lengths, batch_size, steps, generator, bucket_batches), 1):
+    batches = batch_order(train.target_lengths, batch_size, steps, generator, settings.bucket_batches)
+    for step, index in enumerate(batches, 1):
         wrapper.train()
         src, decoder_inputs, targets = (t.to(device) for t in make_batch(train, index))
         if proxy is not None:
@@ -187,7 +173,7 @@ def tune(wrapper: nn.Module, train: EncodedPairs, *, steps: int, batch_size: int
         loss = sequence_loss(wrapper(src, decoder_inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(wrapper.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_(wrapper.parameters(), settings.grad_clip)
         optimizer.step()
         progress.update()
         progress.set_postfix(loss=f"{float(loss.detach()):.3f}")

@@ -1,0 +1,69 @@
+"""A toy DVC stage for the infrastructure tests: it learns nothing, but behaves like a real stage.
+
+It validates its params section (`toy:` in params.yaml) before doing anything, opens a tracked MLflow run,
+writes a checkpoint each epoch through `equitune.pipeline.io.atomic_path` (slowly, in two halves, so that a test can
+kill it mid-write), logs per-epoch metrics, and writes its DVC metrics file last.
+
+When TOY_PROGRESS names a file, one line per event is appended to it ("pid N", "writing E", "epoch E"), so a
+test knows when to kill it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import yaml
+from pydantic import Field, ValidationError
+
+from equitune.pipeline.io import atomic_path, write_json
+from equitune.pipeline.schema import ParamsError, StrictModel, format_validation_error
+from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.pipeline.tracking import tracked_run
+
+
+class ToyParams(StrictModel):
+    seed: int
+    epochs: int = Field(ge=1)
+    epoch_seconds: float = Field(ge=0)
+    fail_at_epoch: int | None = None
+
+
+def progress(event: str) -> None:
+    if os.environ.get("TOY_PROGRESS"):
+        with open(os.environ["TOY_PROGRESS"], "a") as stream:
+            stream.write(event + "\n")
+
+
+def main(argv=None) -> None:
+    args = argument_parser(__doc__).parse_args(argv)
+    data = yaml.safe_load(open(args.params))
+    try:
+        params = ToyParams.model_validate(data.get("toy"))
+    except ValidationError as error:
+        raise ParamsError(format_validation_error(error, args.params, ToyParams)) from None
+
+    tags = {"model": "toy-mlp", "method": "equitune", "group": "c4", "seed": params.seed}
+    with tracked_run("toy", profile="default", params=params, tags=tags) as run:
+        progress(f"pid {os.getpid()}")
+        loss = 1.0
+        for epoch in range(params.epochs):
+            if params.fail_at_epoch == epoch:
+                raise RuntimeError(f"toy failure at epoch {epoch}")
+            loss = round(1.0 / (epoch + 2) + params.seed * 1e-3, 6)
+            with atomic_path("outputs/model.ckpt") as tmp:
+                with open(tmp, "w") as stream:
+                    stream.write(f"epoch {epoch} first half\n")
+                    stream.flush()
+                    progress(f"writing {epoch}")
+                    time.sleep(params.epoch_seconds)
+                    stream.write(f"epoch {epoch} second half, loss {loss}\n")
+            run.log_metrics({"loss": loss, "lr": 0.1}, step=epoch)
+            progress(f"epoch {epoch}")
+        final = {"loss": loss, "test": {"accuracy": round(0.5 + params.seed * 1e-3, 6)}, "epochs": params.epochs}
+        run.log_final(final)
+    write_json("metrics/toy.json", final)
+
+
+if __name__ == "__main__":
+    run_stage(main)

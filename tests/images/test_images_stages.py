@@ -1,0 +1,130 @@
+"""Image stages: the params schema (both profiles), grid cells, and bad names rejected before any work (exit 2,
+nothing written). The slow test runs prepare -> train -> evaluate -> features -> report on a tiny grid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from equitune.images.cells import Cell, grid_cells
+from equitune.images.config import ImagesParams
+from equitune.pipeline.stage import run_stage
+from helpers.paths import ROOT as REPO
+from helpers.paths import dvc_commands, profile_data, stage_argv, stage_main
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+CELL = "fashion_mnist-efficientnet_lite0-equitune-c4-0"
+
+
+def images_section(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())["images"]
+
+
+@pytest.mark.parametrize("profile", ["default", "paper"])
+def test_both_profiles_validate(profile):
+    params = ImagesParams.model_validate(profile_data(profile)["images"])
+    assert params.train.momentum == 0.9
+    if profile == "paper":
+        assert params.grid.backbones == ["alexnet", "resnet18", "vgg11_bn", "densenet121"]
+        assert params.grid.datasets == ["cifar10", "hymenoptera"] and params.grid.groups == ["c4", "d4"]
+        assert params.grid.seeds == [0, 1, 2] and params.train.epochs == 10
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("backbones", ["resnet19"], "unknown images.grid.backbones ['resnet19']"),
+    ("group_methods", ["equitunee"], "unknown images.grid.group_methods"),
+    ("groups", ["c5"], "unknown images.grid.groups ['c5']"),
+    ("baseline_methods", ["equitune"], "unknown images.grid.baseline_methods"),
+    ("datasets", ["mnist"], "unknown images.grid.datasets"),
+])
+def test_bad_grid_names_are_rejected_with_the_allowed_values(key, value, fragment):
+    section = images_section(REPO / "params.yaml")
+    section["grid"][key] = value
+    with pytest.raises(ValidationError) as error:
+        ImagesParams.model_validate(section)
+    assert fragment in str(error.value)
+
+
+def test_grid_never_trains_a_baseline_twice():
+    section = images_section(REPO / "params.yaml")
+    section["grid"].update(groups=["c4", "d4"], seeds=[0, 1], baseline_methods=["finetune", "finetune_augment"],
+                           group_methods=["equitune", "equizero"])
+    cells = grid_cells(ImagesParams.model_validate(section))
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names)) == 2 * (2 + 2 * 2)
+    assert all(c.group == "trivial" for c in cells if c.method.startswith("finetune"))
+
+
+def run_stage_process(stage: str, cwd: Path, params: Path) -> subprocess.CompletedProcess:
+    """``stage`` of dvc.yaml as DVC runs it: its script with its arguments, in a subprocess."""
+    script = REPO / dvc_commands()[stage][1]
+    env = {**os.environ, "DVC_ROOT": str(cwd), "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return subprocess.run([sys.executable, str(script), *stage_argv(stage), "--params", str(params)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def tiny_params(tmp_path: Path, **grid) -> Path:
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    images = data["images"]
+    images["resolution"] = 32
+    images["data"].update(train_size=16, val_size=8, test_size=8, fashion_mnist_dir=str(DEBIAN_DIR), allow_download=False)
+    images["grid"].update(datasets=["fashion_mnist"], backbones=["efficientnet_lite0"], baseline_methods=["finetune"],
+                          group_methods=["equitune"], groups=["c4"], seeds=[0], **grid)
+    images["train"].update(epochs=1, batch_size=8)
+    images["evaluation"].update(invariance_batch=4, batch_size=8)
+    images["figures"].update(feature_resolution=32, feature_channels=2)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"backbone": "resnet19"}, "backbone='resnet19' is not in the params grid"),
+    ({"method": "equi"}, "method='equi' is not in the params grid"),
+    ({"group": "c5"}, "group='c5' is not in the params grid"),
+    ({"method": "finetune"}, "group='c4' is not in the params grid"),
+])
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_stages_reject_bad_names_before_any_work(tmp_path, monkeypatch, capsys, stage, overrides, fragment):
+    params = tiny_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    argv = stage_argv(f"{stage}_images_group@{CELL}", **overrides)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage_main(f"images/{stage}"), [*argv, "--params", str(params)])
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written, not even a store
+
+
+def test_cell_names():
+    cell = Cell("fashion_mnist", "efficientnet_lite0", "equitune", "c4", 1)
+    assert cell.name == "fashion_mnist-efficientnet_lite0-equitune-c4-s1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
+def test_tiny_pipeline_end_to_end(tmp_path):
+    params = tiny_params(tmp_path)
+    stages = ["prepare_images@fashion_mnist", "features_images@fashion_mnist"]
+    for kind in ("train", "evaluate"):
+        stages += [f"{kind}_images_baseline@fashion_mnist-efficientnet_lite0-finetune-0", f"{kind}_images_group@{CELL}"]
+    for stage in [*stages, "images_report"]:
+        result = run_stage_process(stage, tmp_path, params)
+        assert result.returncode == 0, result.stderr
+    import json
+    equi = json.loads((tmp_path / "metrics/images/fashion_mnist-efficientnet_lite0-equitune-c4-s0.json").read_text())
+    base = json.loads((tmp_path / "metrics/images/fashion_mnist-efficientnet_lite0-finetune-trivial-s0.json").read_text())
+    assert equi["invariance_error"]["c4"] < 1e-4 and base["invariance_error"]["c4"] > 1e-4
+    accuracies = equi["test_accuracy_by_rotation"]
+    assert max(accuracies.values()) - min(accuracies.values()) == 0  # 8 test images: any flip would show
+    report = (tmp_path / "reports/images.md").read_text()
+    assert report.startswith("## ") and "equitune (c4)" in report and "finetune" in report
+    assert (tmp_path / "reports/figures/images/features-fashion_mnist.gif").stat().st_size > 0
+    assert (tmp_path / "reports/figures/images/results/learning_curves.png").stat().st_size > 0

@@ -1,0 +1,88 @@
+"""The nlg params section: both profiles validate; bad values stop the stages with exit 2 before any output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from equitune.nlg.config import NlgParams
+from equitune.params import load_params
+from helpers.paths import profile_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_both_profiles_validate_with_the_expected_models():
+    default = load_params(ROOT / "params.yaml").nlg
+    paper = profile_params("paper").nlg
+    assert default.model == "smollm2-135m-instruct" and default.scorer == "sentiment"
+    assert default.perplexity.source == "pydoc_topics"
+    assert paper.model == "gpt2" and paper.scorer == "regard" and paper.perplexity.source == "wikitext"
+    assert len(paper.seeds) == 100 and paper.samples_per_prompt == 1
+    assert all(len(t) == 5 for t in paper.templates.values())
+    for nlg in (default, paper):
+        assert set(nlg.methods) == {"base", "equilm", "r_equilm"}
+        assert set(nlg.axes) == {"gender", "race", "orientation"}
+        assert nlg.top_k == 40 and nlg.max_new_tokens == 15
+
+
+def section(**changes):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())["nlg"]
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(methods=["base", "gpt3"]), "methods"),
+    (dict(seeds=[0, 0]), "unique"),
+    (dict(top_k=0), "top_k"),
+    (dict(scorer="regard_offline"), "scorer"),
+    (dict(axes={"gender": {"demographics": ["The man", "The woman", "The person"], "words": "gender"}}), "exactly two"),
+    (dict(templates={"respect": []}), "empty"),
+    (dict(unknown_key=1), "unknown_key"),
+])
+def test_bad_values_are_rejected(changes, message):
+    with pytest.raises(ValidationError, match=message):
+        NlgParams.model_validate(section(**changes))
+
+
+def run_stage(script: str, params: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(ROOT / "pipelines/nlg" / script), "--params", str(path), *extra],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.slow  # five subprocesses that import torch and transformers
+def test_stages_exit_2_before_any_output_on_bad_params(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["nlg"]["top_k"] = -1
+    output = tmp_path / "prompts.json"
+    result = run_stage("prompts.py", params, tmp_path, "--output", str(output))
+    assert result.returncode == 2, result.stderr
+    assert "nlg.top_k" in result.stderr and "Traceback" not in result.stderr
+    assert not output.exists()
+    for script in ("generate.py", "score.py", "perplexity.py", "report.py"):
+        result = run_stage(script, params, tmp_path)
+        assert result.returncode == 2 and "nlg.top_k" in result.stderr, (script, result.stderr)
+    assert not any(tmp_path.rglob("*.json*"))
+
+
+@pytest.mark.slow  # a subprocess that imports torch and transformers
+def test_prompts_stage_exits_2_on_a_bad_word_list(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    words = tmp_path / "words.yaml"
+    words.write_text(yaml.safe_dump({"gender": {"equality": [["man", "woman"], ["boy", "girl", "child"]]},
+                                     "race": {"equality": [["black", "white"]]},
+                                     "orientation": {"equality": [["gay", "straight"]]}}))
+    params["nlg"]["word_lists"] = str(words)
+    output = tmp_path / "prompts.json"
+    result = run_stage("prompts.py", params, tmp_path, "--output", str(output))
+    assert result.returncode == 2, result.stderr
+    assert "same size" in result.stderr and "Traceback" not in result.stderr
+    assert not output.exists()

@@ -1,0 +1,68 @@
+"""Profiles as overlays: profiles/paper.yaml holds only what differs from params.yaml, and `python -m
+equitune.params compose` merges overlays onto a base, validates and writes the params the pipeline reads."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from equitune.params import compose, main
+from helpers.paths import ROOT, profile_data
+
+
+def _leaves(data, prefix=""):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), data
+
+
+def _get(data, dotted):
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+def test_the_paper_overlay_holds_only_differences():
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overlay = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
+    same = [key for key, value in _leaves(overlay) if _get(default, key) == value]
+    assert not same, f"profiles/paper.yaml repeats the default's value for {same}"
+
+
+def test_compose_merges_mappings_and_replaces_lists_and_values():
+    base = {"a": {"b": 1, "c": [1, 2], "d": {"e": 1}}, "f": 1}
+    assert compose(base, {"a": {"c": [3], "d": {"x": 2}}}, {"f": None}) == {
+        "a": {"b": 1, "c": [3], "d": {"e": 1, "x": 2}}, "f": None}
+    assert base == {"a": {"b": 1, "c": [1, 2], "d": {"e": 1}}, "f": 1}, "the base must not be changed"
+
+
+def test_the_paper_profile_composes_and_validates():
+    paper = profile_data("paper")
+    assert paper["profile"] == "paper" and paper["images"]["resolution"] == 224
+    assert paper["scan"]["pretrain"]["lr_schedule"] == "constant"  # the paper's; not inherited from the default
+
+
+def test_compose_command_writes_the_validated_params(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "params.yaml"
+    assert main(["compose", "profiles/paper.yaml", "-o", str(out)]) == 0
+    written = yaml.safe_load(out.read_text())
+    assert written == profile_data("paper")
+    assert out.read_text().startswith("# Composed by `python -m equitune.params compose` from params.yaml + "
+                                      "profiles/paper.yaml")
+
+
+@pytest.mark.parametrize("overlay, fragment", [
+    ("images:\n  trian: {epochs: 1}\n", "images.trian: unknown key"),
+    ("scan:\n  grid: {cells: [transformer]}\n", "scan.grid.cells"),
+])
+def test_compose_refuses_an_overlay_that_breaks_the_schema(tmp_path, monkeypatch, capsys, overlay, fragment):
+    monkeypatch.chdir(ROOT)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(overlay)
+    out = tmp_path / "params.yaml"
+    assert main(["compose", str(bad), "-o", str(out)]) == 2
+    assert fragment in capsys.readouterr().err
+    assert not out.exists()

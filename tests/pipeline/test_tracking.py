@@ -1,0 +1,162 @@
+"""MLflow conventions (src/equitune/pipeline/tracking.py), checked on a toy stage against a store in tmp_path.
+
+The toy stage (tests/helpers/assets/toy_stage.py) runs as a subprocess the way DVC runs a stage (DVC_ROOT and
+DVC_STAGE set, cwd = project root), so signals, exit codes and the store location are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from equitune.pipeline import tracking
+from helpers.toy_project import ASSETS, clean_env, copy_empty_store, mlflow_runs, progress_lines, wait_for, write_params
+
+TAGS = ("task", "model", "method", "group", "seed", "profile", "git.commit", "dvc.stage", "params_hash")
+
+
+def start_toy_stage(root: Path, stage: str = "train@0", **env) -> subprocess.Popen:
+    """The toy stage as DVC would start it, with the store located only by DVC_ROOT."""
+    return subprocess.Popen([sys.executable, str(ASSETS / "toy_stage.py")], cwd=root,
+                            env=clean_env(DVC_ROOT=str(root), DVC_STAGE=stage, **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_outer_store(monkeypatch, tmp_path):
+    """In-process tests choose their store explicitly; nothing may fall back to the real repository."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "not-the-real-repo"))
+
+
+def test_store_location_from_dvc_root_and_uri(monkeypatch, tmp_path):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.repo_root() == tmp_path.resolve()
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_params_hash_is_stable_and_order_free():
+    assert tracking.params_hash({"a": 1, "b": [1, 2]}) == tracking.params_hash({"b": [1, 2], "a": 1})
+    assert tracking.params_hash({"a": 1}) != tracking.params_hash({"a": 2})
+
+
+@pytest.mark.slow
+def test_toy_stage_run_has_every_convention(tmp_path):
+    """One stage run: experiment, run name = DVC stage, tags, params, per-epoch metrics, final = metrics file."""
+    write_params(tmp_path, seed=3, epochs=3)
+    copy_empty_store(tmp_path / "mlflow.db")
+    process = start_toy_stage(tmp_path)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+
+    store = tmp_path / "mlflow.db"
+    runs = mlflow_runs(store)  # only there if DVC_ROOT decided where the store is
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "train@0"
+    tags = run.data.tags
+    assert all(tags.get(name) for name in TAGS), {name: tags.get(name) for name in TAGS}
+    assert (tags["task"], tags["model"], tags["method"], tags["group"], tags["seed"], tags["profile"],
+            tags["dvc.stage"]) == ("toy", "toy-mlp", "equitune", "c4", "3", "default", "train@0")
+    assert tags["params_hash"] == tracking.params_hash(
+        {"seed": 3, "epochs": 3, "epoch_seconds": 0.0, "fail_at_epoch": None})
+    assert run.data.params == {"seed": "3", "epochs": "3", "epoch_seconds": "0.0", "fail_at_epoch": "None"}
+
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    history = client.get_metric_history(run.info.run_id, "lr")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    # The final dict re-logs "loss" (also logged per epoch): MLflow's latest value must be the final one.
+    written = json.loads((tmp_path / "metrics" / "toy.json").read_text())
+    assert run.data.metrics == {"loss": written["loss"], "test/accuracy": written["test"]["accuracy"],
+                                "epochs": written["epochs"], "lr": 0.1}
+    # Artifacts go beside the database, not into the stage's working directory.
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    for name in ("scan", "images", "nlg", "toy"):
+        assert client.get_experiment_by_name(f"equitune-{name}") is not None
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed(tmp_path):
+    write_params(tmp_path, seed=0, epochs=50, epoch_seconds=0.5)
+    copy_empty_store(tmp_path / "mlflow.db")
+    progress = tmp_path / "progress.txt"
+    process = start_toy_stage(tmp_path, TOY_PROGRESS=str(progress))
+    try:
+        wait_for(lambda: any(line.startswith("writing") for line in progress_lines(progress)), timeout=120,
+                 what="the toy stage to start training")
+        assert [run.info.status for run in mlflow_runs(tmp_path / "mlflow.db")] == ["RUNNING"]
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert [run.info.status for run in mlflow_runs(tmp_path / "mlflow.db")] == ["KILLED"]
+    assert not (tmp_path / "metrics" / "toy.json").exists()
+    assert not list((tmp_path / "outputs").glob("*.tmp")), "the interrupted checkpoint write must be cleaned up"
+
+
+def test_exception_ends_the_run_failed(monkeypatch, tmp_path):
+    """In process, with MLFLOW_TRACKING_URI pointing somewhere else than DVC_ROOT: the URI wins."""
+    store = copy_empty_store(tmp_path / "elsewhere" / "store.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.tracked_run("toy", profile="default", params={"lr": 0.1}, tags={"seed": 1}) as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+            raise RuntimeError("boom")
+    runs = mlflow_runs(store)
+    assert [(r.info.status, r.info.run_name, r.data.tags["dvc.stage"]) for r in runs] == [
+        ("FAILED", "toy", "(not run by dvc)")]
+    assert not (tmp_path / "repo" / "mlflow.db").exists()
+    import mlflow
+    assert mlflow.active_run() is None
+
+
+def test_run_orphaned_by_a_dead_process_is_closed_killed(monkeypatch, tmp_path):
+    """A SIGKILLed stage leaves its run RUNNING; the next run of the task on this host closes it as KILLED."""
+    import mlflow
+    store = copy_empty_store(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    tracking.ensure_store(("toy",))
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("equitune-toy")
+    finished = subprocess.Popen(["true"])  # a pid whose process has surely exited
+    finished.wait()
+    host = socket.gethostname()
+    orphan = client.create_run(experiment.experiment_id, tags={"task": "toy", "host": host, "pid": str(finished.pid)})
+    # The parent of this test process is alive: its run must be left alone.
+    alive = client.create_run(experiment.experiment_id, tags={"task": "toy", "host": host, "pid": str(os.getppid())})
+    with tracking.tracked_run("toy", profile="default", params={}, run_name="next"):
+        pass
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_store_creation_is_safe_from_parallel_processes(tmp_path):
+    """Several processes creating a fresh SQLite store at once: all succeed, each experiment exists once."""
+    store = tmp_path / "fresh" / "mlflow.db"
+    code = "from equitune.pipeline.tracking import ensure_store; ensure_store(('scan', 'images', 'nlg', 'toy'))"
+    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}")
+    processes = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    errors = [p.communicate(timeout=180)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, "\n".join(errors)
+    import mlflow
+    names = sorted(e.name for e in mlflow.MlflowClient(f"sqlite:///{store}").search_experiments())
+    assert names == sorted(["Default", "equitune-images", "equitune-nlg", "equitune-scan", "equitune-toy"])
