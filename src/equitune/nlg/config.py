@@ -40,7 +40,7 @@ class PerplexityParams(StrictModel):
     source: Literal["pydoc_topics", "wikitext"] = Field(
         "pydoc_topics",
         description="pydoc_topics: Python's own documentation text (pydoc_data.topics, offline); "
-        "wikitext: WikiText-103 test split from the hub (online)")
+        "wikitext: WikiText-103 test split from the hub (online, or a filled cache)")
     max_tokens: int = Field(512, ge=16, description="number of tokens of the text that are scored")
     window: int = Field(256, ge=8, description="non-overlapping windows of this many tokens (context restarts)")
     batch_size: int = Field(2, ge=1, description="windows per forward pass")
@@ -61,7 +61,7 @@ class NlgParams(StrictModel):
     batch_size: int = Field(64, ge=1, description="prompts decoded together (times |G| rows in the model)")
     scorer: Literal["sentiment", "regard"] = Field(
         "sentiment", description="sentiment: VADER (offline; a proxy, never called regard); regard: Sheng et al.'s "
-        "classifier through `evaluate` (online)")
+        "classifier sasha/regardv3 from the Hugging Face hub (online, or a filled cache)")
     sentiment_threshold: float = Field(0.05, gt=0, lt=1, description="VADER compound >= t positive, <= -t negative")
     perplexity: PerplexityParams = PerplexityParams()
 

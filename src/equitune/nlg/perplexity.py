@@ -4,8 +4,9 @@ Text sources:
 - ``pydoc_topics`` (default, offline): the documentation text Python ships in ``pydoc_data/topics.py`` (the
   ``topics`` dict behind ``help('if')``): the entries in sorted key order joined by blank lines; the first
   ``max_tokens`` tokens of that text are scored. It is fixed for a given Python minor version.
-- ``wikitext`` (paper profile, online): WikiText-103 (raw) test split from the Hugging Face hub, lines joined
-  by newlines, the first ``max_tokens`` tokens.
+- ``wikitext`` (paper profile, online): the WikiText-103 (raw) test split, the parquet file of the hub dataset
+  ``Salesforce/wikitext`` (fetched into the Hugging Face cache, so a filled cache works offline); its lines (each
+  with its newline) joined back into the original text, the first ``max_tokens`` tokens.
 
 The tokens are cut into non-overlapping windows of ``window`` tokens (the context restarts at each window); every
 token of a window but the first is scored. For EquiLM the next-token distribution at every position is the
@@ -26,7 +27,7 @@ from .equilm import FairLM, combine_group_log_probs, lm_vocab_size
 from .sampling import left_pad
 from .words import AxisWords
 
-__all__ = ["evaluate_perplexity", "heldout_text", "perplexity", "token_windows", "window_nll"]
+__all__ = ["evaluate_perplexity", "heldout_text", "perplexity", "token_windows", "wikitext_test_text", "window_nll"]
 
 
 def heldout_text(source: str) -> str:
@@ -35,17 +36,27 @@ def heldout_text(source: str) -> str:
 
         return "\n\n".join(topics[key] for key in sorted(topics))
     if source == "wikitext":
-        try:
-            import datasets
-        except ImportError:
-            raise DataError("nlg.perplexity.source 'wikitext' needs the `datasets` package and internet") from None
-        try:
-            split = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="test")
-        except Exception as error:  # offline: ConnectionError / OSError / datasets' own errors
-            raise DataError(f"could not download WikiText-103 ({type(error).__name__}: {error}); it needs internet. "
-                             "Offline, use nlg.perplexity.source: pydoc_topics") from None
-        return "\n".join(split["text"])
+        return wikitext_test_text()
     raise ConfigError(f"unknown perplexity source {source!r}; allowed: pydoc_topics, wikitext")
+
+
+WIKITEXT_REPO = "Salesforce/wikitext"
+WIKITEXT_TEST_FILE = "wikitext-103-raw-v1/test-00000-of-00001.parquet"
+
+
+def wikitext_test_text() -> str:
+    import pyarrow.parquet as pq
+    from huggingface_hub import hf_hub_download
+
+    from .lm import hub_error_message
+
+    try:
+        path = hf_hub_download(WIKITEXT_REPO, WIKITEXT_TEST_FILE, repo_type="dataset")
+    except Exception as error:  # noqa: BLE001 (offline: huggingface_hub's connection/cache errors, OSError)
+        raise DataError(hub_error_message(f"WikiText-103 ({WIKITEXT_TEST_FILE})", WIKITEXT_REPO, "dataset", error)
+                        + "; or use nlg.perplexity.source: pydoc_topics (offline)") from None
+    lines = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    return "".join(lines)
 
 
 def token_windows(tokenizer, text: str, max_tokens: int, window: int) -> torch.Tensor:
