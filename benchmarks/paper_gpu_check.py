@@ -88,10 +88,14 @@ def images_part(params, device: torch.device, steps: int, quick: bool, repeats: 
         step()
     synchronise(device)
     seconds = time.perf_counter() - start
-    row = {"row_id": f"{device.type}/images/resnet18-c4-equitune", "weights": weights, "resolution": resolution,
+    row = {"row_id": f"{device.type}/images/resnet18-c4-equitune", "device": str(device), "part": "images",
+           "setting": f"ResNet-18 ({weights} weights) C4 equitune, {resolution} px, batch {batch}, {dtype}, "
+                      f"channels-last, {steps} steps",
+           "weights": weights, "resolution": resolution,
            "batch": batch, "steps": steps, "autocast": str(dtype), "channels_last": True,
            "seconds": round(seconds, 3), "images_per_s": round(steps * batch / seconds, 2),
            "backbone_images_per_s": round(steps * batch * 4 / seconds, 2)}
+    row["throughput"] = f"{row['images_per_s']} images/s"
     print(f"images: ResNet-18 ({weights} weights) C4 equitune, {resolution} px, batch {batch}, {dtype}, channels-last:"
           f" {steps} steps in {seconds:.1f} s = {row['images_per_s']} images/s "
           f"({row['backbone_images_per_s']} backbone images/s)", flush=True)
@@ -107,7 +111,9 @@ def images_part(params, device: torch.device, steps: int, quick: bool, repeats: 
     run_wrapper, run_bare = wrapper_overhead.step_functions(backbone, wrapper, x, x_all, "forward_backward",
                                                             amp=dtype is not None)
     result = timing.compare(run_wrapper, run_bare, repeats=repeats, warmup=2)
-    overhead = {"row_id": f"{device.type}/images/wrapper-overhead", "batch": batch, "bare_batch": order * batch,
+    overhead = {"row_id": f"{device.type}/images/wrapper-overhead", "device": str(device), "part": "images",
+                "setting": f"EquiTune(ResNet-18, C4) on {batch} vs bare on {order * batch}, forward+backward",
+                "batch": batch, "bare_batch": order * batch,
                 "wrapper_ms": round(result.a_seconds * 1000, 3), "bare_ms": round(result.b_seconds * 1000, 3),
                 "ratio": round(result.ratio, 4), "repeats": repeats}
     print(f"images: wrapper {overhead['wrapper_ms']} ms vs bare backbone on |G|*B {overhead['bare_ms']} ms "
@@ -135,9 +141,12 @@ def scan_part(params, device: torch.device, steps: int, quick: bool) -> dict:
     synchronise(device)
     seconds = time.perf_counter() - start
     full = params.scan.pretrain.examples / params.scan.pretrain.batch_size
-    row = {"row_id": f"{device.type}/scan/pretrain-{cell}", "cell": cell, "batch": settings.batch_size,
+    row = {"row_id": f"{device.type}/scan/pretrain-{cell}", "device": str(device), "part": "scan",
+           "setting": f"{cell} pretraining, batch {settings.batch_size}, {steps} steps", "cell": cell,
+           "batch": settings.batch_size,
            "steps": steps, "seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 2),
            "projected_full_pretrain_min": round(full / (steps / seconds) / 60, 1)}
+    row["throughput"] = f"{row['steps_per_s']} steps/s (full cell ~{row['projected_full_pretrain_min']} min)"
     print(f"scan: {cell} pretraining, batch {settings.batch_size}, {steps} steps in {seconds:.1f} s = "
           f"{row['steps_per_s']} steps/s (the paper's {full:.0f} steps: ~{row['projected_full_pretrain_min']} min "
           f"per cell{'' if quick else ', validation not included'})", flush=True)
@@ -178,7 +187,7 @@ def nlg_part(params, device: torch.device, batch: int, quick: bool) -> dict:
     rates = {}
     for method in ("base", "equilm"):
         uniform = torch.rand(batch, new_tokens, generator=torch.Generator().manual_seed(1)).to(device)
-        def run():
+        def run(method=method, uniform=uniform):
             return generate(lm, prompts, mask, method, permutation, uniform, top_k=params.nlg.top_k,
                             stop_mask=no_stop, pad_id=0)
 
@@ -188,8 +197,11 @@ def nlg_part(params, device: torch.device, batch: int, quick: bool) -> dict:
         run()
         synchronise(device)
         rates[method] = batch * new_tokens / (time.perf_counter() - start)
-    row = {"row_id": f"{device.type}/nlg/generate", "model": source, "batch": batch, "new_tokens": new_tokens,
-           "base_tokens_per_s": round(rates["base"], 1), "equilm_tokens_per_s": round(rates["equilm"], 1)}
+    row = {"row_id": f"{device.type}/nlg/generate", "device": str(device), "part": "nlg",
+           "setting": f"{source}, batch {batch}, {new_tokens} new tokens", "model": source, "batch": batch,
+           "new_tokens": new_tokens, "base_tokens_per_s": round(rates["base"], 1),
+           "equilm_tokens_per_s": round(rates["equilm"], 1)}
+    row["throughput"] = f"base {row['base_tokens_per_s']}, EquiLM {row['equilm_tokens_per_s']} tokens/s"
     print(f"nlg: {source}, batch {batch}, {new_tokens} new tokens: base {row['base_tokens_per_s']} tokens/s, "
           f"EquiLM (|G| = 2) {row['equilm_tokens_per_s']} tokens/s", flush=True)
     return row
@@ -218,7 +230,8 @@ def main() -> int:
     nlg_row = nlg_part(params, device, lm_batch, quick)
     total = time.perf_counter() - start
     rows = [image_row, overhead, scan_row, nlg_row,
-            {"row_id": f"{device.type}/total", "seconds": round(total, 1), "target_seconds": TARGET_SECONDS}]
+            {"row_id": f"{device.type}/total", "device": str(device), "part": "total",
+             "setting": f"target under {TARGET_SECONDS} s", "seconds": round(total, 1), "target_seconds": TARGET_SECONDS}]
     print(f"total: {total:.0f} s (target under {TARGET_SECONDS} s on one GPU)")
     path = timing.record("paper_gpu_check", args, rows, device=str(device))
     if path:

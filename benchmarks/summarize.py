@@ -52,6 +52,13 @@ BENCHMARKS = {
         "Cold `dvc repro` of the default profile (fresh clone), by stage, and a no-op `dvc repro` right after.",
         ["kind", "stage", "status", "seconds"],
     ),
+    "paper_gpu_check": (
+        "6. Paper profile on one GPU (a slice of each experiment)",
+        "`paper_gpu_check.py`: ResNet-18 C4 equituning at the paper's 224 px and batch (autocast, channels-last), "
+        "one SCAN pretraining cut to 10k steps, EquiLM generation with a GPU batch; ratio = wrapper / bare "
+        "backbone on |G|*B images (target <= 1.05).",
+        ["device", "part", "setting", "seconds", "throughput", "ratio"],
+    ),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +20,11 @@ PAPER_OVERLAYS = ("profiles/paper.yaml", "profiles/paper-smoke.yaml")
 
 
 def scratch_clone(dest: Path) -> Path:
-    """A clone of the committed HEAD (no DVC cache, no outputs) with an empty MLflow store."""
+    """A clone of the committed HEAD with an empty MLflow store, no DVC cache and no outputs: the committed
+    (default-profile) metrics and reports are deleted, so that a file no stage writes cannot pass for one."""
     run(["git", "clone", "-q", str(ROOT), str(dest)], ROOT)
+    for folder in ("metrics", "reports"):
+        shutil.rmtree(dest / folder, ignore_errors=True)
     copy_empty_store(dest / "mlflow.db")
     return dest
 
