@@ -143,7 +143,7 @@ def write_hymenoptera_zip(folder: Path, per_class: dict[str, int] | None = None,
     returns its image counts per split and class."""
     from PIL import Image
 
-    per_class = per_class or {"train": 4, "val": 3}
+    per_class = per_class or {"train": 6, "val": 3}
     rng = np.random.default_rng(seed)
     counts: dict = {}
     folder.mkdir(parents=True, exist_ok=True)

@@ -86,9 +86,9 @@ def test_hymenoptera_fixture_is_downloaded_cropped_and_counted(tmp_path):
                             fixture_checksums=str(tmp_path / "checksums.json"))
         subsets, classes = prepare_dataset("hymenoptera", data)
     assert classes == ("ants", "bees")
-    assert subsets["train_x"].shape == (6, 3, 48, 48) and subsets["test_x"].shape == (6, 3, 48, 48)
+    assert subsets["train_x"].shape == (10, 3, 48, 48) and subsets["test_x"].shape == (6, 3, 48, 48)
     # Without the fixture's counts the same zip is not the official archive.
-    with pytest.raises(DataError, match="has 4 images, expected 124; not the official archive"):
+    with pytest.raises(DataError, match="has 6 images, expected 124; not the official archive"):
         prepare_dataset("hymenoptera", _images_data(tmp_path))
 
 
