@@ -31,6 +31,7 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
 DESCRIPTION_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"
 CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
+FIXED_COLUMNS = ("1", "attributes.`Run Name`", "runDateAndNestInfo", "duration")
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,17 @@ def view_for(task: str) -> ExperimentView:
 def saved_view_state(view: ExperimentView) -> dict[str, Any]:
     """The runs table settings of the "Cells" view, in the shape MLflow 3.17's UI saves (its default settings, with
     the cell's tags and the final metrics as the only optional columns)."""
-    columns = [f"tags.`{name}`" for name in view.tags] + [f"metrics.`{name}`" for name in view.metrics]
+    metrics = [f"metrics.`{name}`" for name in view.metrics]
+    columns = [f"tags.`{name}`" for name in view.tags] + metrics
+    # The UI applies widths only to the columns listed in columnOrder, and orders the rest itself (metrics before
+    # tags): list the fixed columns (their ids in the 3.17 UI), then the cell's tags, then the metrics, each metric
+    # wide enough for a name such as "equitune/test_accuracy".
+    order = [*FIXED_COLUMNS, *columns]
+    widths = {column: 7 * len(name) + 20 for column, name in zip(metrics, view.metrics, strict=True)}
     return {
         "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
         "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "selectedColumns": columns, "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "FIRST_10_RUNS",
+        "selectedColumns": columns, "columnOrder": order, "columnWidths": widths, "runsHiddenMode": "FIRST_10_RUNS",
         "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
         "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
