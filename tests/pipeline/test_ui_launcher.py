@@ -60,3 +60,14 @@ def test_links_name_each_experiment_with_runs(tmp_path):
     (line,) = ui.experiment_links("http://127.0.0.1:5000", experiments)
     assert "equitune-toy" in line and "1 runs" in line
     assert line.endswith(f"/#/experiments/{experiments[0][1]}/runs?workflowType=machine_learning&viewStateShareKey=cells")
+
+
+def test_a_tracking_server_gets_its_links_and_no_local_server(monkeypatch, capsys):
+    """MLFLOW_TRACKING_URI pointing at a team's server: the links go to that server, nothing is started here."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    seen = []
+    monkeypatch.setattr(ui, "_experiments_with_runs", lambda uri: seen.append(uri) or [("equitune-scan", "7", 12)])
+    assert ui.main([]) == 0
+    assert seen == ["http://mlflow.example:5000"]
+    assert ("http://mlflow.example:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=cells"
+            in capsys.readouterr().out)
