@@ -27,6 +27,7 @@ CI_GRID = {"images": {"grid": {"baseline_methods": ["finetune"], "group_methods"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_S + 300)
 def test_paper_profile_smoke_run_offline_with_fixtures(tmp_path):
     fixtures = build_paper_fixtures(tmp_path / "fixtures")
     clone = scratch_clone(tmp_path / "clone")
