@@ -34,7 +34,8 @@ def test_paper_profile_smoke_run_offline_with_fixtures(tmp_path):
     with serve_folder(fixtures.root) as base:
         params = compose_params(clone, fixtures.params(base), CI_GRID)
         result, info = dvc_repro(clone, stage_env(clone, **fixtures.env), SMOKE_TIMEOUT_S)
-    print(f"paper smoke: {len(info['stages'])} stages in {info['seconds']:.0f} s, load {info['load']}")
+    print(f"paper smoke: {len(info['stages'])} stages in {info['seconds']:.0f} s wall, {info['cpu_seconds']:.0f} "
+          f"CPU-seconds, load {info['load']}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     assert params["profile"] == "paper" and params["images"]["grid"]["backbones"] == [
         "alexnet", "resnet18", "vgg11_bn", "densenet121"]
