@@ -68,7 +68,7 @@ def stage_outputs(clone: Path) -> dict[str, dict[str, list[str]]]:
         for stage in repo.index.stages:
             metrics = [str(out.fs_path) for out in stage.outs if out.metric]
             others = [str(out.fs_path) for out in stage.outs if not out.metric]
-            result[stage.addressing] = {"metrics": metrics, "outs": others}
+            result[stage.name] = {"metrics": metrics, "outs": others}
         return result
 
 
