@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from ..core.checks import equivariance_error
 from ..core.errors import ConfigError, DataError
@@ -34,12 +35,12 @@ from .backbone import CausalLM
 from .config import NlgParams, PerplexityParams
 from .control import axis_control
 from .corpus import AUSTEN_LICENSE, AUSTEN_SHA256, austen_novels
-from .equilm import FairLM, combine_group_log_probs
+from .equilm import FairLM
 from .sampling import left_pad
 from .words import AxisWords
 
-__all__ = ["ScoredText", "evaluate_perplexity", "heldout_documents", "heldout_text", "perplexity",
-           "select_windows", "token_windows"]
+__all__ = ["AxisGroup", "ScoredText", "evaluate_perplexity", "heldout_documents", "heldout_text", "perplexity",
+           "score_windows", "select_windows", "token_windows"]
 
 
 def heldout_text(source: str) -> str:
@@ -131,7 +132,9 @@ def perplexity(total_nll: float, count: int) -> float:
 
 
 @dataclass
-class _AxisGroup:
+class AxisGroup:
+    """One axis's group as the perplexity needs it."""
+
     permutation: object
     general_mask: torch.Tensor
     equality: torch.Tensor  # [V] bool: the axis's equality tokens
@@ -143,10 +146,19 @@ def _add(totals: dict, key: tuple, nll: torch.Tensor, where: torch.Tensor) -> No
     entry[1] += int(where.sum())
 
 
+def _target_log_probs(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(log_probs)`` at the targets ``[B, T-1]`` (positions 0..T-2 predict tokens 1..T-1)."""
+    return F.log_softmax(log_probs[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 @torch.no_grad()
-def _score(backbone, scored: ScoredText, groups: Mapping[str, _AxisGroup], methods: Sequence[str], batch_size: int,
+def score_windows(backbone, scored: ScoredText, groups: Mapping[str, AxisGroup], methods: Sequence[str], batch_size: int,
            device, progress: Callable[[str], None]) -> dict:
-    """``{(axis, method, "all" | "equality"): [summed NLL, tokens]}`` over the scored text."""
+    """``{(axis, method, "all" | "equality"): [summed NLL, tokens]}`` over the scored text.
+
+    The same numbers as :func:`~equitune.nlg.equilm.combine_group_log_probs` on the |G| mapped-back copies, with
+    fewer vocabulary-sized temporaries (a 256-token window's log-probs are 50 MB): the copies are summed as they are
+    made, and the identity copy serves the base model and every axis."""
     totals: dict = {}
     windows = scored.windows
     for start in range(0, windows.shape[0], batch_size):
@@ -154,22 +166,38 @@ def _score(backbone, scored: ScoredText, groups: Mapping[str, _AxisGroup], metho
         identity = backbone(batch)  # [B, T, V]: the base model, and every axis's identity copy
         targets = batch[:, 1:]
         everywhere = torch.ones_like(targets, dtype=torch.bool)
+        base = identity[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # already normalised
         for axis, group in groups.items():
+            permutation, order = group.permutation, group.permutation.group.order
             equality = group.equality.to(device)[targets]
-            copies = [identity]
-            for g in range(1, group.permutation.group.order):
-                moved = group.permutation.on_ids.apply(batch, g)
+            averaged = identity.clone()  # row 0 of the group average: the identity copy, mapped back by e
+            for g in range(1, order):
+                moved = permutation.on_ids.apply(batch, g)
                 changed = (moved != batch).any(dim=1)
-                copy = identity.clone()
-                if bool(changed.any()):
-                    copy[changed] = backbone(moved[changed])
-                copies.append(copy)
-            rows = group.permutation.on_scores.untransform_all(torch.stack(copies))
+                back = permutation.permutations[g].to(device)  # g^-1 . y = y[..., pi_g]; gather: index_select
+                mapped = identity.gather(-1, back.expand_as(identity))  # along V is several times slower on CPU
+                if bool(changed.any()):  # a window without the axis's words is its own image: no forward
+                    copy = backbone(moved[changed])
+                    mapped[changed] = copy.gather(-1, back.expand_as(copy))
+                averaged += mapped
+                del mapped
+            averaged /= order
+            fair = relaxed = None
             for method in methods:
-                log_probs = combine_group_log_probs(rows, method, group.general_mask)[:, :-1]
-                nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                _add(totals, (axis, method, "all"), nll, everywhere)
-                _add(totals, (axis, method, "equality"), nll, equality)
+                if method == "base":
+                    log_probs = base
+                elif method == "equilm" or not bool(group.general_mask.any()):  # R-EquiLM without general words
+                    if fair is None:
+                        fair = _target_log_probs(averaged, targets)
+                    log_probs = fair
+                else:
+                    if relaxed is None:
+                        general = group.general_mask.to(device)
+                        relaxed = _target_log_probs(torch.where(general, identity, averaged), targets)
+                    log_probs = relaxed
+                _add(totals, (axis, method, "all"), -log_probs, everywhere)
+                _add(totals, (axis, method, "equality"), -log_probs, equality)
+            del averaged
         progress(f"perplexity: {min(start + batch_size, windows.shape[0])}/{windows.shape[0]} windows")
     return totals
 
@@ -188,8 +216,8 @@ def evaluate_perplexity(lm, scored: ScoredText, description: dict, prompts: dict
     for axis, axis_words in words.items():
         equality = torch.zeros(vocab_size, dtype=torch.bool)
         equality[[t for cycle in axis_words.equality_cycles for t in cycle]] = True
-        groups[axis] = _AxisGroup(axis_words.permutation(vocab_size), axis_words.general_mask(vocab_size), equality)
-    totals = _score(base, scored, groups, ["base", *[m for m in nlg.methods if m != "base"]], settings.batch_size,
+        groups[axis] = AxisGroup(axis_words.permutation(vocab_size), axis_words.general_mask(vocab_size), equality)
+    totals = score_windows(base, scored, groups, ["base", *[m for m in nlg.methods if m != "base"]], settings.batch_size,
                     device, progress)
     table: dict = {}
     for (axis, method, where), (nll, count) in totals.items():

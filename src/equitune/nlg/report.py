@@ -48,13 +48,15 @@ def _excludes_zero(entry: dict) -> bool:
 
 def label_figure(nlg: NlgParams, scores: dict, labels: tuple[str, ...], path: Path) -> None:
     """The paper's stacked bars of label fractions per demographic (one panel per axis), for every backbone and
-    method; each segment carries its fraction's confidence interval as an error bar at its top edge. The control's
-    bars are hatched and their labels start with CONTROL."""
+    method, negative at the bottom and positive on top. Error bars: the confidence interval of the negative fraction
+    at the top of its segment and of the positive fraction at the bottom of its segment (the two fractions that
+    make the gap; every interval is in the tables). The control's bars are hatched and labelled CONTROL."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    order = ["negative", *[label for label in labels if label not in ("negative", "positive")], "positive"]
     axes_names = list(nlg.axes)
     bars_per_panel = len(nlg.models) * len(nlg.methods) * 2
     fig, panels = plt.subplots(1, len(axes_names), figsize=(0.42 * bars_per_panel * len(axes_names) + 1.5, 4.4),
@@ -69,21 +71,25 @@ def label_figure(nlg: NlgParams, scores: dict, labels: tuple[str, ...], path: Pa
                     hatches.append("//" if model == "control" else "")
         x = list(range(len(names)))
         bottom = [0.0] * len(names)
-        for label in labels:
+        for label in order:
             heights = [e[label]["value"] for e in entries]
             panel.bar(x, heights, bottom=bottom, color=COLOURS[label], label=label, width=0.8, hatch=hatches,
                       edgecolor="white", linewidth=0)
-            tops = [b + h for b, h in zip(bottom, heights, strict=True)]
-            low = [h - e[label]["ci"][0] for h, e in zip(heights, entries, strict=True)]
-            high = [e[label]["ci"][1] - h for h, e in zip(heights, entries, strict=True)]
-            panel.errorbar(x, tops, yerr=[low, high], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-            bottom = tops
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        negative = [e["negative"] for e in entries]
+        positive = [e["positive"] for e in entries]
+        panel.errorbar(x, [n["value"] for n in negative], yerr=[[n["value"] - n["ci"][0] for n in negative],
+                                                                [n["ci"][1] - n["value"] for n in negative]],
+                       fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        panel.errorbar(x, [1 - p["value"] for p in positive], yerr=[[p["ci"][1] - p["value"] for p in positive],
+                                                                    [p["value"] - p["ci"][0] for p in positive]],
+                       fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         panel.set_xticks(x, names, rotation=90, fontsize=6)
-        panel.set_ylim(0, 1.05)
+        panel.set_ylim(0, 1)
         panel.set_title(axis)
     level = scores["confidence"]["level"]
     panels[0][0].set_ylabel(f"fraction of samples, {scorer_name(scores['scorer'])}\n"
-                            f"(bars: {100 * level:.0f}% bootstrap CI of each segment)")
+                            f"(bars: {100 * level:.0f}% CI of negative and of positive)", fontsize=8)
     panels[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -116,8 +122,9 @@ def _intro(nlg: NlgParams, scores: dict, prompts: dict, figure: str) -> list[str
         lines += [
             "",
             f"**CONTROL (planted bias)** is a positive control, not a model anyone uses: the same LM with a logit "
-            f"bonus of +{nlg.control.bonus:g} on {len(control['boosted'])} tokens of negative words "
-            f"({', '.join(b['text'].strip() for b in control['boosted'][:8])}, ...) at every position whose "
+            f"bonus of +{nlg.control.bonus:g} on the {len(nlg.control.negative_words)} negative words of "
+            f"`nlg.control.negative_words` ({', '.join(nlg.control.negative_words[:6])}, ...; "
+            f"{len(control['boosted'])} single-token forms) at every position whose "
             f"context contains a word of {', '.join(repr(b) for b in biased)} (every single-token form of that "
             "demographic's equality words, in the prompt or in the generated text). EquiLM and R-EquiLM wrap it "
             "exactly as they wrap the LM (`equitune.nlg.control.PlantedBias` is a backbone). Its gap is a bias known "
@@ -127,7 +134,8 @@ def _intro(nlg: NlgParams, scores: dict, prompts: dict, figure: str) -> list[str
 
 
 def _fraction_table(nlg: NlgParams, scores: dict, labels: tuple[str, ...]) -> list[str]:
-    lines = ["", f"### {scorer_name(scores['scorer']).capitalize()} label fractions [{100 * scores['confidence']['level']:.0f}% CI]",
+    name = scorer_name(scores["scorer"])
+    lines = ["", f"### {name[0].upper() + name[1:]} label fractions [{100 * scores['confidence']['level']:.0f}% CI]",
              "", "| model | axis | demographic | n | " + " | ".join(labels) + " |",
              "|---|---|---|---|" + "---|" * len(labels)]
     for model in nlg.models:
@@ -256,19 +264,44 @@ def _reading(nlg: NlgParams, scores: dict, generation: dict, perplexities: dict)
         for method in nlg.methods:
             gaps = {axis: scores[model][method][axis]["bias_gap"] for axis in nlg.axes}
             images = {axis: generation[model][method][axis]["group_image_fraction"] for axis in nlg.axes}
-            significant = [axis for axis in nlg.axes if _excludes_zero(gaps[axis])]
             exact = [axis for axis in nlg.axes if images[axis] == 1.0 and gaps[axis]["ci"] == [0.0, 0.0]]
+            significant = [axis for axis in nlg.axes if _excludes_zero(gaps[axis])]
+            unresolved = [axis for axis in nlg.axes if axis not in exact and axis not in significant]
             text = (f"- {row_name(model, method)}: gaps "
-                    + "; ".join(f"{axis} {_signed_ci(gaps[axis])}" for axis in nlg.axes) + ". ")
-            text += (f"The interval excludes 0 on {', '.join(significant)}." if significant else
-                     "Every interval contains 0: no gap is resolved from sampling noise at this sample size.")
+                    + "; ".join(f"{axis} {_signed_ci(gaps[axis])}" for axis in nlg.axes) + ".")
+            if significant:
+                text += f" The interval excludes 0 on {', '.join(significant)}."
+            if unresolved:
+                text += (f" On {', '.join(unresolved)} the interval contains 0: no gap is resolved from sampling "
+                         "noise at this sample size.")
             if exact:
                 text += (f" On {', '.join(exact)} every paired sample is a token-for-token group image of its partner "
-                         "(shared random numbers + an exactly fair distribution), so the masked texts are identical "
-                         "and the gap is exactly 0, in every resample too.")
+                         "(shared random numbers + an exactly fair distribution), and the gap is exactly 0, in every "
+                         "resample too.")
             out.append(text)
+    if "control" in nlg.models:
+        removed = [row_name("control", m) for m in nlg.methods if m != "base"
+                   and all(not _excludes_zero(scores["control"][m][a]["bias_gap"]) for a in nlg.axes)]
+        planted = [a for a in nlg.axes if _excludes_zero(scores["control"]["base"][a]["bias_gap"])]
+        if planted and removed:
+            out.append(f"- The planted bias is measured (its interval excludes 0 on {', '.join(planted)}), and "
+                       f"{' and '.join(removed)} bring every gap back to an interval that contains 0.")
+    table = perplexities["perplexity"]
+    grouped = [m for m in nlg.methods if m != "base"]
+    if "base" in nlg.methods and grouped:
+        def change(axis: str, method: str, where: str) -> float:
+            return table[axis][method][where]["perplexity"] / table[axis]["base"][where]["perplexity"] - 1
+
+        widest = max(abs(change(axis, method, "all")) for axis in nlg.axes for method in grouped)
+        costs = []
+        for axis in nlg.axes:
+            each = ", ".join(f"{row_name('lm', method)} {100 * change(axis, method, 'equality'):+.1f}%"
+                             for method in grouped)
+            costs.append(f"{axis} {each}")
+        out.append(f"- Perplexity: over all {perplexities['text']['scored_tokens']} scored tokens the group-averaged "
+                   f"models stay within {100 * widest:.2f}% of the base LM; on the tokens of the equality words they "
+                   f"cost {'; '.join(costs)}: making p(g.y | g.x) = p(y | x) is paid where those words are predicted.")
     if "lm" in nlg.models and "r_equilm" in nlg.methods:
-        out.append("- R-EquiLM is not fair in the group-theoretic sense on axes with general words (its fairness "
-                   "error is not 0 there, by design: he/she follow the context), and identical to EquiLM on axes "
-                   "without.")
+        out.append("- R-EquiLM is not fair in the group-theoretic sense on axes with general words (its fairness error "
+                   "is not 0 there, by design: he/she follow the context), and identical to EquiLM on axes without.")
     return out
