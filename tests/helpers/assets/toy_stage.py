@@ -2,7 +2,8 @@
 
 It validates its params section (`toy:` in params.yaml) before doing anything, opens a tracked MLflow run,
 writes a checkpoint each epoch through `equitune.pipeline.io.atomic_path` (slowly, in two halves, so that a test can
-kill it mid-write), logs per-epoch metrics, and writes its DVC metrics file last.
+kill it mid-write), logs per-epoch metrics and the checkpoint as an artifact, and writes its DVC metrics file last.
+`--seed`, `--out` and `--metrics` make it a grid cell (a matrix stage's command).
 
 When TOY_PROGRESS names a file, one line per event is appended to it ("pid N", "writing E", "epoch E"), so a
 test knows when to kill it.
@@ -36,12 +37,18 @@ def progress(event: str) -> None:
 
 
 def main(argv=None) -> None:
-    args = argument_parser(__doc__).parse_args(argv)
+    parser = argument_parser(__doc__)
+    parser.add_argument("--seed", type=int, help="a grid cell's seed (default: toy.seed)")
+    parser.add_argument("--out", default="outputs/model.ckpt")
+    parser.add_argument("--metrics", default="metrics/toy.json")
+    args = parser.parse_args(argv)
     data = yaml.safe_load(open(args.params))
     try:
         params = ToyParams.model_validate(data.get("toy"))
     except ValidationError as error:
         raise ParamsError(format_validation_error(error, args.params, ToyParams)) from None
+    if args.seed is not None:
+        params = params.model_copy(update={"seed": args.seed})
 
     tags = {"model": "toy-mlp", "method": "equitune", "group": "c4", "seed": params.seed}
     with tracked_run("toy", profile="default", params=params, tags=tags) as run:
@@ -51,7 +58,7 @@ def main(argv=None) -> None:
             if params.fail_at_epoch == epoch:
                 raise RuntimeError(f"toy failure at epoch {epoch}")
             loss = round(1.0 / (epoch + 2) + params.seed * 1e-3, 6)
-            with atomic_path("outputs/model.ckpt") as tmp:
+            with atomic_path(args.out) as tmp:
                 with open(tmp, "w") as stream:
                     stream.write(f"epoch {epoch} first half\n")
                     stream.flush()
@@ -62,7 +69,8 @@ def main(argv=None) -> None:
             progress(f"epoch {epoch}")
         final = {"loss": loss, "test": {"accuracy": round(0.5 + params.seed * 1e-3, 6)}, "epochs": params.epochs}
         run.log_final(final)
-    write_json("metrics/toy.json", final)
+        run.log_artifact(args.out)
+    write_json(args.metrics, final)
 
 
 if __name__ == "__main__":
