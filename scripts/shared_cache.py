@@ -4,6 +4,7 @@
     python scripts/shared_cache.py check    # is the remote configured, are there credentials, can they reach it?
     python scripts/shared_cache.py push     # after `dvc repro` / a queue / a SLURM task: send results and run-cache
     python scripts/shared_cache.py fetch    # on another machine, then `dvc repro --pull` restores instead of running
+    python scripts/shared_cache.py fetch STAGE   # the run-cache and only that stage's data (a SLURM task)
 
 DVC does the work (``dvc push --run-cache``, ``dvc fetch --run-cache``, ``dvc repro --pull``); this script adds
 two things DVC lacks:
@@ -129,6 +130,8 @@ def main(argv=None) -> None:
     parser.add_argument("command", choices=("check", "push", "fetch"))
     parser.add_argument("-r", "--remote", help="DVC remote (default: the default remote)")
     parser.add_argument("-j", "--jobs", type=int, help="parallel transfers (DVC's default when omitted)")
+    parser.add_argument("targets", nargs="*", help="fetch: only these stages' data (the run-cache is always "
+                        "fetched whole: it is small)")
     args = parser.parse_args(argv)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from dvc.repo import Repo
@@ -144,7 +147,7 @@ def main(argv=None) -> None:
                 pushed = push_run_cache_objects(repo, name, args.jobs)
                 print(f"[shared-cache] pushed the run-cache to {name!r} ({pushed} more object(s) of its records)")
             else:
-                dvc("fetch", "--run-cache", "-r", name, *jobs)
+                dvc("fetch", "--run-cache", "-r", name, *jobs, *args.targets)
                 print("[shared-cache] fetched; now `dvc repro --pull` restores every stage already computed "
                       "elsewhere instead of running it")
     except SharedCacheError as error:

@@ -476,7 +476,9 @@ def main(argv=None) -> None:
     start.add_argument("--workers", type=int, default=2)
     start.add_argument("--allowed-hosts", help="Host headers to accept when binding beyond 127.0.0.1")
     start.add_argument("--postgres-port", type=int, help="port of the local PostgreSQL (default: a free one)")
-    start.add_argument("--backend-store-uri", help="an existing database, postgresql+psycopg2://user:pw@host/db")
+    start.add_argument("--backend-store-uri", default=os.environ.get("MLFLOW_BACKEND_STORE_URI"),
+                       help="an existing database, postgresql+psycopg2://user:pw@host/db (default: "
+                            "$MLFLOW_BACKEND_STORE_URI, which keeps the password off the command line)")
     start.add_argument("--auth-store-uri", help="database of the accounts (default: the backend store)")
     start.add_argument("--artifacts-destination", help="s3://bucket/prefix of a real S3 (default: a local moto one)")
     start.add_argument("--s3-endpoint-url", help="endpoint of a non-AWS S3 (MinIO, Ceph) for --artifacts-destination")

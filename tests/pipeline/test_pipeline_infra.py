@@ -36,7 +36,10 @@ def test_queued_experiments_run_in_parallel_into_one_store(tmp_path):
     for seed in (1, 2):
         run(["dvc", "exp", "run", "--queue", "-S", f"toy.seed={seed}", "-n", f"seed{seed}"], root, env)
     try:
-        run(["dvc", "queue", "start", "-j", "2"], root, env)
+        # One worker per GPU, the README's recipe: worker N is started with its own CUDA_VISIBLE_DEVICES, which
+        # its experiments inherit (on this CPU machine the variable is only recorded, as a run tag).
+        run(["dvc", "queue", "start", "-j", "1"], root, {**env, "CUDA_VISIBLE_DEVICES": "0"})
+        run(["dvc", "queue", "start", "-j", "2"], root, {**env, "CUDA_VISIBLE_DEVICES": "1"})
         wait_for(lambda: queue_status(root).get("Success", 0) + queue_status(root).get("Failed", 0) == 2,
                  timeout=240, interval=2, what="both queued experiments to finish")
         statuses = queue_status(root)
@@ -54,6 +57,8 @@ def test_queued_experiments_run_in_parallel_into_one_store(tmp_path):
     # The runs overlapped in time: the two experiments really ran in parallel.
     first, second = sorted(runs, key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time
+    # Each worker ran one experiment, on its own device.
+    assert sorted(r.data.tags.get("env.CUDA_VISIBLE_DEVICES") for r in runs) == ["0", "1"]
     # And DVC recorded both experiments' metrics.
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
     names = {exp.get("name") for entry in shown for exp in (entry.get("experiments") or [])}

@@ -11,7 +11,8 @@
 - The database and the experiments are created once, under a file lock, before any run writes: several
   processes creating a fresh SQLite store at once crash on the schema migration.
 - One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``); run name = DVC stage name.
-- Tags: task, model, method, group, seed, profile, git commit and dirty flag, dvc stage, dvc experiment, params hash.
+- Tags: task, model, method, group, seed, profile, git commit and dirty flag, dvc stage, dvc experiment, params hash,
+  and the CUDA_VISIBLE_DEVICES / LOCAL_RANK the process ran with (which GPU a queue worker or rank used).
 - A run that raises ends FAILED; SIGTERM or Ctrl-C ends it KILLED (and the process still exits non-zero).
   A run left RUNNING by a process that died without a word (SIGKILL, OOM) is closed as KILLED by the next
   run of the same task on the same host.
@@ -295,6 +296,8 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         "params_hash": params_hash(params),
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
+        # Which GPUs the process saw (one per queue worker or torchrun rank): runs of a grid spread over GPUs.
+        **{f"env.{name}": os.environ[name] for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK") if name in os.environ},
         **_git_state(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
