@@ -42,7 +42,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     DVC_ROOT must not leak in: dvc 3.67 keeps an inherited DVC_ROOT instead of setting its own.
     """
     env = dict(os.environ)
-    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "TOY_PROGRESS"):
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "TOY_PROGRESS", "TOY_GATE"):
         env.pop(name, None)
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1",
                PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@t",

@@ -6,7 +6,8 @@ kill it mid-write), logs per-epoch metrics and the checkpoint as an artifact, an
 `--seed`, `--out` and `--metrics` make it a grid cell (a matrix stage's command).
 
 When TOY_PROGRESS names a file, one line per event is appended to it ("pid N", "writing E", "epoch E"), so a
-test knows when to kill it.
+test knows when to kill it. When TOY_GATE names a file, the stage waits (up to 300 s) for it to exist before its
+first epoch, so a test can hold several stages open at once.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def progress(event: str) -> None:
             stream.write(event + "\n")
 
 
+def wait_for_gate(timeout: float = 300.0) -> None:
+    gate = os.environ.get("TOY_GATE")
+    deadline = time.monotonic() + timeout
+    while gate and not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"TOY_GATE {gate} did not open within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--seed", type=int, help="a grid cell's seed (default: toy.seed)")
@@ -53,6 +63,7 @@ def main(argv=None) -> None:
     tags = {"model": "toy-mlp", "method": "equitune", "group": "c4", "seed": params.seed}
     with tracked_run("toy", profile="default", params=params, tags=tags) as run:
         progress(f"pid {os.getpid()}")
+        wait_for_gate()
         loss = 1.0
         for epoch in range(params.epochs):
             if params.fail_at_epoch == epoch:
