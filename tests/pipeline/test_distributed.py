@@ -124,6 +124,20 @@ def test_sampler_rejects_batches_that_do_not_split_evenly():
     assert len(dropped) == len(list(dropped)) == 2
 
 
+def test_local_shares_weight_an_uneven_batch_back_to_its_global_mean():
+    from equitune.pipeline.distributed import DistributedContext
+    losses = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], dtype=torch.float64)
+    batch = torch.arange(7)
+    contexts = [DistributedContext(r, 3, r, torch.device("cpu"), None) for r in range(3)]
+    shares = [context.local_share(batch) for context in contexts]
+    assert [share.tolist() for share, _ in shares] == [[0, 1, 2], [3, 4], [5, 6]]
+    # DDP averages the ranks' (weighted) mean losses: that must be the mean over the global batch.
+    ddp_mean = sum(float(losses[share].mean()) * weight for share, weight in shares) / 3
+    assert abs(ddp_mean - float(losses.mean())) < 1e-12
+    with pytest.raises(ConfigError, match="cannot give each of 3 processes one"):
+        contexts[0].local_share(torch.arange(2))
+
+
 def test_shard_and_gather_keep_the_order():
     from equitune.pipeline.distributed import DistributedContext
     items = list(range(7))

@@ -7,7 +7,9 @@
 - :class:`ShardedBatchSampler`: one seeded order of *global* batches, the same on every rank; each rank takes an
   equal, contiguous shard of every global batch. With a loss averaged over its shard, DDP's average over ranks
   is the loss averaged over the global batch, so N processes take the same steps as one process with the same
-  global batch and seed (up to the summation order of floats).
+  global batch and seed (up to the summation order of floats). A loop with its own batch order (length buckets)
+  takes :meth:`DistributedContext.local_share` of each global batch instead, with the weight that keeps an uneven
+  split exact.
 - Rank 0 alone logs, checkpoints and writes metrics: :attr:`DistributedContext.is_main`, and
   :func:`tracked_run_on_main`, which opens the MLflow run on rank 0 and hands the other ranks a run that logs
   nothing.
@@ -105,6 +107,17 @@ class DistributedContext:
         """This rank's contiguous share of ``items`` (sizes differ by at most one; a rank may get none)."""
         start, stop = _shard_bounds(len(items), self.rank, self.world_size)
         return list(items[start:stop])
+
+    def local_share(self, global_batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's contiguous share of a global batch of indices (any batch order that is the same on every
+        rank), and the factor its mean loss must be multiplied by so that DDP's average over ranks is the global
+        batch's mean loss: ``len(share) * world_size / len(global_batch)`` (1 when the batch splits evenly)."""
+        size = len(global_batch)
+        if size < self.world_size:
+            raise ConfigError(f"a global batch of {size} example(s) cannot give each of {self.world_size} processes "
+                              "one: use a larger batch size or fewer processes")
+        start, stop = _shard_bounds(size, self.rank, self.world_size)
+        return global_batch[start:stop], (stop - start) * self.world_size / size
 
     def gather(self, shard: Sequence[T]) -> list[T]:
         """Every rank's :meth:`shard` results, concatenated in rank order: the original order, on every rank."""
