@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from equitune.pipeline import tracking
-from helpers.toy_project import ASSETS, clean_env, make_toy_project, temp_files
+from helpers.toy_project import ASSETS, clean_env, make_toy_project, mlflow_runs, temp_files
 
 REPO = Path(__file__).resolve().parents[2]
 TEAM_SERVER = REPO / "scripts" / "team_server.py"
@@ -126,8 +126,8 @@ def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, stat
         assert run_count_in_postgres(state_dir, state["postgres_port"]) == 2
         keys = s3_keys(state["s3_port"])
         assert sum(key.endswith("/artifacts/model.ckpt") for key in keys) == 2, keys
-        assert not any((root / "mlflow.db").stat().st_size != (roots[0] / "mlflow.db").stat().st_size
-                       for root in roots)  # both local stores untouched copies of the template
+        assert all(mlflow_runs(root / "mlflow.db") == [] for root in roots)  # nothing went to the local stores
+        assert not any((root / "mlartifacts").exists() for root in roots)
 
         # Authentication: no credentials -> 401; a reader reads but cannot write.
         search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
