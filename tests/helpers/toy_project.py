@@ -23,16 +23,26 @@ VENV_BIN = str(Path(sys.executable).parent)
 DVC_YAML = """\
 stages:
   train:
-    cmd: python toy_stage.py
+    cmd: python toy_stage.py --curve plots/toy/train.csv --figure figures/loss.png
     deps:
       - toy_stage.py
     params:
       - toy
     outs:
       - outputs/model.ckpt
+      - plots/toy/train.csv:
+          cache: false
+      - figures/loss.png:
+          cache: false
     metrics:
       - metrics/toy.json:
           cache: false
+plots:
+  - plots/toy:
+      x: epoch
+      y: loss
+      x_label: epoch
+      y_label: training loss
 """
 
 

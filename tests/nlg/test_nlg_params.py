@@ -12,9 +12,7 @@ from pydantic import ValidationError
 
 from equitune.nlg.config import NlgParams
 from equitune.params import load_params
-from helpers.paths import profile_params
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT, dvc_commands, profile_params, stage_argv
 
 
 def test_both_profiles_validate_with_the_expected_models():
@@ -51,10 +49,12 @@ def test_bad_values_are_rejected(changes, message):
         NlgParams.model_validate(section(**changes))
 
 
-def run_stage(script: str, params: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_stage(stage: str, params: dict, tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess:
+    """``stage`` of dvc.yaml with its arguments (some replaced), in a subprocess in ``tmp_path``."""
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, str(ROOT / "pipelines/nlg" / script), "--params", str(path), *extra],
+    script = ROOT / dvc_commands()[stage][1]
+    return subprocess.run([sys.executable, str(script), *stage_argv(stage, **overrides), "--params", str(path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
 
 
@@ -63,13 +63,13 @@ def test_stages_exit_2_before_any_output_on_bad_params(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["nlg"]["top_k"] = -1
     output = tmp_path / "prompts.json"
-    result = run_stage("prompts.py", params, tmp_path, "--output", str(output))
+    result = run_stage("prompts_nlg", params, tmp_path, out=str(output))
     assert result.returncode == 2, result.stderr
     assert "nlg.top_k" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()
-    for script in ("generate.py", "score.py", "perplexity.py", "report.py"):
-        result = run_stage(script, params, tmp_path)
-        assert result.returncode == 2 and "nlg.top_k" in result.stderr, (script, result.stderr)
+    for stage in ("generate_nlg", "score_nlg", "perplexity_nlg", "nlg_report"):
+        result = run_stage(stage, params, tmp_path)
+        assert result.returncode == 2 and "nlg.top_k" in result.stderr, (stage, result.stderr)
     assert not any(tmp_path.rglob("*.json*"))
 
 
@@ -82,7 +82,7 @@ def test_prompts_stage_exits_2_on_a_bad_word_list(tmp_path):
                                      "orientation": {"equality": [["gay", "straight"]]}}))
     params["nlg"]["word_lists"] = str(words)
     output = tmp_path / "prompts.json"
-    result = run_stage("prompts.py", params, tmp_path, "--output", str(output))
+    result = run_stage("prompts_nlg", params, tmp_path, out=str(output))
     assert result.returncode == 2, result.stderr
     assert "same size" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()

@@ -41,7 +41,9 @@ def team_server(state: Path, *args: str, env: dict[str, str], timeout: float = 4
 
 
 def toy_stage(root: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ASSETS / "toy_stage.py")], cwd=root,
+    """The toy stage as DVC runs it, with a figure (its artifact) and a curve file."""
+    return subprocess.Popen([sys.executable, str(ASSETS / "toy_stage.py"), "--figure", "figures/loss.png",
+                             "--curve", "plots/toy/train.csv"], cwd=root,
                             env=clean_env(DVC_ROOT=str(root), DVC_STAGE="train", **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -59,7 +61,7 @@ def request(url: str, credentials: tuple[str, str] | None = None, body: dict | N
 
 
 def no_outputs(root: Path) -> bool:
-    return not (root / "metrics").exists() and not (root / "outputs").exists() and not temp_files(root)
+    return not any((root / name).exists() for name in ("metrics", "outputs", "figures", "plots")) and not temp_files(root)
 
 
 @pytest.fixture
@@ -115,9 +117,9 @@ def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, stat
                 written = json.loads((root / "metrics" / "toy.json").read_text())
                 assert run.data.metrics["loss"] == written["loss"]
                 assert [m.step for m in store.get_metric_history(run.info.run_id, "lr")] == [0, 1]
-                assert [a.path for a in store.list_artifacts(run.info.run_id)] == ["model.ckpt"]
-                fetched = store.download_artifacts(run.info.run_id, "model.ckpt", str(tmp_path))
-                assert Path(fetched).read_bytes() == (root / "outputs" / "model.ckpt").read_bytes()
+                assert [a.path for a in store.list_artifacts(run.info.run_id, "figures")] == ["figures/loss.png"]
+                fetched = store.download_artifacts(run.info.run_id, "figures/loss.png", str(tmp_path / run.info.run_id))
+                assert Path(fetched).read_bytes() == (root / "figures" / "loss.png").read_bytes()
         finally:
             for name in client:
                 os.environ.pop(name, None)
@@ -125,7 +127,7 @@ def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, stat
         # The runs are in PostgreSQL and the artifacts in the S3 store, not in any local file.
         assert run_count_in_postgres(state_dir, state["postgres_port"]) == 2
         keys = s3_keys(state["s3_port"])
-        assert sum(key.endswith("/artifacts/model.ckpt") for key in keys) == 2, keys
+        assert sum(key.endswith("/artifacts/figures/loss.png") for key in keys) == 2, keys
         assert all(mlflow_runs(root / "mlflow.db") == [] for root in roots)  # nothing went to the local stores
         assert not any((root / "mlartifacts").exists() for root in roots)
 
