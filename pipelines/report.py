@@ -8,6 +8,7 @@ from equitune.pipeline.io import write_text
 from equitune.pipeline.report import build_report
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.pipeline.tracking import tracked_run
 
 
 def main(argv=None) -> None:
@@ -16,7 +17,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the report's markdown file")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, None, None)
-    write_text(args.out, build_report(loaded.profile, loaded.base, args.sections))
+    with tracked_run("report", profile=loaded.profile, params=loaded.base, tags={"profile": loaded.profile}) as run:
+        write_text(args.out, build_report(loaded.profile, loaded.base, args.sections))
+        run.log_artifact(args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from equitune.pipeline.io import write_json
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.seeding import seed_everything
 from equitune.pipeline.stage import argument_parser, check_in_grid, run_stage
+from equitune.pipeline.tracking import tracked_run
 
 
 def main(argv=None) -> None:
@@ -28,8 +29,11 @@ def main(argv=None) -> None:
     check_in_grid("dataset", args.dataset, params.grid.datasets)
     data, classes = load_prepared(args.data)
     seed_everything(0, loaded.base.threads, loaded.base.deterministic)
-    result, summary = dataset_feature_frames(params, data, classes)
-    save_feature_figures(result, args.png, args.gif)
+    with tracked_run("images", profile=loaded.profile, params=params, tags={"dataset": args.dataset}) as run:
+        result, summary = dataset_feature_frames(params, data, classes)
+        save_feature_figures(result, args.png, args.gif)
+        run.log_artifacts(args.png, args.gif)
+        run.log_final(summary)
     write_json(args.metrics, summary)
     print(f"features of {summary['backbone']}: {result['errors']}")
 

@@ -13,6 +13,7 @@ from equitune.images.data import prepare_dataset
 from equitune.pipeline.io import atomic_path
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.stage import argument_parser, check_in_grid, run_stage
+from equitune.pipeline.tracking import tracked_run
 
 
 def main(argv=None) -> None:
@@ -20,13 +21,16 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--out", type=Path, required=True, help="the prepared file (data/images/<dataset>.npz)")
     args = parser.parse_args(argv)
-    params = load_section(args.params, "images", ImagesParams).section
+    loaded = load_section(args.params, "images", ImagesParams)
+    params = loaded.section
     check_in_grid("dataset", args.dataset, params.grid.datasets)
     subsets, classes = prepare_dataset(args.dataset, params.data)
     buffer = io.BytesIO()
     np.savez(buffer, classes=np.asarray(json.dumps(list(classes))), **subsets)
-    with atomic_path(args.out) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    with tracked_run("images", profile=loaded.profile, params=params, tags={"dataset": args.dataset}) as run:
+        with atomic_path(args.out) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+        run.reference_output(args.out, "data")
     sizes = {k: int(len(v)) for k, v in subsets.items() if k.endswith("_y")}
     print(f"prepared {args.dataset}: {sizes}, images {subsets['train_x'].shape[1:]}")
 

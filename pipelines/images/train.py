@@ -12,6 +12,7 @@ from equitune.images.config import ImagesParams
 from equitune.images.experiment import CHECKPOINT, CURVES, train_cell
 from equitune.images.methods import method_group
 from equitune.images.prepared import load_prepared
+from equitune.pipeline.curves import Curve
 from equitune.pipeline.io import atomic_path, write_json
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.seeding import seed_everything
@@ -23,6 +24,7 @@ def main(argv=None) -> None:
     parser = add_cell_arguments(argument_parser(__doc__))
     parser.add_argument("--data", type=Path, required=True, help="the prepared dataset (data/images/<dataset>.npz)")
     parser.add_argument("--out", type=Path, required=True, help="the cell's training folder")
+    parser.add_argument("--curve", type=Path, required=True, help="the cell's per-epoch curve (a DVC plots file)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "images", ImagesParams)
     params, cell = loaded.section, Cell.from_arguments(args)
@@ -33,7 +35,9 @@ def main(argv=None) -> None:
     generator = seed_everything(cell.seed, loaded.base.threads, loaded.base.deterministic)
     tags = {"model": cell.backbone, "method": cell.method, "group": cell.group, "seed": cell.seed,
             "dataset": cell.dataset, "stage_kind": "train"}
-    with tracked_run("images", profile=loaded.profile, params=params, tags=tags, run_name=f"train-{cell.name}") as run:
+    curve = Curve(args.curve, x="epoch", y=("train_loss", "val_accuracy"))
+    with tracked_run("images", profile=loaded.profile, params=params, tags=tags, run_name=f"train-{cell.name}",
+                     curve=curve) as run:
         best_state, curves = train_cell(
             params, cell, data, len(classes), generator, device,
             on_epoch=lambda r: run.log_metrics({"train_loss": r.train_loss, "val_accuracy": r.val_accuracy},
@@ -42,6 +46,7 @@ def main(argv=None) -> None:
             torch.save(best_state, tmp)
         write_json(args.out / CURVES, curves)
         run.log_metrics({"best_epoch": curves["best_epoch"]})
+        run.reference_output(args.out, "checkpoint")
     best = curves["epochs"][curves["best_epoch"] - 1]
     print(f"{cell.name}: best epoch {curves['best_epoch']}, val accuracy {best['val_accuracy']:.4f}")
 

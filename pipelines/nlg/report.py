@@ -13,6 +13,7 @@ from equitune.nlg.scoring import LABELS
 from equitune.pipeline.io import read_json, write_text
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.pipeline.tracking import tracked_run
 
 
 def _metrics(path: Path, stage: str) -> dict:
@@ -30,17 +31,20 @@ def main(argv=None) -> None:
                        ("figure", "the label figure (PNG)")):
         parser.add_argument(f"--{name}", type=Path, required=True, help=what)
     args = parser.parse_args(argv)
-    nlg = load_section(args.params, "nlg", NlgParams).section
+    loaded = load_section(args.params, "nlg", NlgParams)
+    nlg = loaded.section
     scores = _metrics(args.scores, "score_nlg")
     generation = _metrics(args.generation, "generate_nlg")
     perplexities = _metrics(args.perplexity, "perplexity_nlg")
     prompts = read_prompts(args.prompts)
     records = read_records(args.samples, "generate_nlg")
     labels = LABELS[scores["scorer"]]
-    label_figure(nlg, scores, labels, args.figure)
-    figure_link = Path(os.path.relpath(args.figure, args.out.parent)).as_posix()
-    write_text(args.out, nlg_markdown(nlg, scores, generation, perplexities, prompts, labels, figure_link,
-                                      example_samples(nlg, records)))
+    with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"model": nlg.model}) as run:
+        label_figure(nlg, scores, labels, args.figure)
+        figure_link = Path(os.path.relpath(args.figure, args.out.parent)).as_posix()
+        write_text(args.out, nlg_markdown(nlg, scores, generation, perplexities, prompts, labels, figure_link,
+                                          example_samples(nlg, records)))
+        run.log_artifacts(args.out, args.figure)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from equitune.pipeline.curves import Curve
 from equitune.pipeline.io import atomic_path, write_json
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.seeding import seed_everything
@@ -24,6 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the split's folder (data/scan/<split>)")
     parser.add_argument("--out", type=Path, required=True, help="the cell's model folder")
+    parser.add_argument("--curve", type=Path, required=True, help="the cell's training curve (a DVC plots file)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "scan", ScanParams)
     params, cell = loaded.section, ScanCell(args.split, args.cell, args.seed)
@@ -33,12 +35,14 @@ def main(argv=None) -> None:
     generator = seed_everything(cell.seed, params.threads, loaded.base.deterministic)
     tags = {"model": f"seq2seq-{cell.cell}", "method": "pretrain", "group": "trivial", "seed": cell.seed,
             "split": cell.split}
-    with tracked_run("scan", profile=loaded.profile, params=params, tags=tags) as run:
+    curve = Curve(args.curve, x="examples", y=("train_loss", "validation_accuracy"))
+    with tracked_run("scan", profile=loaded.profile, params=params, tags=tags, curve=curve) as run:
         checkpoint, summary = pretrain_cell(params, cell, data, generator, device,
                                             lambda metrics, step: run.log_metrics(metrics, step=step))
         write_json(args.out / "pretrain.json", summary)
         with atomic_path(args.out / CHECKPOINT) as tmp:
             torch.save(checkpoint, tmp)
+        run.reference_output(args.out, "checkpoint")
         run.log_final({k: summary[k] for k in ("best_validation_accuracy", "best_at_examples")})
 
 

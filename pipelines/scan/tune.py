@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from equitune.pipeline.curves import Curve
 from equitune.pipeline.io import write_json
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.seeding import seed_everything
@@ -24,6 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the split's folder (data/scan/<split>)")
     parser.add_argument("--model", type=Path, required=True, help="the cell's pretrained model folder")
     parser.add_argument("--metrics", type=Path, required=True, help="the cell's metrics file")
+    parser.add_argument("--curve", type=Path, required=True, help="test accuracy against tuning steps (DVC plots)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "scan", ScanParams)
     params, cell = loaded.section, ScanCell(args.split, args.cell, args.seed)
@@ -35,7 +37,9 @@ def main(argv=None) -> None:
     pretrained = load_pretrained(params, cell, args.model, device)
     tags = {"model": f"seq2seq-{cell.cell}", "method": "equitune+equizero", "group": group.name, "seed": cell.seed,
             "split": cell.split}
-    with tracked_run("scan", profile=loaded.profile, params=params, tags=tags) as run:
+    curve = Curve(args.curve, x="step", y=("equitune_test_accuracy", "equizero_test_accuracy"))
+    with tracked_run("scan", profile=loaded.profile, params=params, tags=tags, curve=curve) as run:
+        run.reference_output(args.model, "pretrained")
         metrics = tune_cell(params, cell, data, pretrained,
                             lambda: seed_everything(cell.seed, params.threads, loaded.base.deterministic), device,
                             lambda values, step: run.log_metrics(values, step=step))

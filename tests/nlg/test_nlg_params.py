@@ -12,9 +12,7 @@ from pydantic import ValidationError
 
 from equitune.nlg.config import NlgParams
 from equitune.params import load_params
-from helpers.paths import dvc_commands, profile_params, stage_argv
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT, dvc_commands, profile_params, stage_argv
 
 
 def test_both_profiles_validate_with_the_expected_models():
@@ -57,29 +55,27 @@ def test_bad_values_are_rejected(changes, message):
         NlgParams.model_validate(section(**changes))
 
 
-def run_stage(stage: str, params: dict, tmp_path: Path) -> tuple[subprocess.CompletedProcess, list[Path]]:
-    """Run ``stage``'s script as dvc.yaml does, with every path option moved into ``tmp_path`` (inputs absent)."""
+def run_stage(stage: str, params: dict, tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess:
+    """``stage`` of dvc.yaml with its arguments (some replaced), in a subprocess in ``tmp_path``."""
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    words = dvc_commands()[stage]
-    argv, paths = stage_argv(stage), []
-    for i in range(1, len(argv), 2):
-        paths.append(tmp_path / Path(argv[i]).name)
-        argv[i] = str(paths[-1])
-    result = subprocess.run([sys.executable, str(ROOT / words[1]), "--params", str(path), *argv],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    return result, paths
+    script = ROOT / dvc_commands()[stage][1]
+    return subprocess.run([sys.executable, str(script), *stage_argv(stage, **overrides), "--params", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
 
 
 @pytest.mark.slow  # five subprocesses that import torch and transformers
 def test_stages_exit_2_before_any_output_on_bad_params(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["nlg"]["top_k"] = -1
-    for stage in ("prompts_nlg", "generate_nlg", "score_nlg", "perplexity_nlg", "nlg_report"):
-        result, paths = run_stage(stage, params, tmp_path)
-        assert result.returncode == 2, (stage, result.stderr)
-        assert "nlg.top_k" in result.stderr and "Traceback" not in result.stderr, (stage, result.stderr)
-        assert not any(p.exists() for p in paths), stage
+    output = tmp_path / "prompts.json"
+    result = run_stage("prompts_nlg", params, tmp_path, out=str(output))
+    assert result.returncode == 2, result.stderr
+    assert "nlg.top_k" in result.stderr and "Traceback" not in result.stderr
+    assert not output.exists()
+    for stage in ("generate_nlg", "score_nlg", "perplexity_nlg", "nlg_report"):
+        result = run_stage(stage, params, tmp_path)
+        assert result.returncode == 2 and "nlg.top_k" in result.stderr, (stage, result.stderr)
     assert not any(tmp_path.rglob("*.json*"))
 
 
@@ -91,7 +87,8 @@ def test_prompts_stage_exits_2_on_a_bad_word_list(tmp_path):
                                      "race": {"equality": [["black", "white"]]},
                                      "orientation": {"equality": [["gay", "straight"]]}}))
     params["nlg"]["word_lists"] = str(words)
-    result, paths = run_stage("prompts_nlg", params, tmp_path)
+    output = tmp_path / "prompts.json"
+    result = run_stage("prompts_nlg", params, tmp_path, out=str(output))
     assert result.returncode == 2, result.stderr
     assert "same size" in result.stderr and "Traceback" not in result.stderr
-    assert not any(p.exists() for p in paths)
+    assert not output.exists()

@@ -6,6 +6,7 @@ DVC_STAGE set, cwd = project root), so signals, exit codes and the store locatio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from equitune.pipeline import tracking
+from equitune.pipeline.mlflow_views import view_for
 from helpers.toy_project import ASSETS, clean_env, copy_empty_store, mlflow_runs, progress_lines, wait_for, write_params
 
 TAGS = ("task", "model", "method", "group", "seed", "profile", "git.commit", "dvc.stage", "params_hash")
@@ -72,7 +74,9 @@ def test_toy_stage_run_has_every_convention(tmp_path):
             tags["dvc.stage"]) == ("toy", "toy-mlp", "equitune", "c4", "3", "default", "train@0")
     assert tags["params_hash"] == tracking.params_hash(
         {"seed": 3, "epochs": 3, "epoch_seconds": 0.0, "fail_at_epoch": None})
-    assert run.data.params == {"seed": "3", "epochs": "3", "epoch_seconds": "0.0", "fail_at_epoch": "None"}
+    # The cell under short keys, then the settings (a settings key equal to a cell key moves under settings/).
+    assert run.data.params == {"model": "toy-mlp", "method": "equitune", "group": "c4", "seed": "3",
+                               "settings/seed": "3", "epochs": "3", "epoch_seconds": "0.0", "fail_at_epoch": "None"}
 
     import mlflow
     client = mlflow.MlflowClient(f"sqlite:///{store}")
@@ -85,7 +89,14 @@ def test_toy_stage_run_has_every_convention(tmp_path):
     # Artifacts go beside the database, not into the stage's working directory.
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     for name in ("scan", "images", "nlg", "toy"):
-        assert client.get_experiment_by_name(f"equitune-{name}") is not None
+        experiment = client.get_experiment_by_name(f"equitune-{name}")
+        assert experiment.tags["mlflow.note.content"] == view_for(name).description
+        assert json.loads(experiment.tags["mlflow.sharedViewState.cells"])["name"] == "Cells"
+    # The checkpoint is referenced by its DVC hash (for a file: the md5 of its bytes), not copied.
+    checkpoint = (tmp_path / "outputs" / "model.ckpt").read_bytes()
+    assert tags["checkpoint.dvc_md5"] == hashlib.md5(checkpoint).hexdigest()
+    assert tags["checkpoint.path"] == "outputs/model.ckpt"
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == []
 
 
 @pytest.mark.slow

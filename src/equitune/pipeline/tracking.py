@@ -1,12 +1,23 @@
 """Every MLflow convention of the project, in one place.
 
-- Store: ``$MLFLOW_TRACKING_URI`` when set, else SQLite ``mlflow.db`` at the repository root. The root comes
+- Store: ``$MLFLOW_TRACKING_URI`` when set (a team's ``mlflow server``, with ``MLFLOW_TRACKING_USERNAME`` /
+  ``MLFLOW_TRACKING_PASSWORD`` or ``~/.mlflow/credentials``: MLflow's own client settings), else SQLite
+  ``mlflow.db`` at the repository root. The root comes
   from ``DVC_ROOT`` (set by DVC for every stage, and pointing at the real repo even under ``dvc exp run
   --queue``, whose stages run in a temporary copy), else from the current git checkout.
+- A server is checked before anything else (one request, no retries): unreachable, credentials refused or no
+  permission to write is a :class:`TrackingServerError` naming what to fix, raised before the stage does any work
+  (MLflow's own client would retry for minutes, then fail half-way).
 - The database and the experiments are created once, under a file lock, before any run writes: several
   processes creating a fresh SQLite store at once crash on the schema migration.
-- One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``); run name = DVC stage name.
-- Tags: task, model, method, group, seed, profile, git commit and dirty flag, dvc stage, dvc experiment, params hash.
+- One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``, ``equitune-report``), each with
+  a description and a "Cells" view of its runs table (:mod:`.mlflow_views`); run name = DVC stage name.
+- Tags: task, the cell (model, method, group, seed, ...), profile, git commit and dirty flag, dvc stage, dvc
+  experiment, params hash, and the CUDA_VISIBLE_DEVICES / LOCAL_RANK the process ran with (which GPU a queue worker
+  or rank used). Params: the cell again under short keys, then the stage's settings without the grid.
+- Per-step values go to MLflow's metric history and, for a stage with a curve file, to that DVC plots file
+  (:mod:`.curves`); figures and reports are artifacts; checkpoints and data are referenced by their DVC hash
+  (a tag), never copied. System metrics (CPU, memory, disk, network) are sampled every 10 s.
 - A run that raises ends FAILED; SIGTERM or Ctrl-C ends it KILLED (and the process still exits non-zero).
   A run left RUNNING by a process that died without a word (SIGKILL, OOM) is closed as KILLED by the next
   run of the same task on the same host.
@@ -30,10 +41,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ConfigError
+from .curves import Curve
 from .io import pid_alive
+from .mlflow_views import experiment_tags
 
-__all__ = ["TrackedRun", "tracked_run", "tracking_uri", "ensure_store", "params_hash", "repo_root", "EXPERIMENT_PREFIX",
-           "TASKS"]
+__all__ = ["TrackedRun", "TrackingServerError", "tracked_run", "tracking_uri", "ensure_store", "check_tracking_server",
+           "params_hash", "repo_root", "dvc_md5", "settings_params", "EXPERIMENT_PREFIX", "TASKS"]
 
 EXPERIMENT_PREFIX = "equitune-"
 TASKS = ("scan", "images", "nlg")
@@ -56,6 +70,64 @@ def repo_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+class TrackingServerError(ConfigError):
+    """The tracking server named by MLFLOW_TRACKING_URI cannot be used: unreachable, credentials refused, or no
+    permission to write; the message says which, and what to set."""
+
+
+_START_OR_FIX = ("start it (`make team-server`, see the README's 'Scaling out'), correct MLFLOW_TRACKING_URI, "
+                 "or unset MLFLOW_TRACKING_URI to log to the local store mlflow.db")
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _account(username: str | None) -> str:
+    return f"user {username!r}" if username else "no user (MLFLOW_TRACKING_USERNAME is not set)"
+
+
+def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
+    """One authenticated read from the server at ``uri``, without retries; a clear error when it fails.
+
+    Credentials are resolved the way MLflow's client resolves them (environment, then ~/.mlflow/credentials).
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    credentials = get_default_host_creds(uri)
+    try:
+        response = http_request(credentials, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0,
+                                timeout=timeout, raise_on_status=False, params={"max_results": 1})
+    except MlflowException as error:
+        reason = str(error).split("Caused by", 1)[-1].strip(" ()\"'")[:300]
+        raise TrackingServerError(f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) cannot be reached "
+                                  f"({reason}); {_START_OR_FIX}") from None
+    if response.status_code == 401:
+        raise TrackingServerError(
+            f"the MLflow tracking server at {uri} refused the credentials of {_account(credentials.username)}: set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to an account that the "
+            "team's admin created (scripts/team_server.py add-user)")
+    if response.status_code != 200:
+        raise TrackingServerError(f"the MLflow tracking server at {uri} answered HTTP {response.status_code} to a "
+                                  f"read as {_account(credentials.username)}: {response.text[:300]}; {_START_OR_FIX}")
+
+
+def _permission_denied(error: Exception, uri: str, experiment: str) -> TrackingServerError | None:
+    """A clear error for a server that lets this account read but not write (None: some other failure)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+
+    if not (isinstance(error, MlflowException) and error.error_code == "PERMISSION_DENIED"):
+        return None
+    username = get_default_host_creds(uri).username
+    return TrackingServerError(
+        f"the MLflow tracking server at {uri} lets {_account(username)} read but not write to experiment "
+        f"{experiment!r}: ask the team's admin to grant it (scripts/team_server.py add-user --role writer, or "
+        "grant), or log with a writer's credentials")
 
 
 def params_hash(params: Any) -> str:
@@ -82,7 +154,8 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
-    """Create the store and one experiment per task, once, under a lock (safe to call from parallel stages).
+    """Create the store and one experiment per task, once, under a lock (safe to call from parallel stages), and
+    give each experiment the project's description and "Cells" view (:mod:`.mlflow_views`) where they differ.
 
     The lock lives beside the SQLite file, so every process writing to the same database takes the same lock
     whatever its repository. For a server store the lock only serialises this machine; a creation race with
@@ -93,6 +166,8 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
+    if _is_server(uri):
+        check_tracking_server(uri)
     database = _sqlite_path(uri)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -104,14 +179,25 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
         client = mlflow.MlflowClient(uri)
         for task in dict.fromkeys(tasks):
             name = EXPERIMENT_PREFIX + task
-            if client.get_experiment_by_name(name) is not None:
-                continue
-            location = (database.parent / "mlartifacts" / name).as_uri() if database is not None else None
-            try:
-                client.create_experiment(name, artifact_location=location)
-            except MlflowException:
-                if client.get_experiment_by_name(name) is None:
-                    raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                location = (database.parent / "mlartifacts" / name).as_uri() if database is not None else None
+                try:
+                    client.create_experiment(name, artifact_location=location)
+                except MlflowException as error:
+                    if (denied := _permission_denied(error, uri, name)) is not None:
+                        raise denied from None
+                    if client.get_experiment_by_name(name) is None:
+                        raise
+                experiment = client.get_experiment_by_name(name)
+            for key, value in experiment_tags(task, experiment.tags).items():
+                if experiment.tags.get(key) != value:
+                    try:
+                        client.set_experiment_tag(experiment.experiment_id, key, value)
+                    except MlflowException as error:
+                        if (denied := _permission_denied(error, uri, name)) is not None:
+                            raise denied from None
+                        raise
 
 
 def _close_orphaned_runs(client, experiment_id: str, task: str) -> None:
@@ -135,22 +221,27 @@ class _Interrupted(BaseException):
 class TrackedRun:
     """Thin handle on the active MLflow run with the project's logging conventions."""
 
-    def __init__(self, run):
+    def __init__(self, run, curve: Curve | None = None):
         import mlflow
         self._run = run
         self.run_id = run.info.run_id
         self._client = mlflow.MlflowClient(mlflow.get_tracking_uri())
         self._last_step = 0
         self._last_timestamp = 0
+        self.curve = curve
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         import mlflow
-        flat = _flatten(params)
-        # MLflow caps a param value at 6000 chars; long lists are still readable up to there.
-        mlflow.log_params({k: (str(v)[:6000]) for k, v in flat.items()})
+        # MLflow caps a param value at 6000 chars.
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log the numeric entries of ``metrics`` (nested keys joined with '/') at ``step`` (default 0)."""
+        """Log the numeric entries of ``metrics`` (nested keys joined with '/') at ``step`` (default 0).
+
+        With an explicit ``step``, the run's curve (if it has one) records its columns from ``metrics`` too.
+        """
+        if step is not None and self.curve is not None:
+            self.curve.add(step, _flatten(metrics))
         self._log(metrics, step if step is not None else 0)
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
@@ -172,12 +263,54 @@ class TrackedRun:
             self._client.log_batch(self.run_id, metrics=batch[start:start + 1000])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Copy a file, or a folder with its contents, into the run's artifacts (under ``artifact_path``; a folder
+        keeps its own name). For figures and reports: checkpoints and data are referenced with
+        :meth:`reference_output` instead of copied."""
         import mlflow
-        mlflow.log_artifact(str(path), artifact_path)
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), "/".join(filter(None, [artifact_path, path.name])))
+        elif path.is_file():
+            mlflow.log_artifact(str(path), artifact_path)
+        else:
+            raise FileNotFoundError(f"cannot log {path} as an artifact: it does not exist")
+
+    def log_artifacts(self, *paths: str | os.PathLike) -> None:
+        for path in paths:
+            self.log_artifact(path)
+
+    def reference_output(self, path: str | os.PathLike, role: str = "checkpoint") -> str:
+        """Tag the run with the DVC hash of ``path`` (a stage output, complete on disk): ``<role>.path`` and
+        ``<role>.dvc_md5``, the md5 that dvc.lock will record for it (``....dir`` for a folder), by which
+        ``.dvc/cache`` and any DVC remote hold it. Nothing is copied."""
+        digest = dvc_md5(path)
+        self.set_tags({f"{role}.path": _stage_relative(Path(path)), f"{role}.dvc_md5": digest})
+        return digest
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         import mlflow
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def dvc_md5(path: str | os.PathLike) -> str:
+    """The md5 DVC records for ``path`` in dvc.lock (dvc_data's own hashing, as `dvc commit` does it)."""
+    import tempfile
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory(prefix="equitune-dvc-hash-") as scratch:
+        _, _, obj = build(HashFileDB(fs, scratch), os.fspath(Path(path).resolve()), fs, "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+def _stage_relative(path: Path) -> str:
+    """``path`` as dvc.yaml names it: relative to the stage's working directory (the repository, or DVC's copy of
+    it under ``dvc exp run --queue``)."""
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else resolved.as_posix()
 
 
 def _is_number(value: Any) -> bool:
@@ -197,21 +330,62 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def settings_params(settings: Mapping[str, Any], cell: Mapping[str, Any]) -> dict[str, str]:
+    """The params a run logs: the cell's identity under short keys (``seed``, ``method``, ...: sortable columns
+    and the compare view's diff), then the stage's settings with nested keys joined by '/', lists kept whole as one
+    value, and the experiment's ``grid`` left out (the grid's lists are not this run's settings; its own
+    coordinates are the cell). A settings key that equals a cell key is kept under ``settings/<key>``."""
+    params = {str(k): _param_value(v) for k, v in cell.items()}
+
+    def walk(data: Mapping[str, Any], prefix: str) -> None:
+        for key, value in data.items():
+            name = f"{prefix}{key}"
+            if not prefix and key == "grid":
+                continue
+            if isinstance(value, Mapping):
+                walk(value, name + "/")
+            else:
+                params["settings/" + name if name in params else name] = _param_value(value)
+
+    walk(settings, "")
+    return params
+
+
+def _param_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
 @contextmanager
 def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any] | None = None,
-                run_name: str | None = None) -> Iterator[TrackedRun]:
+                run_name: str | None = None, curve: Curve | None = None,
+                system_metrics: bool = True) -> Iterator[TrackedRun]:
     """Open an MLflow run for one stage of ``task``; closes it FINISHED, FAILED or KILLED.
 
-    ``params`` is the validated params section the stage used (logged flat, and hashed into a tag).
-    ``tags`` carries the grid cell (model, method, group, seed, ...).
+    ``params`` is the validated params section the stage used (hashed into a tag, and logged as params without
+    its grid lists); ``tags`` carries the grid cell (model, method, group, seed, ...), logged as tags and as short
+    params. ``curve`` (a :class:`~equitune.pipeline.curves.Curve`, the stage's plots file) collects what is logged
+    with a step and is written, and logged as an artifact, when the run ends well. ``system_metrics`` samples CPU,
+    memory, disk and network every 10 s in a thread (a few ms per run; nothing for runs shorter than 10 s).
     """
+    import logging
+
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     ensure_store((*TASKS, task))
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(EXPERIMENT_PREFIX + task)
-    _close_orphaned_runs(mlflow.MlflowClient(tracking_uri()), experiment.experiment_id, task)
+    try:
+        _close_orphaned_runs(mlflow.MlflowClient(uri), experiment.experiment_id, task)
+    except MlflowException as error:
+        if (denied := _permission_denied(error, uri, experiment.name)) is not None:
+            raise denied from None
+        raise
+    # The system-metrics thread announces its start and stop at INFO on every stage's stderr.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     stage = os.environ.get("DVC_STAGE", "")
+    cell = {k: str(v) for k, v in (tags or {}).items()}
     all_tags = {
         "task": task,
         "profile": profile,
@@ -220,8 +394,10 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         "params_hash": params_hash(params),
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
+        # Which GPUs the process saw (one per queue worker or torchrun rank): runs of a grid spread over GPUs.
+        **{f"env.{name}": os.environ[name] for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK") if name in os.environ},
         **_git_state(),
-        **{k: str(v) for k, v in (tags or {}).items()},
+        **cell,
     }
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -230,12 +406,20 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags)
         try:
-            handle = TrackedRun(run)
+            run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags,
+                                   log_system_metrics=system_metrics)
+        except MlflowException as error:
+            if (denied := _permission_denied(error, uri, experiment.name)) is not None:
+                raise denied from None
+            raise
+        try:
+            handle = TrackedRun(run, curve)
             data = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
-            handle.log_params(data)
+            handle.log_params(settings_params(data, cell))
             yield handle
+            if curve is not None:
+                handle.log_artifact(curve.write(), "curves")
         except _Interrupted:
             mlflow.end_run(status="KILLED")
             raise SystemExit(128 + signal.SIGTERM) from None

@@ -1,0 +1,92 @@
+"""How the MLflow UI shows the experiments (src/equitune/pipeline/mlflow_views.py) and what runs log as params."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from equitune.pipeline import tracking
+from equitune.pipeline.mlflow_views import VIEWS, experiment_tags, runs_table_url, saved_view_state, view_for
+from helpers.paths import ROOT
+from helpers.toy_project import copy_empty_store
+
+
+def test_the_saved_view_is_what_mlflow_3_17_saves():
+    """The envelope and the state keys of a view saved by MLflow 3.17.2's UI (tag value read back from a store),
+    with the experiment's tags and metrics as the columns."""
+    tags = experiment_tags("scan")
+    envelope = json.loads(tags["mlflow.sharedViewState.cells"])
+    assert set(envelope) == {"name", "createdAt", "updatedAt", "state"} and envelope["name"] == "Cells"
+    state = json.loads(envelope["state"])
+    assert state == saved_view_state(VIEWS["scan"])
+    assert state["selectedColumns"] == ["tags.`split`", "tags.`model`", "tags.`method`", "tags.`group`",
+                                        "tags.`seed`", "metrics.`pretrained/test_accuracy`",
+                                        "metrics.`equitune/test_accuracy`", "metrics.`equizero/test_accuracy`"]
+    assert {"searchFilter", "orderByKey", "orderByAsc", "startTime", "lifecycleFilter", "datasetsFilter",
+            "modelVersionFilter", "columnOrder", "runsHiddenMode", "groupBy", "globalLineChartConfig"} <= set(state)
+    assert tags["mlflow.note.content"] == VIEWS["scan"].description
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_unchanged_view_keeps_its_creation_time():
+    first = experiment_tags("images")
+    assert experiment_tags("images", first) == first
+    assert experiment_tags("images", {"mlflow.sharedViewState.cells": "not json"}).keys() == first.keys()
+
+
+def test_a_task_without_a_view_gets_the_cell_columns():
+    view = view_for("toy")
+    assert view.tags == ("model", "method", "group", "seed") and "`toy`" in view.description
+
+
+def test_links_open_the_runs_table_in_model_training_mode_with_the_view():
+    assert runs_table_url("http://127.0.0.1:5000/", "3") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=cells")
+
+
+def _flat_keys(data, prefix=""):
+    keys = set()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}/")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+@pytest.mark.parametrize("task", ["scan", "images", "nlg"])
+def test_view_metric_columns_are_keys_of_the_committed_metrics_files(task):
+    """A column names a final metric as log_final logs it: a key of the experiment's DVC metrics files. A renamed
+    metric would leave an empty column; this fails instead (after the pipeline's results are committed)."""
+    keys = set().union(*(_flat_keys(json.loads(path.read_text())) for path in (ROOT / "metrics" / task).glob("*.json")))
+    missing = [name for name in VIEWS[task].metrics if name not in keys]
+    assert not missing, f"{task}: view columns that no metrics file has: {missing}"
+
+
+def test_params_are_the_cell_then_the_settings_without_the_grid():
+    settings = {"grid": {"seeds": [0, 1], "cells": ["gru"]}, "threads": 2,
+                "model": {"hidden": 64, "layers": [1, 2]}, "seed": 9, "method": None}
+    params = tracking.settings_params(settings, {"seed": "1", "method": "equitune"})
+    assert params == {"seed": "1", "method": "equitune", "threads": "2", "model/hidden": "64",
+                      "model/layers": "[1, 2]", "settings/seed": "9", "settings/method": "None"}
+
+
+def test_ensure_store_writes_the_views_once(monkeypatch, tmp_path):
+    store = copy_empty_store(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    tracking.ensure_store(("scan", "toy"))
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    scan = client.get_experiment_by_name("equitune-scan")
+    assert {k: v for k, v in scan.tags.items() if k.startswith("mlflow.")} == experiment_tags("scan", scan.tags)
+    writes = []
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", lambda self, *args: writes.append(args))
+    tracking.ensure_store(("scan", "toy"))
+    assert writes == []
+    # A description a user edited is the project's again at the next stage.
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    client.set_experiment_tag(scan.experiment_id, "mlflow.note.content", "edited")
+    tracking.ensure_store(("scan",))
+    assert client.get_experiment(scan.experiment_id).tags["mlflow.note.content"] == VIEWS["scan"].description
