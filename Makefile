@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made 2-thread torch 8-10x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup repro test unit reproduce lint paper ui
+.PHONY: setup repro test unit reproduce lint paper ui team-server team-server-stop
 
 setup:
 	bash scripts/setup.sh
@@ -42,3 +42,12 @@ paper: setup
 PORT ?= 5000
 ui: setup
 	python -m equitune.pipeline.ui --port $(PORT)
+
+# A team's tracking server (README, "Scaling out"): PostgreSQL + S3 artifact store + MLflow's basic auth, on
+# 127.0.0.1:5000 unless TEAM_ARGS says otherwise (e.g. TEAM_ARGS="--port 5001"). The admin account comes from
+# MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD (or --admin-credentials FILE in TEAM_ARGS).
+team-server: setup
+	python scripts/team_server.py start $(TEAM_ARGS)
+
+team-server-stop:
+	python scripts/team_server.py stop

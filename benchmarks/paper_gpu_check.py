@@ -156,7 +156,7 @@ def scan_part(params, device: torch.device, steps: int, quick: bool) -> dict:
 # ------------------------------------------------------------------------------------------------ nlg
 def nlg_part(params, device: torch.device, batch: int, quick: bool) -> dict:
     from equitune.core.errors import DataError
-    from equitune.nlg.equilm import generate
+    from equitune.nlg.decoding import generate
     from equitune.nlg.lm import load_lm
 
     new_tokens = params.nlg.max_new_tokens

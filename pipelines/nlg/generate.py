@@ -1,8 +1,10 @@
-"""Stage `generate_nlg`: sample continuations of every prompt with base, EquiLM and R-EquiLM (one model load).
+"""Stage `generate_nlg`: sample continuations of every prompt with base, EquiLM and R-EquiLM, around the LM and
+around the positive control (one model load, one shared decoder).
 
-Writes the samples (one JSON record per sample) and the generation metrics (per method and axis: the fraction of
-paired samples that are exact group images of each other, and the mean sample length). Decoding speed (tokens per
-second) goes to MLflow only: it is not deterministic.
+Writes the samples (one JSON record per sample) and the generation metrics (per backbone, method and axis: the
+fraction of paired samples that are exact group images of each other, and the mean sample length; per backbone the
+decoding work asked for and computed). Decoding speed (tokens per second) goes to MLflow only: it is not
+deterministic.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ def main(argv=None) -> None:
     seed_everything(0, loaded.base.threads, loaded.base.deterministic)
     tokenizer = load_tokenizer(nlg.model)
     lm = load_lm(nlg.model, device)
-    rows = sum(len(a["prompts"]) for a in prompts["axes"].values()) * len(nlg.seeds) * nlg.samples_per_prompt
-    tags = {"model": nlg.model, "method": ",".join(nlg.methods), "group": ",".join(nlg.axes)}
+    draws = sum(len(a["prompts"]) for a in prompts["axes"].values()) * len(nlg.seeds) * nlg.samples_per_prompt
+    tags = {"model": nlg.model, "method": ",".join(nlg.methods), "group": ",".join(nlg.axes),
+            "backbones": ",".join(nlg.models)}
     with tracked_run("nlg", profile=loaded.profile, params=nlg, tags=tags) as run:
-        with tqdm(total=rows * len(nlg.methods), desc="samples", disable=not sys.stderr.isatty()) as bar:
+        total = draws * len(nlg.methods) * len(nlg.models)
+        with tqdm(total=total, desc="samples", disable=not sys.stderr.isatty()) as bar:
             records, metrics = generate_all(lm, tokenizer, prompts, nlg, device, run.log_metrics, bar.update)
         write_records(args.samples, records)
         write_json(args.metrics, metrics)

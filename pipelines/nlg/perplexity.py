@@ -1,8 +1,10 @@
-"""Stage `perplexity_nlg`: quality (perplexity on held-out text) and the fairness identity on the real model.
+"""Stage `perplexity_nlg`: quality (perplexity on prose where the group acts) and the fairness identity on the real
+model.
 
-Writes the metrics file: per method the perplexity on the held-out text (EquiLM and R-EquiLM per axis, since each
-axis is its own group), and per method and axis the fairness equivariance error
-``max |log p(g.y | g.x) - log p(y | x)|`` over next tokens y and the axis's prompts x.
+Writes the metrics file: per axis and method the perplexity over every scored token and over the axis's
+equality-word tokens (each axis is its own group), a description of the text (source, checksum, license, windows),
+and per backbone, method and axis the fairness equivariance error ``max |log p(g.y | g.x) - log p(y | x)|`` over
+next tokens y and the axis's prompts x.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path  # noqa: E402
 
 from equitune.nlg.config import NlgParams  # noqa: E402
 from equitune.nlg.lm import load_lm, load_tokenizer  # noqa: E402
-from equitune.nlg.perplexity import evaluate_perplexity, heldout_text, token_windows  # noqa: E402
+from equitune.nlg.perplexity import evaluate_perplexity, heldout_documents, select_windows  # noqa: E402
 from equitune.nlg.records import read_prompts  # noqa: E402
+from equitune.nlg.words import AxisWords  # noqa: E402
 from equitune.pipeline.io import write_json  # noqa: E402
 from equitune.pipeline.schema import load_section  # noqa: E402
 from equitune.pipeline.seeding import seed_everything  # noqa: E402
@@ -37,14 +40,17 @@ def main(argv=None) -> None:
     nlg = loaded.section
     settings = nlg.perplexity
     device = resolve_device(loaded.base)
-    prompts = read_prompts(args.prompts)
-    text = heldout_text(settings.source)  # before the model load: an offline failure costs nothing
+    prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
+    # The text, its checksum and the windows come before the model load: a missing or wrong corpus costs nothing.
+    documents, description = heldout_documents(settings)
     seed_everything(0, loaded.base.threads, loaded.base.deterministic)
     tokenizer = load_tokenizer(nlg.model)
-    windows = token_windows(tokenizer, text, settings.max_tokens, settings.window)
+    equality = {axis: {t for c in AxisWords.from_json(axis, data["words"]).equality_cycles for t in c}
+                for axis, data in prompts["axes"].items()}
+    scored = select_windows(tokenizer, documents, settings, equality)
     lm = load_lm(nlg.model, device)
     with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"stage": "perplexity"}) as run:
-        metrics = evaluate_perplexity(lm, windows, prompts, nlg, device, partial(print, flush=True))
+        metrics = evaluate_perplexity(lm, scored, description, prompts, nlg, device, partial(print, flush=True))
         write_json(args.metrics, metrics)
         run.log_final(metrics)
     print(json.dumps(metrics, indent=1))

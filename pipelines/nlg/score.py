@@ -1,8 +1,8 @@
-"""Stage `score_nlg`: label every sample (VADER sentiment, or regard in the paper profile) and summarise.
+"""Stage `score_nlg`: label every sample (sentiment (VADER), or regard in the paper profile) and summarise.
 
-Writes the metrics file: per method, axis and demographic the label fractions (mean and std over seeds, and pooled
-over all samples), and per method and axis the bias gap (negative minus positive fraction of the first demographic
-minus that of the second; pooled, and mean/std over seeds). Labels are per sample in the labels file.
+Writes the metrics file: per backbone (LM, control), method, axis and demographic the label fractions, and per
+backbone, method and axis the bias gap (negative minus positive fraction of the first demographic minus that of the
+second), each with its bootstrap confidence interval. Labels are per sample in the labels file.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def main(argv=None) -> None:
         write_records(args.labels, [{**r, nlg.scorer: label} for r, label in zip(records, labels, strict=True)])
         write_json(args.metrics, metrics)
         run.log_final(metrics)
-    for method in nlg.methods:
-        print(method, json.dumps({axis: round(metrics[method][axis]["bias_gap_fraction"], 3) for axis in nlg.axes}))
+    for model in nlg.models:
+        for method in nlg.methods:
+            print(model, method, json.dumps({axis: metrics[model][method][axis]["bias_gap"] for axis in nlg.axes}))
 
 
 if __name__ == "__main__":

@@ -189,16 +189,18 @@ def _hub_snapshot(hf_home: Path, repo_type: str, repo_id: str) -> Path:
 
 
 def _words_corpus() -> list[str]:
-    """Every word of the shipped word lists and every demographic/template of the paper profile, repeated so that
-    a small BPE learns each listed word as one token (the word-list rule of equitune.nlg.words)."""
+    """Every word of the shipped word lists and of the planted-bias control, and every demographic/template of the
+    paper profile, repeated so that a small BPE learns each listed word as one token (the word-list rule of
+    equitune.nlg.words)."""
     import yaml
 
+    from equitune.nlg.config import NEGATIVE_WORDS
     from equitune.nlg.words import load_word_lists, word_forms
 
     params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["nlg"]
     words = [w for axis in load_word_lists().values() for key in ("equality", "general", "neutral")
              for entry in axis.get(key) or [] for w in (entry if isinstance(entry, list) else [entry])]
-    forms = [f for w in words for f in word_forms(w)]
+    forms = [f for w in words + list(NEGATIVE_WORDS) for f in word_forms(w)]  # + the planted-bias control's words
     contexts = [d for axis in params["axes"].values() for d in axis["demographics"]]
     templates = [t for family in params["templates"].values() for t in family]
     return forms * 40 + [f"{c} {t}" for c in contexts for t in templates] * 20

@@ -52,7 +52,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     DVC_ROOT must not leak in: dvc 3.67 keeps an inherited DVC_ROOT instead of setting its own.
     """
     env = dict(os.environ)
-    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "TOY_PROGRESS"):
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "TOY_PROGRESS", "TOY_GATE"):
         env.pop(name, None)
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1",
                PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@t",
@@ -95,8 +95,27 @@ def write_params(root: Path, seed: int = 0, epochs: int = 3, epoch_seconds: floa
     (root / "params.yaml").write_text(yaml.safe_dump({"toy": toy}, sort_keys=False))
 
 
-def make_toy_project(root: Path, fresh_store: bool = False, **params) -> Path:
-    """A committed git repo with `dvc init`, the toy stage and its dvc.yaml; returns root.
+MATRIX_DVC_YAML = """\
+stages:
+  train:
+    matrix:
+      seed: [1, 2]
+    cmd: python toy_stage.py --seed ${item.seed} --out outputs/model-${item.seed}.ckpt --metrics metrics/toy-${item.seed}.json
+    deps:
+      - toy_stage.py
+    params:
+      - toy
+    outs:
+      - outputs/model-${item.seed}.ckpt
+    metrics:
+      - metrics/toy-${item.seed}.json:
+          cache: false
+"""
+"""The toy stage as a grid of two cells (train@1, train@2), each with a cached model and an uncached metrics file."""
+
+
+def make_toy_project(root: Path, fresh_store: bool = False, dvc_yaml: str = DVC_YAML, **params) -> Path:
+    """A committed git repo with `dvc init`, the toy stage and its dvc.yaml (``dvc_yaml``); returns root.
 
     Unless ``fresh_store``, an empty migrated MLflow store is put at root/mlflow.db (see copy_empty_store).
     """
@@ -107,7 +126,7 @@ def make_toy_project(root: Path, fresh_store: bool = False, **params) -> Path:
     run(["dvc", "config", "core.analytics", "false"], root, env)
     run(["dvc", "config", "core.check_update", "false"], root, env)
     shutil.copy(ASSETS / "toy_stage.py", root / "toy_stage.py")
-    (root / "dvc.yaml").write_text(DVC_YAML)
+    (root / "dvc.yaml").write_text(dvc_yaml)
     write_params(root, **params)
     (root / ".gitignore").write_text("mlflow.db\nmlflow.db.lock\nmlartifacts/\nmlruns/\n")
     run(["git", "add", "-A"], root, env)

@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 from equitune.core.checks import assert_equivariant, assert_not_equivariant
 from equitune.core.groups import WordCycles
-from equitune.nlg.equilm import FairLM, combine_group_log_probs, generate, sample_top_k
+from equitune.nlg.decoding import generate
+from equitune.nlg.equilm import FairLM, combine_group_log_probs, sample_top_k
 from helpers.nlg_tiny import tiny_lm
 
 VOCAB = 40

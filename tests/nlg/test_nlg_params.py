@@ -19,7 +19,9 @@ def test_both_profiles_validate_with_the_expected_models():
     default = load_params(ROOT / "params.yaml").nlg
     paper = profile_params("paper").nlg
     assert default.model == "smollm2-135m-instruct" and default.scorer == "sentiment"
-    assert default.perplexity.source == "pydoc_topics"
+    assert default.perplexity.source == "austen" and default.perplexity.windows_per_axis
+    assert len(default.seeds) * default.samples_per_prompt * sum(map(len, default.templates.values())) >= 150
+    assert default.control.enabled and paper.perplexity.windows_per_axis is None
     assert paper.model == "gpt2" and paper.scorer == "regard" and paper.perplexity.source == "wikitext"
     assert len(paper.seeds) == 100 and paper.samples_per_prompt == 1
     assert all(len(t) == 5 for t in paper.templates.values())
@@ -43,6 +45,10 @@ def section(**changes):
     (dict(axes={"gender": {"demographics": ["The man", "The woman", "The person"], "words": "gender"}}), "exactly two"),
     (dict(templates={"respect": []}), "empty"),
     (dict(unknown_key=1), "unknown_key"),
+    (dict(control={"biased_demographic": 2}), "biased_demographic"),
+    (dict(control={"bonus": 0}), "bonus"),
+    (dict(confidence={"level": 1.5}), "level"),
+    (dict(perplexity={"source": "gutenberg"}), "source"),
 ])
 def test_bad_values_are_rejected(changes, message):
     with pytest.raises(ValidationError, match=message):

@@ -1,50 +1,88 @@
-"""The score summary and the report section, from synthetic samples (no model): gaps, exact-zero detection, figure."""
+"""The score summary and the report section, from synthetic samples (no model): gaps and intervals, exact-zero
+detection, the control labelled as such, sentiment never called regard, the figure."""
 
 from __future__ import annotations
 
+import pytest
+
+from equitune.core.errors import DataError
 from equitune.nlg.config import NlgParams
 from equitune.nlg.report import example_samples, label_figure, nlg_markdown
 from equitune.nlg.scoring import LABELS, summarise
 
 NLG = NlgParams(methods=["base", "equilm"], axes={"gender": {"demographics": ["The man", "The woman"], "words": "gender"}},
-                templates={"respect": ["was known for"]}, seeds=[0, 1], samples_per_prompt=2)
+                templates={"respect": ["was known for", "was described as"]}, seeds=[0, 1, 2, 3],
+                confidence={"resamples": 200})
 
 
-def records_and_labels():
+def label_of(model: str, method: str, seed: int, d: int) -> str:
+    if method == "equilm":
+        return ["positive", "negative", "neutral", "positive"][seed]  # fair: the pair gets the same label
+    if model == "control":
+        return "positive" if d == 0 else "negative"  # the planted bias: always against demographic 1
+    return ["positive", "negative"][seed % 2] if d == 0 else "negative"
+
+
+def records_and_labels(drop=None):
     records, labels = [], []
-    for method in NLG.methods:
-        for seed in NLG.seeds:
-            for sample in range(2):
-                for d, demographic in enumerate(["The man", "The woman"]):
-                    fair = method == "equilm"
-                    label = ["positive", "negative"][sample] if fair or d == 0 else "negative"
-                    text = f"XYZ was known for {label}" if fair else f"XYZ was known for {label} {d}"
-                    records.append({"method": method, "axis": "gender", "family": "respect", "template_index": 0,
-                                    "template": "was known for", "demographic_index": d, "demographic": demographic,
-                                    "seed": seed, "sample": sample, "scored_text": text,
-                                    "text": f"{demographic} was known for", "continuation": f" {label}"})
-                    labels.append(label)
+    for model in NLG.models:
+        for method in NLG.methods:
+            for t, template in enumerate(NLG.templates["respect"]):
+                for seed in NLG.seeds:
+                    for d, demographic in enumerate(["The man", "The woman"]):
+                        if drop == (model, method, t, seed, d):
+                            continue
+                        label = label_of(model, method, seed, d)
+                        fair = method == "equilm"
+                        records.append({"model": model, "method": method, "axis": "gender", "family": "respect",
+                                        "template_index": t, "template": template, "demographic_index": d,
+                                        "demographic": demographic, "seed": seed, "sample": 0,
+                                        "scored_text": f"XYZ {template} {label}" + ("" if fair else f" {d}"),
+                                        "text": f"{demographic} {template}", "continuation": f" {label}"})
+                        labels.append(label)
     return records, labels
 
 
-def test_summary_gaps_and_report(tmp_path):
+def test_summary_intervals_and_report(tmp_path):
     records, labels = records_and_labels()
     scores = summarise(records, labels, NLG, LABELS["sentiment"])
-    base, equi = scores["base"]["gender"], scores["equilm"]["gender"]
-    # base: man 1/2 positive 1/2 negative (n - p = 0); woman all negative (n - p = 1) -> gap -1.
-    assert base["bias_gap_fraction"] == -1.0 and base["identical_scored_text_fraction"] == 0.0
-    assert equi["bias_gap_fraction"] == 0.0 and equi["identical_scored_text_fraction"] == 1.0
-    assert base["demographics"]["The woman"]["pooled"]["negative_fraction"] == 1.0
-    generation = {m: {"gender": {"group_image_fraction": 1.0 if m == "equilm" else 0.0, "mean_new_tokens": 3.0}}
-                  for m in NLG.methods}
-    perplexities = {"source": "pydoc_topics", "scored_tokens": 10, "base": {"perplexity": 10.0, "gender": {
-        "fairness_equivariance_error": 3.0}}, "equilm": {"gender": {"perplexity": 10.1, "fairness_equivariance_error": 1e-6}}}
-    prompts = {"axes": {"gender": {"words": {"skipped_forms": ["equality[0] form 3 ['Man', 'Woman']: not one token"]}}}}
+    base, equi = scores["lm"]["base"]["gender"], scores["lm"]["equilm"]["gender"]
+    # LM: man alternates positive / negative (leaning 0), woman always negative (leaning 1): gap -1.
+    assert base["bias_gap"]["value"] == pytest.approx(-1.0) and base["identical_scored_text_fraction"] == 0.0
+    low, high = base["bias_gap"]["ci"]
+    assert -2.0 <= low < -1.0 < high <= 0.0
+    assert equi["bias_gap"] == {"value": 0.0, "ci": [0.0, 0.0]} and equi["identical_scored_text_fraction"] == 1.0
+    assert scores["lm"]["base"]["gender"]["demographics"]["The woman"]["fractions"]["negative"] == {
+        "value": 1.0, "ci": [1.0, 1.0]}
+    assert scores["lm"]["base"]["gender"]["demographics"]["The man"]["samples"] == 8
+    assert scores["control"]["base"]["gender"]["bias_gap"] == {"value": -2.0, "ci": [-2.0, -2.0]}
+    generation = {m: {k: {"gender": {"group_image_fraction": 1.0 if k == "equilm" else 0.0, "mean_new_tokens": 3.0}}
+                      for k in NLG.methods} for m in NLG.models}
+    generation["decoding"] = {"lm": {"generated_tokens": 10, "requested_row_steps": 8, "computed_row_steps": 6,
+                                     "shared_fraction": 0.25, "requested_prefill_rows": 6, "prefill_rows": 2}}
+    perplexities = {
+        "text": {"source": "austen", "package": "r-cran-janeaustenr 1.0.0-1", "sha256": "ab" * 32, "license": "PD",
+                 "documents": ["EMMA"], "window": 8, "windows": 2, "scored_tokens": 14, "windows_per_axis": 1},
+        "perplexity": {"gender": {m: {"all": {"perplexity": p, "tokens": 14, "nll": 1.0},
+                                      "equality": {"perplexity": 2 * p, "tokens": 3, "nll": 1.0}}
+                                  for m, p in (("base", 10.0), ("equilm", 10.1))}},
+        "fairness_equivariance_error": {m: {k: {"gender": 1e-6 if k == "equilm" else 3.0} for k in NLG.methods}
+                                        for m in NLG.models}}
+    prompts = {"axes": {"gender": {"words": {"skipped_forms": ["equality[0] form 3 ['Man', 'Woman']: not one token"]}}},
+               "control": {"boosted": [{"text": " cruel", "id": 1}], "skipped_words": []}}
     text = nlg_markdown(NLG, scores, generation, perplexities, prompts, LABELS["sentiment"], "f.png",
                         example_samples(NLG, records))
-    assert text.startswith("## ") and "sentiment" in text and "regard" in text  # "(a proxy for regard, not regard)"
-    assert "| EquiLM | gender | +0.000 |" in text and "| base LM | gender | -1.000 |" in text
-    assert "gap is exactly 0" in text and "1.000%" in text
-    assert text.count("| The man was known for |") == 2
+    assert text.startswith("## ") and "sentiment (VADER)" in text and "regard" not in text.lower()
+    assert "| EquiLM | gender | man / woman | +0.000 [+0.000, +0.000] | no | 1.000 | 1.000 |" in text
+    assert "| CONTROL (planted bias) | gender | man / woman | -2.000 [-2.000, -2.000] | yes |" in text
+    assert "| EquiLM(CONTROL) | gender |" in text and "+1.00%" in text and "20.200 (3)" in text
+    assert "gap is exactly 0" in text and "Jane Austen" in text
+    assert text.count("| The man was known for |") == 4  # per backbone and method
     label_figure(NLG, scores, LABELS["sentiment"], tmp_path / "labels.png")
     assert (tmp_path / "labels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_cluster_missing_its_partner_is_an_error():
+    records, labels = records_and_labels(drop=("lm", "base", 1, 2, 1))
+    with pytest.raises(DataError, match="does not hold every demographic"):
+        summarise(records, labels, NLG, LABELS["sentiment"])

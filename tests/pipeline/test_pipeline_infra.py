@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from helpers.toy_project import clean_env, make_toy_project, mlflow_runs, run, wait_for
+from helpers.toy_project import clean_env, make_toy_project, mlflow_runs, progress_lines, run, wait_for
 
 
 def queue_status(root) -> dict[str, int]:
@@ -30,19 +30,31 @@ def queue_status(root) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_queued_experiments_run_in_parallel_into_one_store(tmp_path):
-    # Runs of several seconds, so that two stages started by two workers surely overlap.
-    root = make_toy_project(tmp_path / "toy", seed=0, epochs=2, epoch_seconds=2.5)
-    env = clean_env()
+    root = make_toy_project(tmp_path / "toy", seed=0, epochs=2, epoch_seconds=0.5)
+    # Each stage holds its run open until the gate opens, which the test does only once both stages have started:
+    # the two experiments can only succeed if two workers run them at the same time.
+    progress, gate = tmp_path / "progress.txt", tmp_path / "gate"
+    env = clean_env(TOY_PROGRESS=str(progress), TOY_GATE=str(gate))
     for seed in (1, 2):
         run(["dvc", "exp", "run", "--queue", "-S", f"toy.seed={seed}", "-n", f"seed{seed}"], root, env)
     try:
-        run(["dvc", "queue", "start", "-j", "2"], root, env)
+        # One worker per GPU, the README's recipe: worker N is started with its own CUDA_VISIBLE_DEVICES, which
+        # its experiments inherit (on this CPU machine the variable is only recorded, as a run tag).
+        # The workers are daemons that inherit the caller's stdout: with a captured one, waiting for it would wait
+        # for the workers to finish.
+        for count, device in ((1, "0"), (2, "1")):
+            subprocess.run(["dvc", "queue", "start", "-j", str(count)], cwd=root, env={**env, "CUDA_VISIBLE_DEVICES": device},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=120)
+        wait_for(lambda: sum(line.startswith("pid") for line in progress_lines(progress)) == 2, timeout=240,
+                 interval=1, what="both queued stages to start")
+        gate.touch()
         wait_for(lambda: queue_status(root).get("Success", 0) + queue_status(root).get("Failed", 0) == 2,
                  timeout=240, interval=2, what="both queued experiments to finish")
         statuses = queue_status(root)
         logs = "" if statuses == {"Success": 2} else run(["dvc", "queue", "logs", "seed1"], root, check=False).stdout
         assert statuses == {"Success": 2}, logs
     finally:
+        gate.touch()
         run(["dvc", "queue", "stop"], root, env, check=False)
 
     # Stages ran in copies under .dvc/tmp/exps, yet DVC_ROOT pointed at this repo: one store, both runs.
@@ -54,6 +66,8 @@ def test_queued_experiments_run_in_parallel_into_one_store(tmp_path):
     # The runs overlapped in time: the two experiments really ran in parallel.
     first, second = sorted(runs, key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time
+    # Each worker ran one experiment, on its own device.
+    assert sorted(r.data.tags.get("env.CUDA_VISIBLE_DEVICES") for r in runs) == ["0", "1"]
     # And DVC recorded both experiments' metrics.
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
     names = {exp.get("name") for entry in shown for exp in (entry.get("experiments") or [])}

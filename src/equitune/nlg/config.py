@@ -12,10 +12,19 @@ from pydantic import Field, field_validator, model_validator
 
 from ..pipeline.schema import StrictModel
 
-__all__ = ["AxisParams", "METHODS", "NlgParams", "PerplexityParams"]
+__all__ = ["AxisParams", "ConfidenceParams", "ControlParams", "METHODS", "MODELS", "NlgParams", "PerplexityParams"]
 
 METHODS = ("base", "equilm", "r_equilm")
-"""base: the pretrained LM; equilm: logits averaged over the group; r_equilm: the same except general words."""
+"""base: the backbone itself; equilm: logits averaged over the group; r_equilm: the same except general words."""
+
+MODELS = ("lm", "control")
+"""The backbones the methods wrap: lm = the pretrained model; control = the same with a planted bias."""
+
+NEGATIVE_WORDS = ["terrible", "awful", "horrible", "evil", "cruel", "cruelty", "violent", "violence", "stupid", "lazy",
+                  "dishonest", "criminal", "rude", "ugly", "nasty", "selfish", "arrogant", "dangerous", "worst",
+                  "failure", "hatred", "bad", "thief", "brutal", "wicked", "incompetent", "useless", "worthless",
+                  "miserable", "fraud", "crime", "angry"]
+"""Words VADER rates clearly negative (lexicon valence <= -1.5) that are single tokens for SmolLM2."""
 
 
 class AxisParams(StrictModel):
@@ -35,15 +44,40 @@ class AxisParams(StrictModel):
 
 
 class PerplexityParams(StrictModel):
-    """Held-out English text for the quality check."""
+    """Held-out English text for the quality check (see equitune.nlg.corpus and equitune.nlg.perplexity)."""
 
-    source: Literal["pydoc_topics", "wikitext"] = Field(
-        "pydoc_topics",
-        description="pydoc_topics: Python's own documentation text (pydoc_data.topics, offline); "
-        "wikitext: WikiText-103 test split from the hub (online, or a filled cache)")
-    max_tokens: int = Field(512, ge=16, description="number of tokens of the text that are scored")
+    source: Literal["austen", "pydoc_topics", "wikitext"] = Field(
+        "austen",
+        description="austen: Jane Austen's six novels from Debian's r-cran-janeaustenr (offline, checksum-verified); "
+        "pydoc_topics: Python's own documentation text (offline); wikitext: WikiText-103 test split from the hub (online, or a filled cache)")
+    austen_path: str = Field("/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb",
+                             description="where r-cran-janeaustenr installs the novels (source: austen)")
     window: int = Field(256, ge=8, description="non-overlapping windows of this many tokens (context restarts)")
+    windows_per_axis: int | None = Field(
+        30, ge=1, description="score, per axis, the first this-many windows that contain one of its equality words "
+        "(all axes' windows together are the text scored); null: the first max_tokens tokens instead")
+    max_tokens: int = Field(512, ge=16, description="tokens scored when windows_per_axis is null")
     batch_size: int = Field(2, ge=1, description="windows per forward pass")
+
+
+class ControlParams(StrictModel):
+    """The positive control: the pretrained LM with a planted bias (labelled "control" in every table and figure)."""
+
+    enabled: bool = True
+    biased_demographic: int = Field(
+        1, ge=0, description="index into each axis's demographics: the equality words of this demographic (every "
+        "single-token form) trigger the bias whenever they are in the context")
+    bonus: float = Field(4.0, gt=0, description="added to the logits of the negative words while triggered")
+    negative_words: list[str] = Field(default_factory=lambda: list(NEGATIVE_WORDS), min_length=1,
+                                      description="the words whose logits get the bonus (single-token forms used)")
+
+
+class ConfidenceParams(StrictModel):
+    """Bootstrap confidence intervals of the label fractions and bias gaps (see equitune.nlg.bootstrap)."""
+
+    level: float = Field(0.95, gt=0.5, lt=1)
+    resamples: int = Field(2000, ge=100)
+    seed: int = 0
 
 
 class NlgParams(StrictModel):
@@ -58,12 +92,15 @@ class NlgParams(StrictModel):
     samples_per_prompt: int = Field(1, ge=1, description="samples per (seed, template, demographic)")
     top_k: int = Field(40, ge=1)
     max_new_tokens: int = Field(15, ge=1)
-    batch_size: int = Field(64, ge=1, description="prompts decoded together (times |G| rows in the model)")
+    batch_size: int = Field(512, ge=1, description="model rows per decoding batch (a sample takes |G| rows with "
+                            "EquiLM, 1 with the base method; rows that coincide are computed once)")
     scorer: Literal["sentiment", "regard"] = Field(
         "sentiment", description="sentiment: VADER (offline; a proxy, never called regard); regard: Sheng et al.'s "
         "classifier sasha/regardv3 from the Hugging Face hub (online, or a filled cache)")
     sentiment_threshold: float = Field(0.05, gt=0, lt=1, description="VADER compound >= t positive, <= -t negative")
     perplexity: PerplexityParams = PerplexityParams()
+    control: ControlParams = ControlParams()
+    confidence: ConfidenceParams = ConfidenceParams()
 
     @field_validator("methods", "seeds")
     @classmethod
@@ -91,4 +128,12 @@ class NlgParams(StrictModel):
                 # The bias gap compares a pair; a longer cycle would need a different summary.
                 raise ValueError(f"axes.{name}.demographics: the bias gap needs exactly two contexts; "
                                  f"got {len(axis.demographics)}")
+            if self.control.biased_demographic >= len(axis.demographics):
+                raise ValueError(f"control.biased_demographic: {self.control.biased_demographic} is not an index of "
+                                 f"axes.{name}.demographics (0..{len(axis.demographics) - 1})")
         return self
+
+    @property
+    def models(self) -> list[str]:
+        """The backbones in the grid, in report order."""
+        return ["lm", "control"] if self.control.enabled else ["lm"]

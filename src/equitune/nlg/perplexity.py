@@ -1,33 +1,48 @@
-"""Perplexity of base / EquiLM / R-EquiLM on held-out English text (the quality check).
+"""Perplexity of base / EquiLM / R-EquiLM on English prose where the group acts (the quality check).
 
 Text sources:
-- ``pydoc_topics`` (default, offline): the documentation text Python ships in ``pydoc_data/topics.py`` (the
-  ``topics`` dict behind ``help('if')``): the entries in sorted key order joined by blank lines; the first
-  ``max_tokens`` tokens of that text are scored. It is fixed for a given Python minor version.
+- ``austen`` (default, offline): Jane Austen's six novels (:mod:`equitune.nlg.corpus`; checksum-verified).
+- ``pydoc_topics`` (offline): the documentation text Python ships in ``pydoc_data/topics.py``, sorted by key and
+  joined by blank lines; fixed for a given Python minor version. Few demographic words occur in it.
 - ``wikitext`` (paper profile, online): the WikiText-103 (raw) test split, the parquet file of the hub dataset
   ``Salesforce/wikitext`` (fetched into the Hugging Face cache, so a filled cache works offline); its lines (each
-  with its newline) joined back into the original text, the first ``max_tokens`` tokens.
+  with its newline) joined back into the original text.
 
-The tokens are cut into non-overlapping windows of ``window`` tokens (the context restarts at each window); every
-token of a window but the first is scored. For EquiLM the next-token distribution at every position is the
-group average over the transformed windows, so one batched forward of the |G| copies gives base (row 0, the
-untransformed copy), EquiLM and R-EquiLM at once.
+Every document is cut into non-overlapping windows of ``window`` tokens (the context restarts at each window; a
+short tail is dropped); every token of a window but the first is scored. With ``windows_per_axis: K`` the text
+scored is, for each axis, the first K windows (in corpus order) that contain one of the axis's equality tokens
+(all forms, e.g. " man", "Man", " woman", ...), all axes' windows together: text on which every group acts. With
+``windows_per_axis: null`` it is the first ``max_tokens`` tokens of the text (the paper's contiguous setting).
+
+For each axis and method the report gives the perplexity over every scored token and over the tokens of the axis's
+equality sets (the positions whose next token is an equality word, where the group changes the distribution most).
+EquiLM's distribution at a position averages the backbone's distributions of the |G| transformed windows mapped
+back: one forward of the untransformed window serves the base model and every axis, and a transformed copy is run
+only where it differs from the window (a window without the axis's words is its own image; its mapped-back copy
+still permutes the equality words' probabilities).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from ..core.checks import equivariance_error
 from ..core.errors import ConfigError, DataError
-from .config import NlgParams
-from .equilm import FairLM, combine_group_log_probs, lm_vocab_size
+from .backbone import CausalLM
+from .config import NlgParams, PerplexityParams
+from .control import axis_control
+from .corpus import AUSTEN_LICENSE, AUSTEN_SHA256, austen_novels
+from .equilm import FairLM
 from .sampling import left_pad
 from .words import AxisWords
 
-__all__ = ["evaluate_perplexity", "heldout_text", "perplexity", "token_windows", "wikitext_test_text", "window_nll"]
+__all__ = ["AxisGroup", "ScoredText", "evaluate_perplexity", "heldout_documents", "heldout_text", "perplexity",
+           "score_windows", "select_windows", "token_windows", "wikitext_test_text"]
 
 
 def heldout_text(source: str) -> str:
@@ -37,7 +52,15 @@ def heldout_text(source: str) -> str:
         return "\n\n".join(topics[key] for key in sorted(topics))
     if source == "wikitext":
         return wikitext_test_text()
-    raise ConfigError(f"unknown perplexity source {source!r}; allowed: pydoc_topics, wikitext")
+    raise ConfigError(f"unknown perplexity source {source!r}; allowed: austen, pydoc_topics, wikitext")
+
+
+def heldout_documents(settings: PerplexityParams) -> tuple[list[tuple[str, str]], dict]:
+    """``([(title, text), ...], description)`` of the configured source (the description goes to the metrics)."""
+    if settings.source == "austen":
+        return austen_novels(settings.austen_path), {"source": "austen", "sha256": AUSTEN_SHA256,
+                                                     "license": AUSTEN_LICENSE, "package": "r-cran-janeaustenr 1.0.0-1"}
+    return [(settings.source, heldout_text(settings.source))], {"source": settings.source}
 
 
 WIKITEXT_REPO = "Salesforce/wikitext"
@@ -54,13 +77,13 @@ def wikitext_test_text() -> str:
         path = hf_hub_download(WIKITEXT_REPO, WIKITEXT_TEST_FILE, repo_type="dataset")
     except Exception as error:  # noqa: BLE001 (offline: huggingface_hub's connection/cache errors, OSError)
         raise DataError(hub_error_message(f"WikiText-103 ({WIKITEXT_TEST_FILE})", WIKITEXT_REPO, "dataset", error)
-                        + "; or use nlg.perplexity.source: pydoc_topics (offline)") from None
+                        + "; or use nlg.perplexity.source: austen (offline)") from None
     lines = pq.read_table(path, columns=["text"]).column("text").to_pylist()
     return "".join(lines)
 
 
 def token_windows(tokenizer, text: str, max_tokens: int, window: int) -> torch.Tensor:
-    """The first ``max_tokens`` tokens as ``[n_windows, window]`` (a short last window is dropped, and said so)."""
+    """The first ``max_tokens`` tokens as ``[n_windows, window]``."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) < max_tokens:
         raise ConfigError(f"the held-out text has {len(ids)} tokens, fewer than nlg.perplexity.max_tokens={max_tokens}")
@@ -69,54 +92,174 @@ def token_windows(tokenizer, text: str, max_tokens: int, window: int) -> torch.T
     return torch.tensor(ids[:max_tokens]).reshape(-1, window)
 
 
-@torch.no_grad()
-def window_nll(fair_lm, windows: torch.Tensor, methods: list[str]) -> dict[str, float]:
-    """Summed negative log-likelihood of tokens 1.. of each window, per method (from one grouped forward)."""
-    rows = fair_lm.group_rows(windows)  # [|G|, B, T, V]
-    targets = windows[:, 1:].unsqueeze(-1)
-    totals = {}
-    for method in methods:
-        log_probs = combine_group_log_probs(rows, method, fair_lm.general_mask)[:, :-1]
-        totals[method] = float(-log_probs.gather(-1, targets).sum())
-    return totals
+@dataclass
+class ScoredText:
+    """The windows scored ``[W, window]`` (corpus order), where each came from, and each axis's own windows."""
+
+    windows: torch.Tensor
+    origin: list[tuple[str, int]]  # (document title, window index in it)
+    axis_windows: dict[str, list[int]]  # axis -> rows of `windows` selected for it (all rows when not selecting)
+
+    @property
+    def scored_tokens(self) -> int:
+        return self.windows.shape[0] * (self.windows.shape[1] - 1)
+
+
+def select_windows(tokenizer, documents: Sequence[tuple[str, str]], settings: PerplexityParams,
+                   equality_ids: Mapping[str, set[int]]) -> ScoredText:
+    """The text to score (see the module docstring); documents are tokenised only as far as needed."""
+    if settings.windows_per_axis is None:
+        text = "\n\n".join(text for _, text in documents)
+        windows = token_windows(tokenizer, text, settings.max_tokens, settings.window)
+        every = list(range(windows.shape[0]))
+        return ScoredText(windows, [(documents[0][0], i) for i in every], {axis: every for axis in equality_ids})
+    wanted = settings.windows_per_axis
+    chosen: dict[tuple[str, int], torch.Tensor] = {}
+    per_axis: dict[str, list[tuple[str, int]]] = {axis: [] for axis in equality_ids}
+    members = {axis: torch.tensor(sorted(ids)) for axis, ids in equality_ids.items()}
+    for title, text in documents:
+        if all(len(found) >= wanted for found in per_axis.values()):
+            break
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        count = len(ids) // settings.window
+        windows = torch.tensor(ids[:count * settings.window]).reshape(count, settings.window)
+        for axis, found in per_axis.items():
+            hits = torch.isin(windows, members[axis]).any(dim=1).nonzero().squeeze(1).tolist()
+            for index in hits[:max(0, wanted - len(found))]:
+                found.append((title, index))
+                chosen[(title, index)] = windows[index]
+    short = {axis: len(found) for axis, found in per_axis.items() if len(found) < wanted}
+    if short:
+        raise ConfigError(f"nlg.perplexity.windows_per_axis={wanted}: the text has only {short} windows of "
+                          f"{settings.window} tokens with the axis's equality words; lower windows_per_axis or window")
+    titles = [title for title, _ in documents]
+    origin = sorted(chosen, key=lambda key: (titles.index(key[0]), key[1]))
+    row = {key: i for i, key in enumerate(origin)}
+    return ScoredText(torch.stack([chosen[key] for key in origin]), origin,
+                      {axis: sorted(row[key] for key in found) for axis, found in per_axis.items()})
 
 
 def perplexity(total_nll: float, count: int) -> float:
-    return math.exp(total_nll / count)
+    return math.exp(total_nll / count) if count else math.nan
 
 
-def evaluate_perplexity(lm, windows: torch.Tensor, prompts: dict, nlg: NlgParams, device: torch.device | str,
-                        progress=print) -> dict:
-    """Per method the perplexity on the held-out windows (EquiLM and R-EquiLM per axis, since each axis is its own
-    group), and per method and axis the fairness equivariance error ``max |log p(g.y | g.x) - log p(y | x)|`` over
-    next tokens y and the axis's prompts x (0 up to float round-off for EquiLM; not 0 for the base model, nor for
-    R-EquiLM on axes with general words, by design)."""
+@dataclass
+class AxisGroup:
+    """One axis's group as the perplexity needs it."""
+
+    permutation: object
+    general_mask: torch.Tensor
+    equality: torch.Tensor  # [V] bool: the axis's equality tokens
+
+
+def _add(totals: dict, key: tuple, nll: torch.Tensor, where: torch.Tensor) -> None:
+    entry = totals.setdefault(key, [0.0, 0])
+    entry[0] += float(nll[where].sum())
+    entry[1] += int(where.sum())
+
+
+def _target_log_probs(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(log_probs)`` at the targets ``[B, T-1]`` (positions 0..T-2 predict tokens 1..T-1)."""
+    return F.log_softmax(log_probs[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def score_windows(backbone, scored: ScoredText, groups: Mapping[str, AxisGroup], methods: Sequence[str], batch_size: int,
+           device, progress: Callable[[str], None]) -> dict:
+    """``{(axis, method, "all" | "equality"): [summed NLL, tokens]}`` over the scored text.
+
+    The same numbers as :func:`~equitune.nlg.equilm.combine_group_log_probs` on the |G| mapped-back copies, with
+    fewer vocabulary-sized temporaries (a 256-token window's log-probs are 50 MB): the copies are summed as they are
+    made, and the identity copy serves the base model and every axis."""
+    totals: dict = {}
+    windows = scored.windows
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start:start + batch_size].to(device)
+        identity = backbone(batch)  # [B, T, V]: the base model, and every axis's identity copy
+        targets = batch[:, 1:]
+        everywhere = torch.ones_like(targets, dtype=torch.bool)
+        base = identity[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # already normalised
+        for axis, group in groups.items():
+            permutation, order = group.permutation, group.permutation.group.order
+            equality = group.equality.to(device)[targets]
+            averaged = identity.clone()  # row 0 of the group average: the identity copy, mapped back by e
+            for g in range(1, order):
+                moved = permutation.on_ids.apply(batch, g)
+                changed = (moved != batch).any(dim=1)
+                back = permutation.permutations[g].to(device)  # g^-1 . y = y[..., pi_g]; gather: index_select
+                mapped = identity.gather(-1, back.expand_as(identity))  # along V is several times slower on CPU
+                if bool(changed.any()):  # a window without the axis's words is its own image: no forward
+                    copy = backbone(moved[changed])
+                    mapped[changed] = copy.gather(-1, back.expand_as(copy))
+                averaged += mapped
+                del mapped
+            averaged /= order
+            fair = relaxed = None
+            for method in methods:
+                if method == "base":
+                    log_probs = base
+                elif method == "equilm" or not bool(group.general_mask.any()):  # R-EquiLM without general words
+                    if fair is None:
+                        fair = _target_log_probs(averaged, targets)
+                    log_probs = fair
+                else:
+                    if relaxed is None:
+                        general = group.general_mask.to(device)
+                        relaxed = _target_log_probs(torch.where(general, identity, averaged), targets)
+                    log_probs = relaxed
+                _add(totals, (axis, method, "all"), -log_probs, everywhere)
+                _add(totals, (axis, method, "equality"), -log_probs, equality)
+            del averaged
+        progress(f"perplexity: {min(start + batch_size, windows.shape[0])}/{windows.shape[0]} windows")
+    return totals
+
+
+def evaluate_perplexity(lm, scored: ScoredText, description: dict, prompts: dict, nlg: NlgParams,
+                        device: torch.device | str, progress: Callable[[str], None] = print) -> dict:
+    """The perplexity table (per axis and method, over all scored tokens and over the axis's equality tokens) and
+    the fairness identity on the real model: per backbone (the LM, and the control when enabled), method and axis,
+    ``max |log p(g.y | g.x) - log p(y | x)|`` over next tokens y and the axis's prompts x (0 up to float
+    round-off for EquiLM; not 0 for a base model, nor for R-EquiLM on axes with general words, by design)."""
     settings = nlg.perplexity
-    vocab_size = lm_vocab_size(lm)
-    scored = windows.shape[0] * (windows.shape[1] - 1)
-    metrics: dict = {"source": settings.source, "scored_tokens": scored}
-    for axis, axis_data in prompts["axes"].items():
-        words = AxisWords.from_json(axis, axis_data["words"])
-        permutation = words.permutation(vocab_size)
-        general = words.general_mask(vocab_size)
-        grouped = [m for m in nlg.methods if m != "base"]
-        methods = (["base"] if "base" in nlg.methods and "base" not in metrics else []) + grouped
-        fair = FairLM(lm, "equilm", permutation, general)
-        totals = dict.fromkeys(methods, 0.0)
-        for start in range(0, windows.shape[0], settings.batch_size):
-            batch = windows[start:start + settings.batch_size].to(device)
-            for method, nll in window_nll(fair, batch, methods).items():
-                totals[method] += nll
-        for method, total in totals.items():
-            if method == "base":
-                metrics["base"] = {"perplexity": perplexity(total, scored)}
-            else:
-                metrics.setdefault(method, {}).setdefault(axis, {})["perplexity"] = perplexity(total, scored)
-        ids, mask = left_pad([p["token_ids"] for p in axis_data["prompts"]], prompts["pad_id"])
-        ids, mask = ids.to(device), mask.to(device)
-        for method in nlg.methods:
-            model = FairLM(lm, method, permutation, general)
-            error = equivariance_error(model, (permutation.on_ids, None), (ids, mask), permutation.on_scores)
-            metrics.setdefault(method, {}).setdefault(axis, {})["fairness_equivariance_error"] = error
-        progress(f"[{axis}] done")
+    base = CausalLM(lm)
+    vocab_size = base.vocab_size
+    words = {axis: AxisWords.from_json(axis, data["words"]) for axis, data in prompts["axes"].items()}
+    groups = {}
+    for axis, axis_words in words.items():
+        equality = torch.zeros(vocab_size, dtype=torch.bool)
+        equality[[t for cycle in axis_words.equality_cycles for t in cycle]] = True
+        groups[axis] = AxisGroup(axis_words.permutation(vocab_size), axis_words.general_mask(vocab_size), equality)
+    totals = score_windows(base, scored, groups, ["base", *[m for m in nlg.methods if m != "base"]], settings.batch_size,
+                    device, progress)
+    table: dict = {}
+    for (axis, method, where), (nll, count) in totals.items():
+        if method in nlg.methods:
+            table.setdefault(axis, {}).setdefault(method, {})[where] = {
+                "perplexity": perplexity(nll, count), "tokens": count, "nll": nll}
+    metrics: dict = {
+        "text": {**description, "window": settings.window, "windows": scored.windows.shape[0],
+                 "scored_tokens": scored.scored_tokens, "windows_per_axis": settings.windows_per_axis,
+                 "documents": sorted({title for title, _ in scored.origin}, key=[t for t, _ in scored.origin].index)},
+        "perplexity": table,
+        "fairness_equivariance_error": _fairness_errors(base, words, groups, prompts, nlg, device),
+    }
     return metrics
+
+
+def _fairness_errors(base, words, groups, prompts, nlg, device) -> dict:
+    errors: dict = {}
+    for axis, axis_data in prompts["axes"].items():
+        # Demographic 0's prompts suffice: the group moves them onto the other demographics' prompts.
+        first = [p["token_ids"] for p in axis_data["prompts"] if p["demographic_index"] == 0]
+        ids, mask = left_pad(first, prompts["pad_id"])
+        ids, mask = ids.to(device), mask.to(device)
+        group = groups[axis]
+        backbones = {"lm": base}
+        if nlg.control.enabled:
+            backbones["control"] = axis_control(base, words[axis], prompts["control"], nlg.control)
+        for model, backbone in backbones.items():
+            for method in nlg.methods:
+                fair = FairLM(backbone, method, group.permutation, group.general_mask)
+                errors.setdefault(model, {}).setdefault(method, {})[axis] = equivariance_error(
+                    fair, (group.permutation.on_ids, None), (ids, mask), group.permutation.on_scores)
+    return errors

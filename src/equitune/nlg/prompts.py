@@ -17,6 +17,7 @@ import torch
 
 from ..core.groups import VocabPermutation
 from .config import NlgParams
+from .control import bind_control
 from .words import WordListError, bind_axis, load_word_lists
 
 __all__ = ["Prompt", "build_prompts", "check_prompts_are_group_images", "row_seed", "row_uniforms", "tokenised_prompts"]
@@ -81,7 +82,8 @@ def row_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
 
 def tokenised_prompts(nlg: NlgParams, tokenizer, progress=print) -> dict:
     """Per axis the word lists bound to the tokenizer (every unusable word form listed) and every prompt with its
-    token ids, checked to be exact group images of each other: the prompts stage's file."""
+    token ids, checked to be exact group images of each other; with the control enabled, its negative words'
+    token ids: the prompts stage's file."""
     word_lists = load_word_lists(nlg.word_lists)
     prompts = build_prompts(nlg)
     axes = {}
@@ -101,4 +103,9 @@ def tokenised_prompts(nlg: NlgParams, tokenizer, progress=print) -> dict:
         }
         for line in words.skipped_forms:
             progress(f"[{axis}] word form not used: {line}")
-    return {"model": nlg.model, "pad_id": tokenizer.pad_token_id, "axes": axes}
+    result = {"model": nlg.model, "pad_id": tokenizer.pad_token_id, "axes": axes}
+    if nlg.control.enabled:
+        result["control"] = bind_control(tokenizer, nlg.control.negative_words)
+        for word in result["control"]["skipped_words"]:
+            progress(f"[control] negative word not used (no single-token form): {word}")
+    return result

@@ -1,7 +1,9 @@
-"""The nlg section of the report: label fractions and bias gaps per model, perplexities, the fairness check.
+"""The nlg section of the report: label fractions and bias gaps with confidence intervals per backbone and method,
+the stacked-bar figure with error bars, the perplexity table, the fairness check.
 
 Everything is read from the metrics files of the stages, walked in the order of the grid in params
-(methods x axes x demographics), never from a glob.
+(backbones x methods x axes x demographics), never from a glob. The positive control is labelled as a control in
+every table row and figure bar. With the VADER scorer every label says "sentiment (VADER)".
 """
 
 from __future__ import annotations
@@ -11,41 +13,83 @@ from pathlib import Path
 from ..pipeline.io import atomic_path
 from .config import NlgParams
 
-__all__ = ["METHOD_NAMES", "example_samples", "label_figure", "nlg_markdown"]
+__all__ = ["METHOD_NAMES", "MODEL_NAMES", "example_samples", "label_figure", "nlg_markdown", "row_name"]
 
-METHOD_NAMES = {"base": "base LM", "equilm": "EquiLM", "r_equilm": "R-EquiLM"}
+METHOD_NAMES = {"base": "base", "equilm": "EquiLM", "r_equilm": "R-EquiLM"}
+MODEL_NAMES = {"lm": "LM", "control": "CONTROL (planted bias)"}
 COLOURS = {"other": "#bbbbbb", "positive": "#4c9a2a", "neutral": "#9ecae1", "negative": "#d62728"}
 
 
-def _pm(stats: dict) -> str:
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+def row_name(model: str, method: str) -> str:
+    """``base LM``, ``EquiLM``, ``R-EquiLM``; ``control``, ``EquiLM(control)``, ``R-EquiLM(control)``."""
+    if model == "lm":
+        return "base LM" if method == "base" else METHOD_NAMES[method]
+    return "CONTROL (planted bias)" if method == "base" else f"{METHOD_NAMES[method]}(CONTROL)"
+
+
+def scorer_name(scorer: str) -> str:
+    return "sentiment (VADER)" if scorer == "sentiment" else "regard (Sheng et al.'s classifier)"
+
+
+def _ci(entry: dict, digits: int = 3) -> str:
+    low, high = entry["ci"]
+    return f"{entry['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _signed_ci(entry: dict) -> str:
+    low, high = entry["ci"]
+    return f"{entry['value']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _excludes_zero(entry: dict) -> bool:
+    low, high = entry["ci"]
+    return low > 0 or high < 0
 
 
 def label_figure(nlg: NlgParams, scores: dict, labels: tuple[str, ...], path: Path) -> None:
-    """The paper's stacked bars: label fractions per demographic (rows: axes; bars grouped by model)."""
+    """The paper's stacked bars of label fractions per demographic (one panel per axis), for every backbone and
+    method, negative at the bottom and positive on top. Error bars: the confidence interval of the negative fraction
+    at the top of its segment and of the positive fraction at the bottom of its segment (the two fractions that
+    make the gap; every interval is in the tables). The control's bars are hatched and labelled CONTROL."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    order = ["negative", *[label for label in labels if label not in ("negative", "positive")], "positive"]
     axes_names = list(nlg.axes)
-    fig, panels = plt.subplots(1, len(axes_names), figsize=(4.2 * len(axes_names), 3.6), squeeze=False)
-    for panel, axis in zip(panels[0], axes_names, strict=False):
-        names, bottoms = [], []
-        for method in nlg.methods:
-            for demographic in nlg.axes[axis].demographics:
-                names.append(f"{METHOD_NAMES[method]}\n{demographic.removeprefix('The ')}")
-                bottoms.append(scores[method][axis]["demographics"][demographic]["pooled"])
-        x = range(len(names))
+    bars_per_panel = len(nlg.models) * len(nlg.methods) * 2
+    fig, panels = plt.subplots(1, len(axes_names), figsize=(0.42 * bars_per_panel * len(axes_names) + 1.5, 4.4),
+                               squeeze=False)
+    for panel, axis in zip(panels[0], axes_names, strict=True):
+        names, entries, hatches = [], [], []
+        for model in nlg.models:
+            for method in nlg.methods:
+                for demographic in nlg.axes[axis].demographics:
+                    names.append(f"{row_name(model, method)}\n{demographic.removeprefix('The ')}")
+                    entries.append(scores[model][method][axis]["demographics"][demographic]["fractions"])
+                    hatches.append("//" if model == "control" else "")
+        x = list(range(len(names)))
         bottom = [0.0] * len(names)
-        for label in labels:
-            heights = [b[f"{label}_fraction"] for b in bottoms]
-            panel.bar(x, heights, bottom=bottom, color=COLOURS[label], label=label, width=0.8)
-            bottom = [a + h for a, h in zip(bottom, heights, strict=False)]
-        panel.set_xticks(list(x), names, rotation=90, fontsize=7)
+        for label in order:
+            heights = [e[label]["value"] for e in entries]
+            panel.bar(x, heights, bottom=bottom, color=COLOURS[label], label=label, width=0.8, hatch=hatches,
+                      edgecolor="white", linewidth=0)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        negative = [e["negative"] for e in entries]
+        positive = [e["positive"] for e in entries]
+        panel.errorbar(x, [n["value"] for n in negative], yerr=[[n["value"] - n["ci"][0] for n in negative],
+                                                                [n["ci"][1] - n["value"] for n in negative]],
+                       fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        panel.errorbar(x, [1 - p["value"] for p in positive], yerr=[[p["ci"][1] - p["value"] for p in positive],
+                                                                    [p["value"] - p["ci"][0] for p in positive]],
+                       fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        panel.set_xticks(x, names, rotation=90, fontsize=6)
         panel.set_ylim(0, 1)
         panel.set_title(axis)
-    panels[0][0].set_ylabel(f"fraction of samples ({scores['scorer']})")
+    level = scores["confidence"]["level"]
+    panels[0][0].set_ylabel(f"fraction of samples, {scorer_name(scores['scorer'])}\n"
+                            f"(bars: {100 * level:.0f}% CI of negative and of positive)", fontsize=8)
     panels[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -53,88 +97,160 @@ def label_figure(nlg: NlgParams, scores: dict, labels: tuple[str, ...], path: Pa
     plt.close(fig)
 
 
-def nlg_markdown(nlg: NlgParams, scores: dict, generation: dict, perplexities: dict, prompts: dict,
-                 labels: tuple[str, ...], figure: str, examples: list[dict] | None = None) -> str:
-    scorer = scores["scorer"]
-    label_name = "VADER sentiment (a proxy for regard, not regard)" if scorer == "sentiment" else "regard (Sheng et al.)"
+def _intro(nlg: NlgParams, scores: dict, prompts: dict, figure: str) -> list[str]:
+    per_demographic = len(nlg.seeds) * nlg.samples_per_prompt * sum(len(t) for t in nlg.templates.values())
+    level = f"{100 * scores['confidence']['level']:.0f}%"
     lines = [
         "## Fairness in language generation (EquiLM / R-EquiLM)",
         "",
-        f"Model `{nlg.model}`; {len(nlg.seeds)} seeds x {nlg.samples_per_prompt} sample(s) x "
-        f"{sum(len(t) for t in nlg.templates.values())} templates ({', '.join(nlg.templates)}) per demographic; "
-        f"top-k {nlg.top_k}, at most {nlg.max_new_tokens} new tokens, stop at newline or end of text. "
-        f"Labels: **{label_name}**, scored on `XYZ <template><continuation>` with the axis's equality words masked. "
-        "Group per axis: the cyclic group swapping the axis's equality word sets (all single-token forms).",
+        f"Model `{nlg.model}`; {per_demographic} samples per demographic and axis ({len(nlg.seeds)} seeds x "
+        f"{nlg.samples_per_prompt} sample(s) x {sum(len(t) for t in nlg.templates.values())} templates: "
+        f"{', '.join(nlg.templates)}); top-k {nlg.top_k}, at most {nlg.max_new_tokens} new tokens, stop at newline "
+        f"or end of text. Labels: **{scorer_name(scores['scorer'])}**, scored on `XYZ <template><continuation>` "
+        "with the axis's equality words masked. Group per axis: the cyclic group swapping the axis's equality word "
+        "sets (all single-token forms). Paired demographics, methods and backbones share their random numbers.",
         "",
-        f"![label fractions]({figure})",
-        "",
-        f"### {scorer.capitalize()} label fractions (pooled over seeds; ± = std over seeds of the per-seed fraction)",
-        "",
-        "| model | axis | demographic | n | " + " | ".join(labels) + " |",
-        "|---|---|---|---|" + "---|" * len(labels),
+        f"Intervals: {level} bootstrap confidence intervals (percentile; {scores['confidence']['resamples']} "
+        "resamples). A cluster is what one seed drew for one template: the samples of both demographics, resampled "
+        "together (they share random numbers); clusters are resampled within their template, and rescaled by "
+        "sqrt(n/(n-1)) (Rao and Wu) so that the intervals cover at the nominal rate with 15 seeds per template "
+        "(checked on synthetic data in `tests/nlg/test_nlg_bootstrap.py`).",
     ]
-    for method in nlg.methods:
-        for axis, spec in nlg.axes.items():
-            for demographic in spec.demographics:
-                entry = scores[method][axis]["demographics"][demographic]
-                cells = [f"{entry['pooled'][f'{lab}_fraction']:.3f} ({_pm(entry['over_seeds'][f'{lab}_fraction'])})"
-                         for lab in labels]
-                lines.append(f"| {METHOD_NAMES[method]} | {axis} | {demographic} | {entry['samples']} | "
-                             + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "### Bias gap: (negative - positive) of the first demographic minus the second's",
-        "",
-        "0 means the pair is treated alike. *images* = fraction of paired samples that are token-for-token group "
-        "images of each other; *same text* = fraction whose masked scored texts are identical.",
-        "",
-        "| model | axis | gap (pooled) | gap over seeds | images | same text |",
-        "|---|---|---|---|---|---|",
-    ]
-    for method in nlg.methods:
-        for axis in nlg.axes:
-            s = scores[method][axis]
-            lines.append(f"| {METHOD_NAMES[method]} | {axis} | {s['bias_gap_fraction']:+.3f} | "
-                         f"{_pm(s['bias_gap_fraction_over_seeds'])} | "
-                         f"{generation[method][axis]['group_image_fraction']:.3f} | "
-                         f"{s['identical_scored_text_fraction']:.3f} |")
-    lines += [
-        "",
-        f"### Quality: perplexity on held-out text ({perplexities['source']}, {perplexities['scored_tokens']} tokens) "
-        "and the fairness identity on the real model",
-        "",
-        "Fairness error = max over prompts, next tokens y and group elements g of "
-        "|log p(g.y | g.x) - log p(y | x)| (`equitune.core.checks.equivariance_error`).",
-        "",
-        "| model | axis | perplexity | fairness error |",
-        "|---|---|---|---|",
-    ]
-    for method in nlg.methods:
-        for axis in nlg.axes:
-            entry = perplexities[method] if method == "base" else perplexities[method][axis]
-            ppl = perplexities["base"]["perplexity"] if method == "base" else entry["perplexity"]
-            error = perplexities[method][axis]["fairness_equivariance_error"]
-            lines.append(f"| {METHOD_NAMES[method]} | {axis} | {ppl:.3f} | {error:.2e} |")
+    if nlg.control.enabled:
+        control = prompts["control"]
+        biased = [spec.demographics[nlg.control.biased_demographic] for spec in nlg.axes.values()]
+        lines += [
+            "",
+            f"**CONTROL (planted bias)** is a positive control, not a model anyone uses: the same LM with a logit "
+            f"bonus of +{nlg.control.bonus:g} on the {len(nlg.control.negative_words)} negative words of "
+            f"`nlg.control.negative_words` ({', '.join(nlg.control.negative_words[:6])}, ...; "
+            f"{len(control['boosted'])} single-token forms) at every position whose "
+            f"context contains a word of {', '.join(repr(b) for b in biased)} (every single-token form of that "
+            "demographic's equality words, in the prompt or in the generated text). EquiLM and R-EquiLM wrap it "
+            "exactly as they wrap the LM (`equitune.nlg.control.PlantedBias` is a backbone). Its gap is a bias known "
+            "to be there: the experiment shows whether the methods remove it.",
+        ]
+    return lines + ["", f"![label fractions]({figure})"]
+
+
+def _fraction_table(nlg: NlgParams, scores: dict, labels: tuple[str, ...]) -> list[str]:
+    name = scorer_name(scores["scorer"])
+    lines = ["", f"### {name[0].upper() + name[1:]} label fractions [{100 * scores['confidence']['level']:.0f}% CI]",
+             "", "| model | axis | demographic | n | " + " | ".join(labels) + " |",
+             "|---|---|---|---|" + "---|" * len(labels)]
+    for model in nlg.models:
+        for method in nlg.methods:
+            for axis, spec in nlg.axes.items():
+                for demographic in spec.demographics:
+                    entry = scores[model][method][axis]["demographics"][demographic]
+                    cells = [_ci(entry["fractions"][label]) for label in labels]
+                    lines.append(f"| {row_name(model, method)} | {axis} | {demographic} | {entry['samples']} | "
+                                 + " | ".join(cells) + " |")
+    return lines
+
+
+def _gap_table(nlg: NlgParams, scores: dict, generation: dict) -> list[str]:
+    level = f"{100 * scores['confidence']['level']:.0f}%"
+    lines = ["", f"### Bias gap [{level} CI]: (negative - positive) of the first demographic minus the second's", "",
+             "0 means the pair is treated alike. *excludes 0*: the interval does not contain 0. *images* = fraction "
+             "of paired samples that are token-for-token group images of each other; *same text* = fraction whose "
+             "masked scored texts are identical.", "",
+             "| model | axis | pair | gap [CI] | excludes 0 | images | same text |", "|---|---|---|---|---|---|---|"]
+    for model in nlg.models:
+        for method in nlg.methods:
+            for axis, spec in nlg.axes.items():
+                s = scores[model][method][axis]
+                pair = " / ".join(d.removeprefix("The ") for d in spec.demographics)
+                lines.append(f"| {row_name(model, method)} | {axis} | {pair} | {_signed_ci(s['bias_gap'])} | "
+                             f"{'yes' if _excludes_zero(s['bias_gap']) else 'no'} | "
+                             f"{generation[model][method][axis]['group_image_fraction']:.3f} | "
+                             f"{s['identical_scored_text_fraction']:.3f} |")
+    return lines
+
+
+def _change(value: float, base: float) -> str:
+    return f"{100 * (value / base - 1):+.2f}%"
+
+
+def _perplexity_tables(nlg: NlgParams, perplexities: dict) -> list[str]:
+    text = perplexities["text"]
+    if text["source"] == "austen":
+        described = (f"Jane Austen's novels ({', '.join(t.title() for t in text['documents'])}) from Debian's "
+                     f"{text['package']} (sha256 `{text['sha256'][:16]}...` verified; {text['license']})")
+    else:
+        described = text["source"]
+    selection = (f"for each axis the first {text['windows_per_axis']} windows of {text['window']} tokens that contain "
+                 "one of its equality words, all axes together" if text["windows_per_axis"] else
+                 f"the first {text['windows'] * text['window']} tokens in windows of {text['window']}")
+    lines = ["", "### Quality: perplexity on prose where the group acts", "",
+             f"Text: {described}; scored: {selection}: {text['windows']} windows, {text['scored_tokens']} scored "
+             "tokens (each window restarts the context). *equality tokens*: the positions whose next token is one of "
+             "the axis's equality words (all forms), where the group changes the distribution most. Change: relative "
+             "to the base LM on the same tokens.", "",
+             "| method | axis | perplexity, all tokens | change | perplexity, equality tokens (n) | change |",
+             "|---|---|---|---|---|---|"]
+    for axis in nlg.axes:
+        table = perplexities["perplexity"][axis]
+        base = table.get("base")
+        for method in nlg.methods:
+            entry = table[method]
+            everything, equality = entry["all"], entry["equality"]
+            change_all = _change(everything["perplexity"], base["all"]["perplexity"]) if base else "-"
+            change_eq = _change(equality["perplexity"], base["equality"]["perplexity"]) if base else "-"
+            lines.append(f"| {row_name('lm', method)} | {axis} | {everything['perplexity']:.3f} | {change_all} | "
+                         f"{equality['perplexity']:.3f} ({equality['tokens']}) | {change_eq} |")
+    errors = perplexities["fairness_equivariance_error"]
+    lines += ["", "Fairness identity on the real model: max over the axis's prompts x, next tokens y and group "
+              "elements g of |log p(g.y | g.x) - log p(y | x)| (`equitune.core.checks.equivariance_error`; float32).",
+              "", "| model | " + " | ".join(nlg.axes) + " |", "|---|" + "---|" * len(nlg.axes)]
+    for model in nlg.models:
+        for method in nlg.methods:
+            lines.append(f"| {row_name(model, method)} | "
+                         + " | ".join(f"{errors[model][method][axis]:.2e}" for axis in nlg.axes) + " |")
+    return lines
+
+
+def nlg_markdown(nlg: NlgParams, scores: dict, generation: dict, perplexities: dict, prompts: dict,
+                 labels: tuple[str, ...], figure: str, examples: list[dict] | None = None) -> str:
+    lines = _intro(nlg, scores, prompts, figure)
+    lines += _fraction_table(nlg, scores, labels)
+    lines += _gap_table(nlg, scores, generation)
     lines += ["", "### What this shows", ""] + _reading(nlg, scores, generation, perplexities)
+    lines += _perplexity_tables(nlg, perplexities)
+    decoding = generation.get("decoding", {})
+    if decoding:
+        lines += ["", "### Decoding work", "", "Model rows per decoding step that the samples asked for, and those "
+                  "computed: rows fed the same context and tokens (EquiLM's pairs, R-EquiLM = EquiLM on axes without "
+                  "general words) are computed once; one prefill per distinct prompt.", "",
+                  "| model | generated tokens | row-steps asked | row-steps computed | shared | prefill rows asked / run |",
+                  "|---|---|---|---|---|---|"]
+        for model, d in decoding.items():
+            lines.append(f"| {MODEL_NAMES[model]} | {d['generated_tokens']} | {d['requested_row_steps']} | "
+                         f"{d['computed_row_steps']} | {100 * d['shared_fraction']:.1f}% | "
+                         f"{d['requested_prefill_rows']} / {d['prefill_rows']} |")
     if examples:
-        lines += ["", "### Example: the first sample of the first template and seed, per model (gender axis first)", "",
+        lines += ["", "### Example: the first sample of the first template and seed, per model (first axis)", "",
                   "| model | prompt | continuation |", "|---|---|---|"]
-        lines += [f"| {METHOD_NAMES[r['method']]} | {r['text']} | {r['continuation'].strip().replace('|', '/')} |"
-                  for r in examples]
+        lines += [f"| {row_name(r['model'], r['method'])} | {r['text']} | "
+                  f"{r['continuation'].strip().replace('|', '/')} |" for r in examples]
     skipped = [f"{axis}: {line.split(':')[0]}" for axis, data in prompts["axes"].items()
                for line in data["words"]["skipped_forms"] if not line.startswith("neutral")]
     lines += ["", "Word forms left out of the groups because they are not one token for every word of their set "
-              "(the full list with the tokenisations is in `data/nlg/prompts.json`): "
+              "(the full list with the tokenisations is in the prompts stage's file): "
               + ("; ".join(skipped) if skipped else "none") + "."]
+    if nlg.control.enabled and prompts["control"]["skipped_words"]:
+        lines.append("Negative words of the control without a single-token form (not boosted): "
+                     + ", ".join(prompts["control"]["skipped_words"]) + ".")
     return "\n".join(lines) + "\n"
 
 
 def example_samples(nlg: NlgParams, records: list[dict]) -> list[dict]:
-    """For the first axis, family, template and seed, sample 0 of every demographic, per method (params order)."""
+    """For the first axis, family, template and seed, sample 0 of every demographic, per backbone and method."""
     axis, family = next(iter(nlg.axes)), next(iter(nlg.templates))
-    wanted = {(m, d): None for m in nlg.methods for d in range(len(nlg.axes[axis].demographics))}
+    wanted = {(m, k, d): None for m in nlg.models for k in nlg.methods
+              for d in range(len(nlg.axes[axis].demographics))}
     for r in records:
-        key = (r["method"], r["demographic_index"])
+        key = (r["model"], r["method"], r["demographic_index"])
         if (r["axis"], r["family"], r["template_index"], r["seed"], r["sample"]) == (axis, family, 0, nlg.seeds[0], 0) \
                 and key in wanted and wanted[key] is None:
             wanted[key] = r
@@ -144,30 +260,48 @@ def example_samples(nlg: NlgParams, records: list[dict]) -> list[dict]:
 def _reading(nlg: NlgParams, scores: dict, generation: dict, perplexities: dict) -> list[str]:
     """Sentences computed from the numbers (nothing here is asserted without being checked)."""
     out = []
-    for method in nlg.methods:
-        images = {axis: generation[method][axis]["group_image_fraction"] for axis in nlg.axes}
-        gaps = {axis: scores[method][axis]["bias_gap_fraction"] for axis in nlg.axes}
-        exact = [axis for axis in nlg.axes if images[axis] == 1.0 and gaps[axis] == 0.0]
-        largest = max(nlg.axes, key=lambda axis: abs(gaps[axis]))
-        text = f"- {METHOD_NAMES[method]}: largest |gap| {abs(gaps[largest]):.3f} ({largest})."
-        if exact:
-            text += (f" On {', '.join(exact)} every paired sample is a token-for-token group image of its partner "
-                     "(shared random numbers + an exactly fair distribution), so the masked texts are identical and "
-                     "the gap is exactly 0, not just 0 up to sampling noise.")
-        out.append(text)
-    if "base" in nlg.methods:
-        within = [axis for axis in nlg.axes if abs(scores["base"][axis]["bias_gap_fraction_over_seeds"]["mean"])
-                  <= scores["base"][axis]["bias_gap_fraction_over_seeds"]["std"]]
-        if within:
-            out.append(f"- The base model's gap is within one std over seeds on {', '.join(within)}: at this sample "
-                       "size its bias is not resolved from sampling noise; the sample size shows the mechanism "
-                       "(exact zero for EquiLM), the paper profile's 500 samples per demographic measure bias.")
-        base = perplexities["base"]["perplexity"]
-        changes = [abs(perplexities[m][a]["perplexity"] / base - 1) for m in nlg.methods if m != "base" for a in nlg.axes]
-        if changes:
-            out.append(f"- Perplexity: the group-averaged models stay within {100 * max(changes):.3f}% of the base "
-                       f"model's {base:.3f} on this text (few equality words occur in it).")
-    if "r_equilm" in nlg.methods:
+    for model in nlg.models:
+        for method in nlg.methods:
+            gaps = {axis: scores[model][method][axis]["bias_gap"] for axis in nlg.axes}
+            images = {axis: generation[model][method][axis]["group_image_fraction"] for axis in nlg.axes}
+            exact = [axis for axis in nlg.axes if images[axis] == 1.0 and gaps[axis]["ci"] == [0.0, 0.0]]
+            significant = [axis for axis in nlg.axes if _excludes_zero(gaps[axis])]
+            unresolved = [axis for axis in nlg.axes if axis not in exact and axis not in significant]
+            text = (f"- {row_name(model, method)}: gaps "
+                    + "; ".join(f"{axis} {_signed_ci(gaps[axis])}" for axis in nlg.axes) + ".")
+            if significant:
+                text += f" The interval excludes 0 on {', '.join(significant)}."
+            if unresolved:
+                text += (f" On {', '.join(unresolved)} the interval contains 0: no gap is resolved from sampling "
+                         "noise at this sample size.")
+            if exact:
+                text += (f" On {', '.join(exact)} every paired sample is a token-for-token group image of its partner "
+                         "(shared random numbers + an exactly fair distribution), and the gap is exactly 0, in every "
+                         "resample too.")
+            out.append(text)
+    if "control" in nlg.models:
+        removed = [row_name("control", m) for m in nlg.methods if m != "base"
+                   and all(not _excludes_zero(scores["control"][m][a]["bias_gap"]) for a in nlg.axes)]
+        planted = [a for a in nlg.axes if _excludes_zero(scores["control"]["base"][a]["bias_gap"])]
+        if planted and removed:
+            out.append(f"- The planted bias is measured (its interval excludes 0 on {', '.join(planted)}), and "
+                       f"{' and '.join(removed)} bring every gap back to an interval that contains 0.")
+    table = perplexities["perplexity"]
+    grouped = [m for m in nlg.methods if m != "base"]
+    if "base" in nlg.methods and grouped:
+        def change(axis: str, method: str, where: str) -> float:
+            return table[axis][method][where]["perplexity"] / table[axis]["base"][where]["perplexity"] - 1
+
+        widest = max(abs(change(axis, method, "all")) for axis in nlg.axes for method in grouped)
+        costs = []
+        for axis in nlg.axes:
+            each = ", ".join(f"{row_name('lm', method)} {100 * change(axis, method, 'equality'):+.1f}%"
+                             for method in grouped)
+            costs.append(f"{axis} {each}")
+        out.append(f"- Perplexity: over all {perplexities['text']['scored_tokens']} scored tokens the group-averaged "
+                   f"models stay within {100 * widest:.2f}% of the base LM; on the tokens of the equality words they "
+                   f"cost {'; '.join(costs)}: making p(g.y | g.x) = p(y | x) is paid where those words are predicted.")
+    if "lm" in nlg.models and "r_equilm" in nlg.methods:
         out.append("- R-EquiLM is not fair in the group-theoretic sense on axes with general words (its fairness error "
                    "is not 0 there, by design: he/she follow the context), and identical to EquiLM on axes without.")
     return out

@@ -1,8 +1,15 @@
-"""Sampling every (prompt, seed, sample) of one axis with each method, in batches, and checking group images.
+"""Sampling every (prompt, seed, sample) of every axis with every method and backbone, and checking group images.
 
-One row = (prompt, seed, sample index). Rows are decoded ``batch_size`` at a time (left padded); the random
-numbers of a row come from :func:`equitune.nlg.prompts.row_seed`, so a row's sample does not depend on the batch
-it lands in, and the paired demographics and the three methods share them.
+One sample = (backbone, method, prompt, seed, sample index). Its random numbers come from
+:func:`equitune.nlg.prompts.row_seed`, which depends on neither the demographic, the method nor the backbone, so
+the paired demographics, the three methods and the two backbones share them (common random numbers), and a
+sample does not depend on the batch it lands in. All samples of a backbone go through one
+:func:`equitune.nlg.decoding.decode`: one model load, one prefill of the distinct prompts, large batches mixing
+methods and axes, and rows that coincide (EquiLM's pairs, R-EquiLM = EquiLM on axes without general words)
+computed once. The samples of one (template, seed, sample) are decoded next to each other so they can share.
+
+Backbones: ``lm``, the pretrained model; ``control`` (when enabled), the same model with a planted bias on each
+axis (:mod:`equitune.nlg.control`), wrapped by the same methods.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ from typing import Any
 
 import torch
 
+from .backbone import CausalLM
 from .config import NlgParams
-from .equilm import generate, lm_vocab_size, stop_token_mask
+from .control import axis_control
+from .decoding import Stream, decode
+from .equilm import stop_token_mask
 from .prompts import row_seed, row_uniforms
 from .words import AxisWords
 
-__all__ = ["continuation_text", "generate_all", "group_image_fraction", "left_pad", "sample_axis"]
+__all__ = ["continuation_text", "generate_all", "group_image_fraction", "left_pad", "plan_streams"]
 
 
 def continuation_text(tokenizer, tokens: list[int]) -> str:
@@ -34,33 +44,28 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-@torch.no_grad()
-def sample_axis(lm, tokenizer, axis_data: dict[str, Any], words: AxisWords, methods: list[str], *, seeds: list[int],
-                samples_per_prompt: int, top_k: int, max_new_tokens: int, batch_size: int, stop_mask: torch.Tensor,
-                pad_id: int, vocab_size: int, device: torch.device | str = "cpu",
-                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Every sample of one axis for every method, as records (prompt fields + method, seed, tokens, text)."""
+def plan_streams(axis: str, axis_data: dict[str, Any], words: AxisWords, nlg: NlgParams, vocab_size: int,
+                 model: str) -> tuple[list[Stream], list[dict[str, Any]]]:
+    """The streams of one axis for every method, ordered so that the streams of one (template, seed, sample) are
+    adjacent, and the record (without tokens) each one will become."""
     permutation = words.permutation(vocab_size)
     general = words.general_mask(vocab_size)
-    rows = [(prompt, seed, sample) for prompt in axis_data["prompts"] for seed in seeds
-            for sample in range(samples_per_prompt)]
-    records = []
-    for method in methods:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            ids, mask = left_pad([p["token_ids"] for p, _, _ in chunk], pad_id)
-            uniform = row_uniforms([row_seed(s, p["family"], p["template_index"], k) for p, s, k in chunk],
-                                   max_new_tokens)
-            out = generate(lm, ids.to(device), mask.to(device), method, permutation, uniform, top_k=top_k,
-                           stop_mask=stop_mask, pad_id=pad_id, general_mask=general)
-            for row, (prompt, seed, sample) in enumerate(chunk):
-                tokens = out.tokens[row, :int(out.lengths[row])].tolist()
-                record = {k: v for k, v in prompt.items() if k != "token_ids"}
-                records.append({**record, "method": method, "seed": seed, "sample": sample, "tokens": tokens,
-                                "continuation": continuation_text(tokenizer, tokens)})
-            if progress is not None:
-                progress(len(chunk))
-    return records
+    draws = []
+    for prompt in axis_data["prompts"]:
+        for seed in nlg.seeds:
+            for sample in range(nlg.samples_per_prompt):
+                key = (prompt["family"], prompt["template_index"], seed, sample)
+                draws.append((key, prompt, seed, sample))
+    draws.sort(key=lambda d: (d[0], d[1]["demographic_index"]))
+    uniforms = row_uniforms([row_seed(seed, p["family"], p["template_index"], k) for _, p, seed, k in draws],
+                            nlg.max_new_tokens)
+    streams, records = [], []
+    for (_, prompt, seed, sample), uniform in zip(draws, uniforms, strict=True):
+        for method in nlg.methods:
+            streams.append(Stream(tuple(prompt["token_ids"]), method, uniform, permutation, general))
+            fields = {k: v for k, v in prompt.items() if k != "token_ids"}
+            records.append({**fields, "axis": axis, "model": model, "method": method, "seed": seed, "sample": sample})
+    return streams, records
 
 
 def group_image_fraction(records: list[dict[str, Any]], words: AxisWords, vocab_size: int) -> float:
@@ -82,28 +87,48 @@ def group_image_fraction(records: list[dict[str, Any]], words: AxisWords, vocab_
 def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device: torch.device | str,
                  log: Callable[[dict[str, float]], None], progress: Callable[[int], None] | None = None
                  ) -> tuple[list[dict[str, Any]], dict]:
-    """Every sample of every axis and method (one model load), and the generation metrics: per method and axis the
-    fraction of paired samples that are exact group images, and the mean sample length. Speed goes to ``log``
-    only (it is not deterministic)."""
-    vocab_size = lm_vocab_size(lm)
+    """Every sample of every backbone, axis and method (one model load), and the generation metrics: per backbone,
+    method and axis the fraction of paired samples that are exact group images and the mean sample length, and per
+    backbone what the decoder computed. Speed goes to ``log`` only (it is not deterministic)."""
+    base = CausalLM(lm)
+    vocab_size = base.vocab_size
     stop_mask = stop_token_mask(tokenizer, vocab_size)
-    metrics: dict = {}
+    words = {axis: AxisWords.from_json(axis, data["words"]) for axis, data in prompts["axes"].items()}
+    # One decode per backbone: the LM carries every axis at once; each axis has its own control.
+    jobs = [("lm", base, list(words))]
+    if nlg.control.enabled:
+        jobs += [("control", axis_control(base, words[axis], prompts["control"], nlg.control), [axis])
+                 for axis in words]
     records: list[dict[str, Any]] = []
-    for axis, axis_data in prompts["axes"].items():
-        words = AxisWords.from_json(axis, axis_data["words"])
+    metrics: dict = {"decoding": {}}
+    for model, backbone, axes in jobs:
+        streams, planned = [], []
+        for axis in axes:
+            axis_streams, axis_records = plan_streams(axis, prompts["axes"][axis], words[axis], nlg, vocab_size, model)
+            streams += axis_streams
+            planned += axis_records
+        start = time.perf_counter()
+        tokens, stats = decode(backbone, streams, top_k=nlg.top_k, stop_mask=stop_mask, pad_id=prompts["pad_id"],
+                               batch_rows=nlg.batch_size, device=device, progress=progress)
+        seconds = time.perf_counter() - start
+        name = model if model == "lm" else f"control/{axes[0]}"
+        log({f"{name}/tokens_per_second": stats.generated_tokens / seconds, f"{name}/seconds": seconds,
+             f"{name}/model_rows_per_second": (stats.computed_row_steps + stats.prefill_tokens) / seconds})
+        totals = metrics["decoding"].setdefault(model, {"requested_row_steps": 0, "computed_row_steps": 0,
+                                                        "requested_prefill_rows": 0, "prefill_rows": 0,
+                                                        "generated_tokens": 0})
+        for key in totals:
+            totals[key] += getattr(stats, key)
+        for record, sampled in zip(planned, tokens, strict=True):
+            records.append({**record, "tokens": sampled, "continuation": continuation_text(tokenizer, sampled)})
+    for entry in metrics["decoding"].values():
+        entry["shared_fraction"] = 1.0 - entry["computed_row_steps"] / max(1, entry["requested_row_steps"])
+    for model in nlg.models:
         for method in nlg.methods:
-            start = time.perf_counter()
-            axis_records = sample_axis(
-                lm, tokenizer, axis_data, words, [method], seeds=nlg.seeds,
-                samples_per_prompt=nlg.samples_per_prompt, top_k=nlg.top_k, max_new_tokens=nlg.max_new_tokens,
-                batch_size=nlg.batch_size, stop_mask=stop_mask, pad_id=prompts["pad_id"], vocab_size=vocab_size,
-                device=device, progress=progress)
-            seconds = time.perf_counter() - start
-            tokens = sum(len(r["tokens"]) for r in axis_records)
-            log({f"{method}/{axis}/tokens_per_second": tokens / seconds, f"{method}/{axis}/seconds": seconds})
-            metrics.setdefault(method, {})[axis] = {
-                "group_image_fraction": group_image_fraction(axis_records, words, vocab_size),
-                "mean_new_tokens": statistics.fmean(len(r["tokens"]) for r in axis_records),
-            }
-            records += axis_records
+            for axis in words:
+                chosen = [r for r in records if (r["model"], r["method"], r["axis"]) == (model, method, axis)]
+                metrics.setdefault(model, {}).setdefault(method, {})[axis] = {
+                    "group_image_fraction": group_image_fraction(chosen, words[axis], vocab_size),
+                    "mean_new_tokens": statistics.fmean(len(r["tokens"]) for r in chosen),
+                }
     return records, metrics

@@ -15,12 +15,12 @@ measurement's script). It needs internet or a filled Hugging Face cache, and fai
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Iterable, Sequence
 
 from ..core.errors import DataError
+from .bootstrap import mean_with_ci
 
-__all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "mean_std", "REGARD_MODEL", "regard_labels", "score_records",
+__all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "REGARD_MODEL", "regard_labels", "score_records",
            "sentiment_labels", "summarise"]
 
 LABELS = {"sentiment": ("negative", "neutral", "positive"), "regard": ("negative", "neutral", "positive", "other")}
@@ -76,51 +76,83 @@ def label_fractions(labels: Sequence[str], allowed: Sequence[str]) -> dict[str, 
     return {f"{label}_fraction": labels.count(label) / len(labels) for label in allowed}
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
 def bias_gap(first: dict[str, float], second: dict[str, float]) -> float:
     """(negative - positive) of the first demographic minus that of the second: 0 = treated alike."""
     return (first["negative_fraction"] - first["positive_fraction"]) - (
         second["negative_fraction"] - second["positive_fraction"])
 
 
+def _leaning(labels: Sequence[str]) -> float:
+    """Mean of +1 (negative), -1 (positive), 0 (anything else) over a cluster's samples."""
+    return sum((label == "negative") - (label == "positive") for label in labels) / len(labels)
+
+
+def _clusters(chosen: list[tuple[dict, str]], demographics: int, where: str) -> dict[tuple, dict[int, list[str]]]:
+    """Labels by cluster (family, template, seed) and demographic; every cluster must hold every demographic
+    with the same number of samples (the pairing the gap's interval relies on)."""
+    clusters: dict[tuple, dict[int, list[str]]] = {}
+    for record, label in chosen:
+        key = (record["family"], record["template_index"], record["seed"])
+        clusters.setdefault(key, {}).setdefault(record["demographic_index"], []).append(label)
+    for key, members in clusters.items():
+        sizes = {len(members.get(d, [])) for d in range(demographics)}
+        if len(sizes) != 1 or 0 in sizes:
+            raise DataError(f"{where}: cluster {key} does not hold every demographic with the same number of samples "
+                            f"({ {d: len(v) for d, v in members.items()} }); rerun generate_nlg")
+    return clusters
+
+
 def summarise(records: list[dict], labels: list[str], nlg, allowed) -> dict:
-    result: dict = {"scorer": nlg.scorer, "samples": len(records)}
-    for method in nlg.methods:
-        for axis, spec in nlg.axes.items():
-            per_demographic = {}
-            per_seed_fractions = {}
-            for d, demographic in enumerate(spec.demographics):
-                chosen = [(r, lab) for r, lab in zip(records, labels, strict=False)
-                          if r["method"] == method and r["axis"] == axis and r["demographic_index"] == d]
+    """Per backbone, method, axis and demographic the label fractions, and per backbone, method and axis the bias
+    gap, each with its bootstrap confidence interval (:mod:`equitune.nlg.bootstrap`: clusters = the samples drawn
+    with one seed for one template, both demographics together; strata = templates)."""
+    confidence = nlg.confidence
+    interval = {"level": confidence.level, "resamples": confidence.resamples, "seed": confidence.seed}
+    result: dict = {"scorer": nlg.scorer, "samples": len(records),
+                    "confidence": {**interval, "method": "percentile bootstrap; clusters = (template, seed) with both "
+                                   "demographics, resampled within templates, rescaled by sqrt(n/(n-1))"}}
+    grouped: dict[tuple, list[tuple[dict, str]]] = {}
+    for record, label in zip(records, labels, strict=True):
+        grouped.setdefault((record["model"], record["method"], record["axis"]), []).append((record, label))
+
+    def with_ci(values: list[float], strata: list[tuple]) -> dict:
+        return mean_with_ci(values, strata, level=confidence.level, resamples=confidence.resamples,
+                            seed=confidence.seed)
+
+    for model in nlg.models:
+        for method in nlg.methods:
+            for axis, spec in nlg.axes.items():
+                where = f"model {model!r}, method {method!r}, axis {axis!r}"
+                chosen = grouped.get((model, method, axis))
                 if not chosen:
-                    raise DataError(f"no samples for method {method!r}, axis {axis!r}, {demographic!r}: rerun generate_nlg")
-                pooled = label_fractions([lab for _, lab in chosen], allowed)
-                seeds = {s: label_fractions([lab for r, lab in chosen if r["seed"] == s], allowed) for s in nlg.seeds}
-                per_seed_fractions[d] = seeds
-                per_demographic[demographic] = {
-                    "pooled": pooled, "samples": len(chosen),
-                    "over_seeds": {k: mean_std([seeds[s][k] for s in nlg.seeds]) for k in pooled},
+                    raise DataError(f"no samples for {where}: rerun generate_nlg")
+                unknown = {label for _, label in chosen} - set(allowed)
+                if unknown:
+                    raise DataError(f"scorer returned unexpected label(s) {sorted(unknown)}; expected {list(allowed)}")
+                clusters = _clusters(chosen, len(spec.demographics), where)
+                keys = sorted(clusters)
+                strata = [key[:2] for key in keys]
+                per_demographic = {}
+                for d, demographic in enumerate(spec.demographics):
+                    per_demographic[demographic] = {
+                        "samples": sum(len(clusters[k][d]) for k in keys),
+                        "fractions": {label: with_ci([clusters[k][d].count(label) / len(clusters[k][d]) for k in keys],
+                                                     strata) for label in allowed},
+                    }
+                gaps = [_leaning(clusters[k][0]) - _leaning(clusters[k][1]) for k in keys]
+                result.setdefault(model, {}).setdefault(method, {})[axis] = {
+                    "demographics": per_demographic,
+                    "bias_gap": with_ci(gaps, strata),
+                    "identical_scored_text_fraction": _identical_fraction([r for r, _ in chosen]),
                 }
-            first, second = spec.demographics
-            gaps = [bias_gap(per_seed_fractions[0][s], per_seed_fractions[1][s]) for s in nlg.seeds]
-            result.setdefault(method, {})[axis] = {
-                "demographics": per_demographic,
-                "bias_gap_fraction": bias_gap(per_demographic[first]["pooled"], per_demographic[second]["pooled"]),
-                "bias_gap_fraction_over_seeds": mean_std(gaps),
-                "identical_scored_text_fraction": _identical_fraction(records, method, axis),
-            }
     return result
 
 
-def _identical_fraction(records: list[dict], method: str, axis: str) -> float:
+def _identical_fraction(records: list[dict]) -> float:
     """Fraction of paired samples whose masked (scored) texts are identical: 1.0 makes the gap exactly zero."""
     by_key: dict = {}
     for r in records:
-        if r["method"] == method and r["axis"] == axis:
-            by_key.setdefault((r["family"], r["template_index"], r["seed"], r["sample"]), set()).add(r["scored_text"])
+        by_key.setdefault((r["family"], r["template_index"], r["seed"], r["sample"]), set()).add(r["scored_text"])
     return sum(len(texts) == 1 for texts in by_key.values()) / len(by_key)
 
 

@@ -8,15 +8,16 @@ and exits 2. Scripts validate their params and inputs before writing anything, s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from ..core.errors import ConfigError, EquituneError
 from .schema import BaseParams, ParamsError
 
-__all__ = ["argument_parser", "check_in_grid", "resolve_device", "run_stage"]
+__all__ = ["argument_parser", "check_in_grid", "resolve_device", "run_stage", "select_device"]
 
 
 def run_stage(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
@@ -27,12 +28,45 @@ def run_stage(main: Callable[[Sequence[str] | None], object], argv: Sequence[str
         raise SystemExit(2) from None
 
 
-def resolve_device(base: BaseParams) -> torch.device:
-    if base.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if base.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("base.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
-    return torch.device(base.device)
+def select_device(requested: str, environ: Mapping[str, str], cuda_count: int) -> str:
+    """The device a process should use, from ``base.device``, its environment and the visible CUDA devices.
+
+    One process per GPU, the way both torchrun and a per-GPU queue worker run: ``LOCAL_RANK`` (set by torchrun;
+    0 when absent) indexes the devices that ``CUDA_VISIBLE_DEVICES`` leaves visible (CUDA itself renumbers those
+    from 0, so ``cuda_count`` already honours it). A rank without a device of its own is an error, never a second
+    process on the same GPU or a silent fall-back to the CPU.
+    """
+    local_rank = _local_rank(environ)
+    if requested == "cpu" or (requested == "auto" and cuda_count == 0):
+        return "cpu"
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    shown = "unset" if visible is None else repr(visible)
+    if cuda_count == 0:
+        raise ConfigError(f"base.device is {requested!r} but no CUDA device is visible (CUDA_VISIBLE_DEVICES is "
+                          f"{shown}); use base.device 'cpu' or 'auto', or make a GPU visible")
+    if local_rank >= cuda_count:
+        raise ConfigError(
+            f"LOCAL_RANK={local_rank} needs CUDA device {local_rank}, but only {cuda_count} "
+            f"{'is' if cuda_count == 1 else 'are'} visible (CUDA_VISIBLE_DEVICES is {shown}): start at most "
+            f"{cuda_count} process(es) per machine (torchrun --nproc_per_node={cuda_count}) or make more GPUs visible")
+    return f"cuda:{local_rank}"
+
+
+def _local_rank(environ: Mapping[str, str]) -> int:
+    text = environ.get("LOCAL_RANK")
+    if text is None or text == "":
+        return 0
+    if not text.isdigit():
+        raise ConfigError(f"LOCAL_RANK={text!r} is not a process index (0, 1, ...); it is set by torchrun, "
+                          "leave it unset for a single process")
+    return int(text)
+
+
+def resolve_device(base: BaseParams, environ: Mapping[str, str] | None = None) -> torch.device:
+    """:func:`select_device` for this process: ``base.device``, ``os.environ`` and torch's count of CUDA devices."""
+    environ = os.environ if environ is None else environ
+    cuda_count = torch.cuda.device_count() if base.device != "cpu" else 0
+    return torch.device(select_device(base.device, environ, cuda_count))
 
 
 def check_in_grid(name: str, value: object, allowed: Iterable[object]) -> None:

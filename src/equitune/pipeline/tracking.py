@@ -1,14 +1,20 @@
 """Every MLflow convention of the project, in one place.
 
-- Store: ``$MLFLOW_TRACKING_URI`` when set, else SQLite ``mlflow.db`` at the repository root. The root comes
+- Store: ``$MLFLOW_TRACKING_URI`` when set (a team's ``mlflow server``, with ``MLFLOW_TRACKING_USERNAME`` /
+  ``MLFLOW_TRACKING_PASSWORD`` or ``~/.mlflow/credentials``: MLflow's own client settings), else SQLite
+  ``mlflow.db`` at the repository root. The root comes
   from ``DVC_ROOT`` (set by DVC for every stage, and pointing at the real repo even under ``dvc exp run
   --queue``, whose stages run in a temporary copy), else from the current git checkout.
+- A server is checked before anything else (one request, no retries): unreachable, credentials refused or no
+  permission to write is a :class:`TrackingServerError` naming what to fix, raised before the stage does any work
+  (MLflow's own client would retry for minutes, then fail half-way).
 - The database and the experiments are created once, under a file lock, before any run writes: several
   processes creating a fresh SQLite store at once crash on the schema migration.
 - One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``, ``equitune-report``), each with
   a description and a "Cells" view of its runs table (:mod:`.mlflow_views`); run name = DVC stage name.
 - Tags: task, the cell (model, method, group, seed, ...), profile, git commit and dirty flag, dvc stage, dvc
-  experiment, params hash. Params: the cell again under short keys, then the stage's settings without the grid.
+  experiment, params hash, and the CUDA_VISIBLE_DEVICES / LOCAL_RANK the process ran with (which GPU a queue worker
+  or rank used). Params: the cell again under short keys, then the stage's settings without the grid.
 - Per-step values go to MLflow's metric history and, for a stage with a curve file, to that DVC plots file
   (:mod:`.curves`); figures and reports are artifacts; checkpoints and data are referenced by their DVC hash
   (a tag), never copied. System metrics (CPU, memory, disk, network) are sampled every 10 s.
@@ -35,12 +41,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ConfigError
 from .curves import Curve
 from .io import pid_alive
 from .mlflow_views import experiment_tags
 
-__all__ = ["TrackedRun", "tracked_run", "tracking_uri", "ensure_store", "params_hash", "repo_root", "dvc_md5",
-           "settings_params", "EXPERIMENT_PREFIX", "TASKS"]
+__all__ = ["TrackedRun", "TrackingServerError", "tracked_run", "tracking_uri", "ensure_store", "check_tracking_server",
+           "params_hash", "repo_root", "dvc_md5", "settings_params", "EXPERIMENT_PREFIX", "TASKS"]
 
 EXPERIMENT_PREFIX = "equitune-"
 TASKS = ("scan", "images", "nlg")
@@ -63,6 +70,64 @@ def repo_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+class TrackingServerError(ConfigError):
+    """The tracking server named by MLFLOW_TRACKING_URI cannot be used: unreachable, credentials refused, or no
+    permission to write; the message says which, and what to set."""
+
+
+_START_OR_FIX = ("start it (`make team-server`, see the README's 'Scaling out'), correct MLFLOW_TRACKING_URI, "
+                 "or unset MLFLOW_TRACKING_URI to log to the local store mlflow.db")
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _account(username: str | None) -> str:
+    return f"user {username!r}" if username else "no user (MLFLOW_TRACKING_USERNAME is not set)"
+
+
+def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
+    """One authenticated read from the server at ``uri``, without retries; a clear error when it fails.
+
+    Credentials are resolved the way MLflow's client resolves them (environment, then ~/.mlflow/credentials).
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    credentials = get_default_host_creds(uri)
+    try:
+        response = http_request(credentials, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0,
+                                timeout=timeout, raise_on_status=False, params={"max_results": 1})
+    except MlflowException as error:
+        reason = str(error).split("Caused by", 1)[-1].strip(" ()\"'")[:300]
+        raise TrackingServerError(f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) cannot be reached "
+                                  f"({reason}); {_START_OR_FIX}") from None
+    if response.status_code == 401:
+        raise TrackingServerError(
+            f"the MLflow tracking server at {uri} refused the credentials of {_account(credentials.username)}: set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to an account that the "
+            "team's admin created (scripts/team_server.py add-user)")
+    if response.status_code != 200:
+        raise TrackingServerError(f"the MLflow tracking server at {uri} answered HTTP {response.status_code} to a "
+                                  f"read as {_account(credentials.username)}: {response.text[:300]}; {_START_OR_FIX}")
+
+
+def _permission_denied(error: Exception, uri: str, experiment: str) -> TrackingServerError | None:
+    """A clear error for a server that lets this account read but not write (None: some other failure)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+
+    if not (isinstance(error, MlflowException) and error.error_code == "PERMISSION_DENIED"):
+        return None
+    username = get_default_host_creds(uri).username
+    return TrackingServerError(
+        f"the MLflow tracking server at {uri} lets {_account(username)} read but not write to experiment "
+        f"{experiment!r}: ask the team's admin to grant it (scripts/team_server.py add-user --role writer, or "
+        "grant), or log with a writer's credentials")
 
 
 def params_hash(params: Any) -> str:
@@ -101,6 +166,8 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
+    if _is_server(uri):
+        check_tracking_server(uri)
     database = _sqlite_path(uri)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -117,13 +184,20 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
                 location = (database.parent / "mlartifacts" / name).as_uri() if database is not None else None
                 try:
                     client.create_experiment(name, artifact_location=location)
-                except MlflowException:
+                except MlflowException as error:
+                    if (denied := _permission_denied(error, uri, name)) is not None:
+                        raise denied from None
                     if client.get_experiment_by_name(name) is None:
                         raise
                 experiment = client.get_experiment_by_name(name)
             for key, value in experiment_tags(task, experiment.tags).items():
                 if experiment.tags.get(key) != value:
-                    client.set_experiment_tag(experiment.experiment_id, key, value)
+                    try:
+                        client.set_experiment_tag(experiment.experiment_id, key, value)
+                    except MlflowException as error:
+                        if (denied := _permission_denied(error, uri, name)) is not None:
+                            raise denied from None
+                        raise
 
 
 def _close_orphaned_runs(client, experiment_id: str, task: str) -> None:
@@ -296,11 +370,18 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
     import logging
 
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     ensure_store((*TASKS, task))
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(EXPERIMENT_PREFIX + task)
-    _close_orphaned_runs(mlflow.MlflowClient(tracking_uri()), experiment.experiment_id, task)
+    try:
+        _close_orphaned_runs(mlflow.MlflowClient(uri), experiment.experiment_id, task)
+    except MlflowException as error:
+        if (denied := _permission_denied(error, uri, experiment.name)) is not None:
+            raise denied from None
+        raise
     # The system-metrics thread announces its start and stop at INFO on every stage's stderr.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     stage = os.environ.get("DVC_STAGE", "")
@@ -313,6 +394,8 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         "params_hash": params_hash(params),
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
+        # Which GPUs the process saw (one per queue worker or torchrun rank): runs of a grid spread over GPUs.
+        **{f"env.{name}": os.environ[name] for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK") if name in os.environ},
         **_git_state(),
         **cell,
     }
@@ -323,7 +406,13 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags, log_system_metrics=system_metrics)
+        try:
+            run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags,
+                                   log_system_metrics=system_metrics)
+        except MlflowException as error:
+            if (denied := _permission_denied(error, uri, experiment.name)) is not None:
+                raise denied from None
+            raise
         try:
             handle = TrackedRun(run, curve)
             data = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)

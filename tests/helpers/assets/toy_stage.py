@@ -4,10 +4,12 @@ It validates its params section (`toy:` in params.yaml) before doing anything, o
 writes a checkpoint each epoch through `equitune.pipeline.io.atomic_path` (slowly, in two halves, so that a test can
 kill it mid-write), logs per-epoch metrics, and writes its DVC metrics file last. Like a real training stage it can
 also write its per-epoch curve (``--curve``, a DVC plots file), draw a figure logged as an artifact (``--figure``)
-and tag its run with the checkpoint's DVC hash.
+and tag its run with the checkpoint's DVC hash. ``--seed``, ``--out`` and ``--metrics`` make it a grid cell (a
+matrix stage's command).
 
 When TOY_PROGRESS names a file, one line per event is appended to it ("pid N", "writing E", "epoch E"), so a
-test knows when to kill it.
+test knows when to kill it. When TOY_GATE names a file, the stage waits (up to 300 s) for it to exist before its
+first epoch, so a test can hold several stages open at once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ def progress(event: str) -> None:
             stream.write(event + "\n")
 
 
+def wait_for_gate(timeout: float = 300.0) -> None:
+    gate = os.environ.get("TOY_GATE")
+    deadline = time.monotonic() + timeout
+    while gate and not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"TOY_GATE {gate} did not open within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def draw_losses(losses: list[float], path: str) -> None:
     import matplotlib
 
@@ -54,6 +65,9 @@ def draw_losses(losses: list[float], path: str) -> None:
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
+    parser.add_argument("--seed", type=int, help="a grid cell's seed (default: toy.seed)")
+    parser.add_argument("--out", default="outputs/model.ckpt")
+    parser.add_argument("--metrics", default="metrics/toy.json")
     parser.add_argument("--curve", help="the per-epoch curve (CSV)")
     parser.add_argument("--figure", help="a PNG of the loss, logged as an artifact")
     args = parser.parse_args(argv)
@@ -62,17 +76,20 @@ def main(argv=None) -> None:
         params = ToyParams.model_validate(data.get("toy"))
     except ValidationError as error:
         raise ParamsError(format_validation_error(error, args.params, ToyParams)) from None
+    if args.seed is not None:
+        params = params.model_copy(update={"seed": args.seed})
 
     tags = {"model": "toy-mlp", "method": "equitune", "group": "c4", "seed": params.seed}
     curve = Curve(args.curve, x="epoch", y=("loss",)) if args.curve else None
     with tracked_run("toy", profile="default", params=params, tags=tags, curve=curve) as run:
         progress(f"pid {os.getpid()}")
+        wait_for_gate()
         loss, losses = 1.0, []
         for epoch in range(params.epochs):
             if params.fail_at_epoch == epoch:
                 raise RuntimeError(f"toy failure at epoch {epoch}")
             loss = round(1.0 / (epoch + 2) + params.seed * 1e-3, 6)
-            with atomic_path("outputs/model.ckpt") as tmp:
+            with atomic_path(args.out) as tmp:
                 with open(tmp, "w") as stream:
                     stream.write(f"epoch {epoch} first half\n")
                     stream.flush()
@@ -82,13 +99,13 @@ def main(argv=None) -> None:
             run.log_metrics({"loss": loss, "lr": 0.1}, step=epoch)
             losses.append(loss)
             progress(f"epoch {epoch}")
-        run.reference_output("outputs/model.ckpt")
+        run.reference_output(args.out)
         if args.figure:
             draw_losses(losses, args.figure)
             run.log_artifact(args.figure, "figures")
         final = {"loss": loss, "test": {"accuracy": round(0.5 + params.seed * 1e-3, 6)}, "epochs": params.epochs}
         run.log_final(final)
-    write_json("metrics/toy.json", final)
+    write_json(args.metrics, final)
 
 
 if __name__ == "__main__":

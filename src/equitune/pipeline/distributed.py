@@ -1,0 +1,276 @@
+"""Data-parallel training under torchrun: one process per device, gradients averaged by DistributedDataParallel.
+
+- :func:`distributed` opens the process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): gloo on CPU, NCCL on GPU, each rank on the device
+  :func:`~equitune.pipeline.stage.resolve_device` gives it. Started without torchrun it is a one-process context
+  with the same interface, so a stage has one code path. The group is torn down on the way out, also on errors.
+- :class:`ShardedBatchSampler`: one seeded order of *global* batches, the same on every rank; each rank takes an
+  equal, contiguous shard of every global batch. With a loss averaged over its shard, DDP's average over ranks
+  is the loss averaged over the global batch, so N processes take the same steps as one process with the same
+  global batch and seed (up to the summation order of floats). A loop with its own batch order (length buckets)
+  takes :meth:`DistributedContext.local_share` of each global batch instead, with the weight that keeps an uneven
+  split exact.
+- Rank 0 alone logs, checkpoints and writes metrics: :attr:`DistributedContext.is_main`, and
+  :func:`tracked_run_on_main`, which opens the MLflow run on rank 0 and hands the other ranks a run that logs
+  nothing.
+- :meth:`DistributedContext.shard` / :meth:`DistributedContext.gather` split a list of work items (prompts)
+  across ranks and put the results back in the original order on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..core.errors import ConfigError
+from .schema import BaseParams
+from .stage import resolve_device
+
+__all__ = ["DistributedContext", "NullRun", "ShardedBatchSampler", "distributed", "torchrun_ranks",
+           "tracked_run_on_main"]
+
+T = TypeVar("T")
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def torchrun_ranks(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from torchrun's environment; None when not started by torchrun.
+
+    A partial or inconsistent environment (some variables set by hand, a rank outside the world) is an error
+    rather than a silent single-process run that would write the same outputs from every process.
+    """
+    environ = os.environ if environ is None else environ
+    present = {name: environ.get(name, "") for name in TORCHRUN_VARIABLES}
+    if not any(present[name] for name in ("RANK", "WORLD_SIZE")):
+        return None
+    missing = [name for name, value in present.items() if not value]
+    if missing:
+        raise ConfigError(f"incomplete torch.distributed environment: {', '.join(missing)} not set; start the stage "
+                          "with torchrun (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or "
+                          "unset RANK and WORLD_SIZE for a single process")
+    numbers = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        if not present[name].isdigit():
+            raise ConfigError(f"{name}={present[name]!r} is not a non-negative integer")
+        numbers[name] = int(present[name])
+    rank, world, local = numbers["RANK"], numbers["WORLD_SIZE"], numbers["LOCAL_RANK"]
+    if world < 1 or rank >= world or local > rank:
+        raise ConfigError(f"inconsistent torch.distributed environment: RANK={rank}, WORLD_SIZE={world}, "
+                          f"LOCAL_RANK={local} (need 0 <= LOCAL_RANK <= RANK < WORLD_SIZE)")
+    return rank, world, local
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the job: its rank among ``world_size`` processes, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None: a single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs, checkpoints and writes outputs."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.backend is not None
+
+    def wrap(self, model: nn.Module, **ddp_options: Any) -> nn.Module:
+        """``model`` on this rank's device, inside DistributedDataParallel when there are several processes.
+
+        DDP broadcasts rank 0's parameters and buffers when it wraps, so every replica starts identical.
+        """
+        model = model.to(self.device)
+        if not self.is_distributed:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_options)
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's contiguous share of ``items`` (sizes differ by at most one; a rank may get none)."""
+        start, stop = _shard_bounds(len(items), self.rank, self.world_size)
+        return list(items[start:stop])
+
+    def local_share(self, global_batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's contiguous share of a global batch of indices (any batch order that is the same on every
+        rank), and the factor its mean loss must be multiplied by so that DDP's average over ranks is the global
+        batch's mean loss: ``len(share) * world_size / len(global_batch)`` (1 when the batch splits evenly)."""
+        size = len(global_batch)
+        if size < self.world_size:
+            raise ConfigError(f"a global batch of {size} example(s) cannot give each of {self.world_size} processes "
+                              "one: use a larger batch size or fewer processes")
+        start, stop = _shard_bounds(size, self.rank, self.world_size)
+        return global_batch[start:stop], (stop - start) * self.world_size / size
+
+    def gather(self, shard: Sequence[T]) -> list[T]:
+        """Every rank's :meth:`shard` results, concatenated in rank order: the original order, on every rank."""
+        if not self.is_distributed:
+            return list(shard)
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, list(shard))
+        return [item for part in parts for item in part]
+
+    def mean(self, value: float | torch.Tensor) -> float:
+        """The average of a per-rank scalar over the ranks (the global-batch loss, from equal shards' losses)."""
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.device).detach().clone()
+        if self.is_distributed:
+            dist.all_reduce(tensor)
+            tensor /= self.world_size
+        return float(tensor)
+
+    def all_equal(self, tensor: torch.Tensor) -> bool:
+        """Whether every rank holds exactly this tensor (a check that replicas did not drift apart)."""
+        if not self.is_distributed:
+            return True
+        flat = tensor.detach().reshape(-1).to(self.device)
+        low, high = flat.clone(), flat.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        return bool(torch.equal(low, high))
+
+
+def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    base, extra = divmod(count, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+@contextmanager
+def distributed(base: BaseParams, environ: Mapping[str, str] | None = None,
+                timeout: timedelta = timedelta(minutes=30)) -> Iterator[DistributedContext]:
+    """The process group of a torchrun job (or a one-process context), torn down on the way out.
+
+    The device comes from ``base.device`` and ``LOCAL_RANK`` (see :func:`~equitune.pipeline.stage.select_device`):
+    a rank without a device of its own is a :class:`ConfigError` before the group is formed.
+    """
+    environ = os.environ if environ is None else environ
+    ranks = torchrun_ranks(environ)
+    device = resolve_device(base, environ)
+    if ranks is None or ranks[1] == 1:
+        rank, world, local = ranks or (0, 1, 0)
+        yield DistributedContext(rank, world, local, device, backend=None)
+        return
+    rank, world, local = ranks
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+    context = DistributedContext(rank, world, local, device, backend)
+    try:
+        yield context
+        # Nobody leaves while another rank may still be in a collective (a gather, a last all-reduce).
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+class ShardedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of indices for one rank: one seeded order of global batches, each split into equal shards.
+
+    Every rank computes the same permutation of ``range(num_examples)`` (seeded with ``seed + epoch``; call
+    :meth:`set_epoch` each epoch), cuts it into global batches of ``batch_size`` and yields its contiguous
+    ``batch_size // world_size`` share of each. With one process it yields the global batches themselves, so the
+    one- and the N-process runs see the same examples in the same steps.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False):
+        if num_examples < 1 or batch_size < 1:
+            raise ConfigError(f"need at least one example and a batch size >= 1 (got {num_examples} examples, "
+                              f"batch size {batch_size})")
+        if batch_size % world_size:
+            raise ConfigError(f"the global batch size {batch_size} does not split evenly over {world_size} "
+                              f"processes: choose a batch size that is a multiple of {world_size}, or another "
+                              "number of processes (torchrun --nproc_per_node)")
+        last = num_examples % batch_size
+        if last and not drop_last and last % world_size:
+            raise ConfigError(f"the last global batch has {last} examples ({num_examples} examples, batch size "
+                              f"{batch_size}), which do not split evenly over {world_size} processes: drop it "
+                              "(drop_last) or choose a batch size or process count that divides it")
+        if num_examples < batch_size and drop_last:
+            raise ConfigError(f"{num_examples} examples make no full batch of {batch_size} with drop_last")
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch = 0
+
+    @classmethod
+    def for_context(cls, context: DistributedContext, num_examples: int, batch_size: int, **options: Any):
+        return cls(num_examples, batch_size, rank=context.rank, world_size=context.world_size, **options)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[torch.Tensor]:
+        """This epoch's global batches (identical on every rank)."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_examples, generator=generator)
+        else:
+            order = torch.arange(self.num_examples)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            share = len(batch) // self.world_size
+            yield batch[self.rank * share:(self.rank + 1) * share].tolist()
+
+    def __len__(self) -> int:
+        full, last = divmod(self.num_examples, self.batch_size)
+        return full + (1 if last and not self.drop_last else 0)
+
+
+class NullRun:
+    """What ranks other than 0 get instead of an MLflow run: every logging call does nothing."""
+
+    run_id = None
+
+    def log_params(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_final(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_artifact(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_tags(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextmanager
+def tracked_run_on_main(context: DistributedContext, task: str, **kwargs: Any) -> Iterator[Any]:
+    """:func:`~equitune.pipeline.tracking.tracked_run` on rank 0 (tagged with the world size); a
+    :class:`NullRun` elsewhere, so that a job of N processes makes one MLflow run, not N."""
+    if not context.is_main:
+        yield NullRun()
+        return
+    from .tracking import tracked_run
+    tags = {**(kwargs.pop("tags", None) or {}), "world_size": context.world_size}
+    if context.is_distributed:
+        tags["ddp.backend"] = context.backend
+    with tracked_run(task, tags=tags, **kwargs) as run:
+        yield run

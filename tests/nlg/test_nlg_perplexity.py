@@ -1,0 +1,46 @@
+"""The perplexity's memory-light group average equals FairLM's teacher-forced log-probabilities at every target,
+for every method, on windows with and without the axis's words (orders 2 and 3, with general words)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equitune.core.groups import WordCycles
+from equitune.nlg.backbone import CausalLM
+from equitune.nlg.equilm import FairLM
+from equitune.nlg.perplexity import AxisGroup, ScoredText, score_windows
+from helpers.nlg_tiny import tiny_lm
+
+VOCAB = 40
+CYCLES = {"order2": [[5, 6], [7, 8]], "order3": [[5, 6, 7], [8, 9, 10]]}
+GENERAL = [11, 12]
+
+
+@pytest.mark.parametrize("cycles", ["order2", "order3"])
+def test_scored_log_probs_equal_fairlm_at_the_targets(cycles):
+    backbone = CausalLM(tiny_lm(VOCAB, dtype=torch.float64))
+    permutation = WordCycles([[str(i) for i in c] for c in CYCLES[cycles]]).bind({str(i): i for i in range(VOCAB)})
+    general = torch.zeros(VOCAB, dtype=torch.bool)
+    general[GENERAL] = True
+    equality = torch.zeros(VOCAB, dtype=torch.bool)
+    equality[[t for c in CYCLES[cycles] for t in c]] = True
+    windows = torch.randint(11, 30, (5, 9), generator=torch.Generator().manual_seed(0))
+    windows[0, 3], windows[1, 0], windows[3, 8] = 5, 8, 6  # windows 2 and 4 hold no equality word
+    scored = ScoredText(windows, [("t", i) for i in range(5)], {"a": list(range(5))})
+    group = AxisGroup(permutation, general, equality)
+    methods = ["base", "equilm", "r_equilm"]
+    totals = score_windows(backbone, scored, {"a": group}, methods, batch_size=2, device="cpu", progress=lambda _: None)
+    targets = windows[:, 1:]
+    is_equality = equality[targets]
+    for method in methods:
+        with torch.no_grad():
+            log_probs = FairLM(backbone, method, permutation, general)(windows)[:, :-1]
+        expected = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        nll, count = totals[("a", method, "all")]
+        assert count == targets.numel() and nll == pytest.approx(float(expected.sum()), abs=1e-9)
+        nll, count = totals[("a", method, "equality")]
+        assert count == int(is_equality.sum()) > 0 and nll == pytest.approx(float(expected[is_equality].sum()), abs=1e-9)
+    # The methods really differ here (the comparison above is not vacuous).
+    assert totals[("a", "equilm", "all")][0] != pytest.approx(totals[("a", "base", "all")][0], abs=1e-3)
+    assert totals[("a", "r_equilm", "all")][0] != pytest.approx(totals[("a", "equilm", "all")][0], abs=1e-6)

@@ -1,0 +1,244 @@
+"""A team's tracking server (scripts/team_server.py): PostgreSQL backend store, S3 artifact store (moto as the
+stand-in), MLflow's basic authentication, and the pipeline logging to it through MLFLOW_TRACKING_URI alone.
+
+Every server binds to 127.0.0.1 and is stopped by the test that started it.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from equitune.pipeline import tracking
+from helpers.toy_project import ASSETS, clean_env, make_toy_project, mlflow_runs, temp_files
+
+REPO = Path(__file__).resolve().parents[2]
+TEAM_SERVER = REPO / "scripts" / "team_server.py"
+
+
+def load_team_server():
+    spec = importlib.util.spec_from_file_location("team_server", TEAM_SERVER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def team_server(state: Path, *args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TEAM_SERVER), "--dir", str(state), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def toy_stage(root: Path, **env: str) -> subprocess.Popen:
+    """The toy stage as DVC runs it, with a figure (its artifact) and a curve file."""
+    return subprocess.Popen([sys.executable, str(ASSETS / "toy_stage.py"), "--figure", "figures/loss.png",
+                             "--curve", "plots/toy/train.csv"], cwd=root,
+                            env=clean_env(DVC_ROOT=str(root), DVC_STAGE="train", **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def request(url: str, credentials: tuple[str, str] | None = None, body: dict | None = None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if credentials:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def no_outputs(root: Path) -> bool:
+    return not any((root / name).exists() for name in ("metrics", "outputs", "figures", "plots")) and not temp_files(root)
+
+
+@pytest.fixture
+def state_dir():
+    """A state folder the postgres user can traverse (pytest's tmp_path is private to root); removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="equitune-team-", dir="/tmp"))
+    os.chmod(folder, 0o711)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, state_dir):
+    admin = ("admin", secrets.token_urlsafe(16))
+    writer, reader = ("writer", secrets.token_urlsafe(16)), ("reader", secrets.token_urlsafe(16))
+    env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
+    port = tracking_port()
+    started = team_server(state_dir, "start", "--port", str(port), "--workers", "1", env=env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        state = json.loads((state_dir / "state.json").read_text())
+        url = state["url"]
+        assert url == f"http://127.0.0.1:{port}"
+        experiments = ["--experiments", "equitune-toy", "equitune-scan", "equitune-images", "equitune-nlg"]
+        adding = [subprocess.Popen([sys.executable, str(TEAM_SERVER), "--dir", str(state_dir), "add-user", name,
+                                    "--role", role, *experiments], env={**env, "EQUITUNE_NEW_USER_PASSWORD": password},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                  for (name, password), role in ((writer, "writer"), (reader, "reader"))]
+        outputs = [process.communicate(timeout=300)[0] for process in adding]
+        assert [process.returncode for process in adding] == [0, 0], outputs
+        assert "writer: EDIT on equitune-toy" in outputs[0], outputs[0]
+
+        # Two stages at once, each in its own project, logging to the server with a writer's account.
+        roots = [make_toy_project(tmp_path / f"p{seed}", seed=seed, epochs=2) for seed in (1, 2)]
+        client = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": writer[0],
+                  "MLFLOW_TRACKING_PASSWORD": writer[1]}
+        stages = [toy_stage(root, **client) for root in roots]
+        outcomes = [stage.communicate(timeout=240) for stage in stages]
+        assert [stage.returncode for stage in stages] == [0, 0], outcomes
+
+        import mlflow
+        os.environ.update(client)  # the client reads its credentials from the environment, like a stage
+        try:
+            store = mlflow.MlflowClient(url)
+            experiment = store.get_experiment_by_name("equitune-toy")
+            runs = store.search_runs([experiment.experiment_id])
+            assert sorted((r.data.tags["seed"], r.info.status) for r in runs) == [("1", "FINISHED"),
+                                                                                  ("2", "FINISHED")]
+            first, second = sorted(runs, key=lambda r: r.info.start_time)
+            assert second.info.start_time < first.info.end_time, "the two stages did not overlap"
+            for run in runs:
+                root = roots[int(run.data.tags["seed"]) - 1]
+                written = json.loads((root / "metrics" / "toy.json").read_text())
+                assert run.data.metrics["loss"] == written["loss"]
+                assert [m.step for m in store.get_metric_history(run.info.run_id, "lr")] == [0, 1]
+                assert [a.path for a in store.list_artifacts(run.info.run_id, "figures")] == ["figures/loss.png"]
+                fetched = store.download_artifacts(run.info.run_id, "figures/loss.png", str(tmp_path / run.info.run_id))
+                assert Path(fetched).read_bytes() == (root / "figures" / "loss.png").read_bytes()
+        finally:
+            for name in client:
+                os.environ.pop(name, None)
+
+        # The runs are in PostgreSQL and the artifacts in the S3 store, not in any local file.
+        assert run_count_in_postgres(state_dir, state["postgres_port"]) == 2
+        keys = s3_keys(state["s3_port"])
+        assert sum(key.endswith("/artifacts/figures/loss.png") for key in keys) == 2, keys
+        assert all(mlflow_runs(root / "mlflow.db") == [] for root in roots)  # nothing went to the local stores
+        assert not any((root / "mlartifacts").exists() for root in roots)
+
+        # Authentication: no credentials -> 401; a reader reads but cannot write.
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
+        assert request(search) == 401
+        assert request(search, ("writer", "wrong-password-123")) == 401
+        assert request(search, reader) == 200
+        assert request(f"{url}/api/2.0/mlflow/runs/create", reader, {"experiment_id": experiment.experiment_id}) == 403
+        # The pipeline's own check and run opening say what is wrong, before any work (in process: the same code
+        # the stage runs, without paying a stage's start-up three more times).
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", url)
+            patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            patch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+            patch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+            patch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials
+            with pytest.raises(tracking.TrackingServerError, match="refused the credentials of no user"):
+                tracking.ensure_store(("toy",))
+            patch.setenv("MLFLOW_TRACKING_USERNAME", reader[0])
+            patch.setenv("MLFLOW_TRACKING_PASSWORD", reader[1])
+            with pytest.raises(tracking.TrackingServerError,
+                               match="lets user 'reader' read but not write to experiment 'equitune-toy'"):
+                with tracking.tracked_run("toy", profile="default", params={"seed": 3}):
+                    raise AssertionError("a reader's run must not open")
+    finally:
+        stopped = team_server(state_dir, "stop", env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    for name in ("mlflow_pid", "moto_pid"):
+        assert not process_exists(state.get(name)), f"{name} still running after stop"
+    assert not (state_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL still running after stop"
+
+
+def tracking_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_exists(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def run_count_in_postgres(state_dir: Path, port: int) -> int:
+    import psycopg2
+    password = json.loads((state_dir / "secrets.json").read_text())["postgres_password"]
+    connection = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", password=password, dbname="mlflow")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                           "WHERE e.name = 'equitune-toy'")
+            return cursor.fetchone()[0]
+    finally:
+        connection.close()
+
+
+def s3_keys(port: int) -> list[str]:
+    import boto3
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="moto", aws_secret_access_key="moto")
+    return [item["Key"] for item in client.list_objects_v2(Bucket="equitune-mlflow").get("Contents", [])]
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_stops_the_stage_before_any_work(tmp_path):
+    root = make_toy_project(tmp_path / "toy", seed=0, epochs=1)
+    url = f"http://127.0.0.1:{tracking_port()}"  # nothing listens there
+    stage = toy_stage(root, MLFLOW_TRACKING_URI=url)
+    _, stderr = stage.communicate(timeout=120)
+    assert stage.returncode == 2, stderr
+    assert f"the MLflow tracking server at {url} (MLFLOW_TRACKING_URI) cannot be reached" in stderr, stderr
+    assert "make team-server" in stderr and "unset MLFLOW_TRACKING_URI" in stderr
+    assert stderr.count("\n") <= 3, stderr  # one message, no traceback
+    assert no_outputs(root)
+
+
+def test_check_names_the_variable_for_a_closed_port(monkeypatch):
+    url = f"http://127.0.0.1:{tracking_port()}"
+    with pytest.raises(tracking.TrackingServerError, match="cannot be reached"):
+        tracking.check_tracking_server(url, timeout=5)
+
+
+def test_admin_credentials_come_from_outside_the_repository(tmp_path, monkeypatch):
+    module = load_team_server()
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    monkeypatch.delenv("EQUITUNE_TEAM_CREDENTIALS", raising=False)
+    args = type("Args", (), {"admin_credentials": None})()
+    with pytest.raises(module.TeamServerError, match="no admin credentials"):
+        module.admin_credentials(args)
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "short")
+    with pytest.raises(module.TeamServerError, match="shorter than 12"):
+        module.admin_credentials(args)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD")
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME")
+    outside = tmp_path / "admin.ini"
+    outside.write_text("[admin]\nusername = boss\npassword = a-long-enough-password\n")
+    outside.chmod(0o644)
+    args.admin_credentials = str(outside)
+    with pytest.raises(module.TeamServerError, match="readable by others: chmod 600"):
+        module.admin_credentials(args)
+    outside.chmod(0o600)
+    assert module.admin_credentials(args) == ("boss", "a-long-enough-password")
+    args.admin_credentials = str(REPO / "README.md")
+    with pytest.raises(module.TeamServerError, match="inside the repository"):
+        module.admin_credentials(args)
