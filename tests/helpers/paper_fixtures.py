@@ -209,8 +209,10 @@ def _words_corpus() -> list[str]:
 def wikitext_lines(count: int = 40) -> list[str]:
     """Lines in WikiText-103 raw's format: headings ``" = Title = \\n"``, blank lines, paragraphs."""
     rng = random.Random(0)
+    # Every axis's equality words occur, as they do in WikiText-103's test split (the perplexity stage scores the
+    # equality-word tokens of each axis and refuses a text without them).
     vocabulary = ("the man woman doctor nurse was known for his her work in city and river of a king queen "
-                  "history album song game season team".split())
+                  "history album song game season team black white gay straight".split())
     lines = []
     for i in range(count):
         lines += [f" = Article {i} = \n", "",

@@ -229,6 +229,12 @@ def evaluate_perplexity(lm, scored: ScoredText, description: dict, prompts: dict
         equality = torch.zeros(vocab_size, dtype=torch.bool)
         equality[[t for cycle in axis_words.equality_cycles for t in cycle]] = True
         groups[axis] = AxisGroup(axis_words.permutation(vocab_size), axis_words.general_mask(vocab_size), equality)
+        # Perplexity over the equality tokens needs at least one; say so before any scoring (not a NaN at the end).
+        if not bool(equality[scored.windows[:, 1:]].any()):
+            raise DataError(f"nlg.perplexity: the {scored.windows.shape[0]} scored windows of {description['source']!r} "
+                            f"hold no next token from axis {axis!r}'s equality words, so their perplexity is "
+                            "undefined: score more text (nlg.perplexity.max_tokens) or select windows that contain "
+                            "them (nlg.perplexity.windows_per_axis)")
     totals = score_windows(base, scored, groups, ["base", *[m for m in nlg.methods if m != "base"]], settings.batch_size,
                     device, progress)
     table: dict = {}
