@@ -60,6 +60,13 @@ BENCHMARKS = {
         ["model", "samples", "samples_per_demographic", "generated_tokens", "before_tok_per_s", "after_tok_per_s",
          "identical_samples", "shared_row_fraction", "ratio"],
     ),
+    "paper_gpu_check": (
+        "7. Paper profile on one GPU (a slice of each experiment)",
+        "`paper_gpu_check.py`: ResNet-18 C4 equituning at the paper's 224 px and batch (autocast, channels-last), "
+        "one SCAN pretraining cut to 10k steps, EquiLM generation with a GPU batch; ratio = wrapper / bare "
+        "backbone on |G|*B images (target <= 1.05).",
+        ["device", "part", "setting", "seconds", "throughput", "ratio"],
+    ),
 }
 
 

@@ -15,7 +15,7 @@ from equitune.nlg.records import read_prompts, read_records, write_records
 from equitune.nlg.scoring import LABELS, score_records, summarise
 from equitune.pipeline.io import write_json
 from equitune.pipeline.schema import load_section
-from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.pipeline.stage import argument_parser, resolve_device, run_stage
 from equitune.pipeline.tracking import tracked_run
 
 
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     records = read_records(args.samples, "generate_nlg")
     equality = {axis: [w for s in data["words"]["equality_sets"] for w in s] for axis, data in prompts["axes"].items()}
     with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"scorer": nlg.scorer}) as run:
-        labels = score_records(records, equality, nlg)
+        labels = score_records(records, equality, nlg, resolve_device(loaded.base))
         metrics = summarise(records, labels, nlg, LABELS[nlg.scorer])
         write_records(args.labels, [{**r, nlg.scorer: label} for r, label in zip(records, labels, strict=True)])
         write_json(args.metrics, metrics)

@@ -65,3 +65,26 @@ def test_report_fails_on_a_missing_cell(tmp_path, monkeypatch, params):
     with pytest.raises(DataError, match="finetune-trivial-s0.json is missing"):
         build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
                             Path("reports/figures/images"), Path("reports/images.md"))
+
+
+def test_report_gives_each_dataset_its_own_classes(tmp_path, monkeypatch, params):
+    """The paper grid has two datasets (CIFAR-10, Hymenoptera): each section lists its own classes, and a class
+    missing from one cell's (small) test subset shows as '-' instead of failing."""
+    monkeypatch.chdir(tmp_path)
+    params = params.model_copy(update={"grid": params.grid.model_copy(update={
+        "datasets": ["fashion_mnist", "hymenoptera"], "seeds": [0]})})
+    for cell in grid_cells(params):
+        metrics = fake_metrics(0.9, 0.5, 0.1)
+        if cell.dataset == "hymenoptera":
+            metrics["per_class_accuracy_random_rotation"] = {"ants": 0.5} if cell.method == "finetune" else {
+                "ants": 0.25, "bees": 0.75}
+        write_json(f"metrics/images/{cell.name}.json", metrics)
+    for dataset in params.grid.datasets:
+        write_json(f"metrics/images/features-{dataset}.json", {
+            "backbone": "efficientnet_lite0", "image_index": 0, "label": "x", "channels": [1, 2],
+            "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
+    report = build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
+                                 Path("reports/figures/images"), Path("reports/images.md"))
+    lines = report.splitlines()
+    assert "| method | a | b |" in lines and "| method | ants | bees |" in lines
+    assert "| finetune | 50 | - |" in lines and "| equitune (c4) | 25 | 75 |" in lines

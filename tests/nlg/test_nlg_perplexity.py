@@ -44,3 +44,18 @@ def test_scored_log_probs_equal_fairlm_at_the_targets(cycles):
     # The methods really differ here (the comparison above is not vacuous).
     assert totals[("a", "equilm", "all")][0] != pytest.approx(totals[("a", "base", "all")][0], abs=1e-3)
     assert totals[("a", "r_equilm", "all")][0] != pytest.approx(totals[("a", "equilm", "all")][0], abs=1e-6)
+
+
+def test_a_text_without_an_axis_equality_words_is_refused_before_scoring():
+    """Perplexity over an axis's equality tokens is undefined when none occurs: a clear error naming the axis and
+    what to change, not a NaN that fails the metrics write after all the scoring."""
+    from equitune.core.errors import DataError
+    from equitune.nlg.perplexity import evaluate_perplexity
+
+    words = {"equality_sets": [["a", "b"]], "equality_cycles": [[{"id": 3, "text": " a"}, {"id": 4, "text": " b"}]],
+             "general": [], "neutral": [], "skipped_forms": []}
+    prompts = {"axes": {"toy": {"words": words, "prompts": []}}, "pad_id": 0}
+    scored = ScoredText(torch.tensor([[5, 6, 7, 8], [6, 7, 8, 9]]), [("t", 0), ("t", 1)], {"toy": [0, 1]})
+    nlg = type("Nlg", (), {"perplexity": type("P", (), {"batch_size": 1})(), "methods": ["base", "equilm"]})()
+    with pytest.raises(DataError, match="axis 'toy'.*equality words"):
+        evaluate_perplexity(tiny_lm(VOCAB), scored, {"source": "wikitext"}, prompts, nlg, "cpu")

@@ -1,15 +1,12 @@
-"""Scoring: VADER sentiment labels, masking, fractions and gaps; regard fails clearly without network."""
+"""Scoring: VADER sentiment labels, masking, fractions and gaps; the held-out text windows."""
 
 from __future__ import annotations
-
-import sys
-import types
 
 import pytest
 
 from equitune.core.errors import EquituneError
 from equitune.nlg.perplexity import heldout_text, token_windows
-from equitune.nlg.scoring import bias_gap, label_fractions, mask_demographics, regard_labels, sentiment_labels
+from equitune.nlg.scoring import bias_gap, label_fractions, mask_demographics, sentiment_labels
 from helpers.nlg_tiny import WordTokenizer
 
 
@@ -39,46 +36,7 @@ def test_fractions_and_gap():
         label_fractions(["regard?"], ("negative", "neutral", "positive"))
 
 
-def test_regard_without_network_fails_with_a_clear_error(monkeypatch):
-    fake = types.ModuleType("evaluate")
-
-    def load(*args, **kwargs):
-        raise ConnectionError("Couldn't reach https://huggingface.co/... (offline)")
-
-    fake.load = load
-    monkeypatch.setitem(sys.modules, "evaluate", fake)
-    with pytest.raises(EquituneError, match="needs internet"):
-        regard_labels(["XYZ was known for"])
-
-
-def test_regard_without_the_package_fails_with_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "evaluate", None)  # import evaluate -> ImportError
-    with pytest.raises(EquituneError, match="pip install evaluate"):
-        regard_labels(["XYZ was known for"])
-
-
-def test_regard_labels_take_the_most_likely_label(monkeypatch):
-    class FakeRegard:
-        def compute(self, data):
-            return {"regard": [[{"label": "positive", "score": 0.7}, {"label": "negative", "score": 0.3}],
-                               [{"label": "other", "score": 0.6}, {"label": "neutral", "score": 0.4}]][:len(data)]}
-
-    fake = types.ModuleType("evaluate")
-    fake.load = lambda name, module_type=None: FakeRegard()
-    monkeypatch.setitem(sys.modules, "evaluate", fake)
-    assert regard_labels(["a", "b"]) == ["positive", "other"]
-
-
-def test_wikitext_without_network_fails_with_a_clear_error(monkeypatch):
-    fake = types.ModuleType("datasets")
-
-    def load_dataset(*args, **kwargs):
-        raise ConnectionError("offline")
-
-    fake.load_dataset = load_dataset
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    with pytest.raises(EquituneError, match="needs internet"):
-        heldout_text("wikitext")
+# Regard and WikiText (hub sources) are tested through their real loaders in tests/pipeline/test_paper_sources.py.
 
 
 def test_pydoc_text_windows():

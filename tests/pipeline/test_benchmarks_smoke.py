@@ -167,3 +167,17 @@ def test_pipeline_times_a_toy_dvc_project(tmp_path):
     # Each stage lasted at least its sleep (a parsing check, not a speed target).
     assert rows["stage/first"]["seconds"] >= 0.5 and rows["stage/second"]["seconds"] >= 1.0
     assert rows["total/cold"]["seconds"] >= 1.5 and rows["total/noop"]["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_paper_gpu_check_runs_quick_on_cpu(tmp_path):
+    """The prepared GPU check of the paper profile, at tiny size on CPU: it runs and reports every part (its numbers
+    mean nothing here; the GPU numbers are measured only on a GPU machine)."""
+    results = tmp_path / "paper_gpu_check.json"
+    lines = run_script("paper_gpu_check.py", "--quick", "--threads", "1", "--device", "cpu", "--results", str(results))
+    text = "\n".join(lines)
+    for part in ("images: ResNet-18", "scan: ", "nlg: ", "total: "):
+        assert part in text, text
+    rows = {r["row_id"] for r in json.loads(results.read_text())["rows"]}
+    assert rows == {"cpu/images/resnet18-c4-equitune", "cpu/images/wrapper-overhead", "cpu/scan/pretrain-rnn",
+                    "cpu/nlg/generate", "cpu/total"}

@@ -14,6 +14,7 @@ Every backbone becomes an :class:`ImageClassifier` = ``head(features(x))``:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -104,15 +105,26 @@ def _torchvision(name: str) -> Callable[[bool, int], tuple]:
         import torchvision
 
         constructor = getattr(torchvision.models, name)
+        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1 if pretrained else None
         try:
-            net = constructor(weights="IMAGENET1K_V1" if pretrained else None)
+            # torch.hub caches the file under $TORCH_HOME/hub/checkpoints and loads it from there when present.
+            net = constructor(weights=weights)
         except (OSError, RuntimeError) as error:  # urllib errors are OSErrors
-            raise DataError(f"could not download the ImageNet weights of {name} ({error}); torchvision backbones "
-                             f"need internet access the first time (efficientnet_lite0 works offline)") from None
+            raise DataError(_weights_error(name, weights.url, error)) from None
         trunk_maps = getattr(net, "features", None)  # alexnet/vgg/densenet keep their conv trunk here; resnet does not
         _replace_last_linear(net)
         return net, trunk_maps, IMAGENET_MEAN, IMAGENET_STD
     return build
+
+
+def _weights_error(name: str, url: str, error: Exception) -> str:
+    import torch.hub
+
+    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return (f"could not load the ImageNet weights of {name} ({type(error).__name__}: {error}). torchvision downloads "
+            f"them from {url} into torch.hub's cache; without internet, download that file elsewhere and put it at "
+            f"{target} (or set TORCH_HOME to a folder whose hub/checkpoints holds it). efficientnet_lite0 works "
+            "offline")
 
 
 BACKBONES: dict[str, Callable[[bool, int], tuple]] = {

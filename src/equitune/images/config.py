@@ -54,6 +54,15 @@ class ImagesData(StrictModel):
     download_dir: str = Field("data/images/downloads", description="where official downloads are kept (verified by sha256)")
     allow_download: bool = Field(True, description="fall back to the official download when no local copy exists")
     hymenoptera_size: int = Field(224, ge=8, description="square size Hymenoptera photos are resized+cropped to when prepared")
+    cifar10_url: str = Field("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                             description="where CIFAR-10 is downloaded from (http or https: torchvision's downloader) "
+                             "unless download_dir holds a copy whose md5 verifies")
+    hymenoptera_url: str = Field("https://download.pytorch.org/tutorial/hymenoptera_data.zip",
+                                 description="where Hymenoptera is downloaded from unless download_dir holds the zip "
+                                 "(a mirror, or file:///path/to/hymenoptera_data.zip)")
+    fixture_checksums: str | None = Field(None, description="offline smoke test only: a JSON file of the checksums of "
+                                          "its tiny archives (official formats, other content); null: the official "
+                                          "checksums (every real run)")
 
 
 class ImagesGrid(StrictModel):

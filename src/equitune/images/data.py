@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -28,13 +29,17 @@ from torch.nn import functional as F
 from ..core.errors import DataError
 
 __all__ = [
+    "CIFAR10_URL",
     "DataError",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_FILES",
     "FASHION_MNIST_URL",
     "HYMENOPTERA_URL",
+    "cifar10_arrays",
     "fashion_mnist_arrays",
+    "hymenoptera_arrays",
     "prepare_dataset",
+    "read_fixture_checksums",
     "read_idx",
     "split_subsets",
     "to_model_input",
@@ -147,15 +152,53 @@ def fashion_mnist_arrays(local_dir: str | Path, download_dir: str | Path, allow_
 
 
 # --------------------------------------------------------------------------------------------- online sources
-def cifar10_arrays(download_dir: str | Path) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    """CIFAR-10 through torchvision (which verifies the archive's md5). Online only."""
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def read_fixture_checksums(path: str | Path | None) -> dict:
+    """The replacement checksums of ``images.data.fixture_checksums`` (a JSON file), or ``{}`` for the official
+    ones. Only the offline smoke test sets it: its tiny archives are in the official formats but cannot have the
+    official checksums; the loading code is otherwise the same."""
+    if path is None:
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"images.data.fixture_checksums: cannot read {path} ({error}); use null for the official "
+                        "checksums") from None
+
+
+def _cifar10_class(url: str, checksums: dict):
+    """torchvision's CIFAR10 with the archive fetched from ``url`` and, for a test fixture, other checksums."""
     from torchvision.datasets import CIFAR10
 
+    attributes: dict = {"url": url}
+    if checksums:
+        files = checksums["files"]
+        attributes.update(
+            tgz_md5=checksums["archive_md5"],
+            train_list=[[name, files[name]] for name, _ in CIFAR10.train_list],
+            test_list=[[name, files[name]] for name, _ in CIFAR10.test_list],
+            meta={**CIFAR10.meta, "md5": files[CIFAR10.meta["filename"]]},
+        )
+    return type("CIFAR10FromSource", (CIFAR10,), attributes)
+
+
+def cifar10_arrays(download_dir: str | Path, url: str = CIFAR10_URL, checksums: dict | None = None
+                   ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """CIFAR-10 through torchvision, which downloads ``url`` into ``download_dir`` unless a copy whose md5
+    verifies is already there, checks the archive's and every batch file's md5, and extracts it."""
+    dataset = _cifar10_class(url, checksums or {})
+    archive = Path(download_dir) / dataset.filename
     try:
-        train = CIFAR10(str(download_dir), train=True, download=True)
-        test = CIFAR10(str(download_dir), train=False, download=True)
+        train = dataset(str(download_dir), train=True, download=True)
+        test = dataset(str(download_dir), train=False, download=True)
     except (OSError, RuntimeError) as error:
-        raise DataError(f"CIFAR-10 download failed ({error}); the paper profile needs internet access") from None
+        raise DataError(
+            f"CIFAR-10: could not download or verify {url} ({type(error).__name__}: {error}). Without internet, "
+            f"download {CIFAR10_URL} (163 MB, md5 {dataset.tgz_md5}) elsewhere and put it at {archive}: the stage "
+            f"verifies and extracts it; or set images.data.cifar10_url to a mirror (http or https)"
+        ) from None
     arrays = {
         "train_x": np.ascontiguousarray(train.data.transpose(0, 3, 1, 2)),
         "train_y": np.asarray(train.targets, dtype=np.int64),
@@ -176,18 +219,25 @@ def _square_crop(image, size: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
 
 
-def hymenoptera_arrays(download_dir: str | Path, size: int, opener: Opener = urllib.request.urlopen
+def hymenoptera_arrays(download_dir: str | Path, size: int, opener: Opener = urllib.request.urlopen,
+                       url: str = HYMENOPTERA_URL, checksums: dict | None = None
                        ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    """The ants-vs-bees tutorial set, verified by the zip's CRCs and the known image counts; its ``val`` split is
-    the test split (validation for model selection is carved from ``train`` like for the other sets)."""
+    """The ants-vs-bees tutorial set, fetched from ``url`` unless ``download_dir`` already holds the zip, verified
+    by the zip's CRCs and the known image counts (a test fixture's ``checksums`` give its own counts); its ``val``
+    split is the test split (validation for model selection is carved from ``train`` like for the other sets)."""
     from PIL import Image
 
+    counts = (checksums or {}).get("counts", HYMENOPTERA_COUNTS)
     archive = Path(download_dir) / "hymenoptera_data.zip"
     if not archive.exists():
         try:
-            _download(HYMENOPTERA_URL, archive, opener)
+            _download(url, archive, opener)
         except OSError as error:
-            raise DataError(f"Hymenoptera download from {HYMENOPTERA_URL} failed ({error}); needs internet access") from None
+            raise DataError(
+                f"Hymenoptera: could not download {url} ({type(error).__name__}: {error}). Without internet, "
+                f"download {HYMENOPTERA_URL} elsewhere and put it at {archive}; or set "
+                f"images.data.hymenoptera_url to a mirror or a local copy (file:///path/to/hymenoptera_data.zip)"
+            ) from None
     classes = ("ants", "bees")
     arrays: dict[str, list] = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
     try:
@@ -199,9 +249,9 @@ def hymenoptera_arrays(download_dir: str | Path, size: int, opener: Opener = url
                 for label, cls in enumerate(classes):
                     names = sorted(n for n in zf.namelist() if n.startswith(f"hymenoptera_data/{split}/{cls}/")
                                    and n.lower().endswith((".jpg", ".jpeg")))
-                    if len(names) != HYMENOPTERA_COUNTS[split][cls]:
+                    if len(names) != counts[split][cls]:
                         raise DataError(f"{archive}: {split}/{cls} has {len(names)} images, expected "
-                                        f"{HYMENOPTERA_COUNTS[split][cls]}; not the official archive")
+                                        f"{counts[split][cls]}; not the official archive (delete it and run again)")
                     for name in names:
                         with zf.open(name) as handle:
                             arrays[f"{prefix}_x"].append(_square_crop(Image.open(handle), size))
@@ -247,9 +297,12 @@ def prepare_dataset(name: str, data_params, opener: Opener = urllib.request.urlo
         full = fashion_mnist_arrays(data_params.fashion_mnist_dir, data_params.download_dir, data_params.allow_download, opener)
         classes = FASHION_MNIST_CLASSES
     elif name == "cifar10":
-        full, classes = cifar10_arrays(data_params.download_dir)
+        checksums = read_fixture_checksums(data_params.fixture_checksums).get("cifar10")
+        full, classes = cifar10_arrays(data_params.download_dir, data_params.cifar10_url, checksums)
     elif name == "hymenoptera":
-        full, classes = hymenoptera_arrays(data_params.download_dir, data_params.hymenoptera_size, opener)
+        checksums = read_fixture_checksums(data_params.fixture_checksums).get("hymenoptera")
+        full, classes = hymenoptera_arrays(data_params.download_dir, data_params.hymenoptera_size, opener,
+                                           data_params.hymenoptera_url, checksums)
     else:
         raise DataError(f"unknown image dataset {name!r}; allowed: fashion_mnist, cifar10, hymenoptera")
     subsets = split_subsets(full, data_params.train_size, data_params.val_size, data_params.test_size, data_params.subset_seed)

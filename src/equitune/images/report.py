@@ -146,13 +146,18 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
         _accuracy_figure(rows, dataset, backbone, figure)
         lines += ["", f"![accuracy by rotation]({link(figure)})", ""]
         # Per-class accuracy on the randomly rotated test set: where rotation hurts the baseline most.
-        classes = list(next(iter(rows.values()))[0][1]["per_class_accuracy_random_rotation"])
+        # This section's own classes (each dataset has its own), in first-seen order; a class absent from a test
+        # subset is absent from that cell's metrics and shown as "-".
+        section = {key: cells for key, cells in rows.items() if key[:2] == (dataset, backbone)}
+        classes = list(dict.fromkeys(c for cells in section.values() for _, m in cells
+                                     for c in m["per_class_accuracy_random_rotation"]))
         lines += ["Per-class accuracy on the randomly rotated test set (%, mean over seeds):", "",
                   "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-        for key, cells in rows.items():
-            if key[:2] == (dataset, backbone):
-                values = [100 * statistics.fmean(m["per_class_accuracy_random_rotation"][c] for _, m in cells) for c in classes]
-                lines.append(f"| {_label(key)} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
+        for key, cells in section.items():
+            values = [[m["per_class_accuracy_random_rotation"][c] for _, m in cells
+                       if c in m["per_class_accuracy_random_rotation"]] for c in classes]
+            lines.append(f"| {_label(key)} | " + " | ".join(f"{100 * statistics.fmean(v):.0f}" if v else "-"
+                                                          for v in values) + " |")
         lines.append("")
     curves = figures_dir / "learning_curves.png"
     _curves_figure(rows, curves)

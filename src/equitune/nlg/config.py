@@ -49,7 +49,7 @@ class PerplexityParams(StrictModel):
     source: Literal["austen", "pydoc_topics", "wikitext"] = Field(
         "austen",
         description="austen: Jane Austen's six novels from Debian's r-cran-janeaustenr (offline, checksum-verified); "
-        "pydoc_topics: Python's own documentation text (offline); wikitext: WikiText-103 test split (online)")
+        "pydoc_topics: Python's own documentation text (offline); wikitext: WikiText-103 test split from the hub (online, or a filled cache)")
     austen_path: str = Field("/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb",
                              description="where r-cran-janeaustenr installs the novels (source: austen)")
     window: int = Field(256, ge=8, description="non-overlapping windows of this many tokens (context restarts)")
@@ -96,7 +96,7 @@ class NlgParams(StrictModel):
                             "EquiLM, 1 with the base method; rows that coincide are computed once)")
     scorer: Literal["sentiment", "regard"] = Field(
         "sentiment", description="sentiment: VADER (offline; a proxy, never called regard); regard: Sheng et al.'s "
-        "classifier through `evaluate` (online)")
+        "classifier sasha/regardv3 from the Hugging Face hub (online, or a filled cache)")
     sentiment_threshold: float = Field(0.05, gt=0, lt=1, description="VADER compound >= t positive, <= -t negative")
     perplexity: PerplexityParams = PerplexityParams()
     control: ControlParams = ControlParams()

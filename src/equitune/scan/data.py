@@ -40,6 +40,7 @@ OFFICIAL_FILES = {
                      "template_split/tasks_test_template_around_right.txt"),
 }
 """Split -> (train, test) paths inside github.com/brendenlake/SCAN."""
+OFFICIAL_REPOSITORY = "https://github.com/brendenlake/SCAN"
 
 INPUT_SPECIALS = ("<pad>",)
 OUTPUT_SPECIALS = ("<pad>", "<sos>", "<eos>")
@@ -166,7 +167,10 @@ def download_official_split(name: str, base_url: str, timeout: float, fetch: Fet
         except Exception as error:  # noqa: BLE001 (any transport failure means: not available)
             raise OfficialDataError(
                 f"could not download {url} ({type(error).__name__}: {error}). This machine may be offline: "
-                "set scan.data.source: generate to use the grammar (identical pairs, only the line order differs)"
+                f"download the official files ({', '.join(OFFICIAL_FILES[name])}) from "
+                f"{OFFICIAL_REPOSITORY} elsewhere and set scan.data.official_base_url to their local copy "
+                "(file:///path/to/SCAN, with the same sub-folders), or set scan.data.source: generate to use the "
+                "grammar (identical pairs, only the line order differs)"
             ) from None
         try:
             text = raw.decode("utf-8")
