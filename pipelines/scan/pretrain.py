@@ -24,6 +24,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the split's folder (data/scan/<split>)")
     parser.add_argument("--out", type=Path, required=True, help="the cell's model folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="the cell's metrics file (curve, accuracy, cost)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "scan", ScanParams)
     params, cell = loaded.section, ScanCell(args.split, args.cell, args.seed)
@@ -34,12 +35,12 @@ def main(argv=None) -> None:
     tags = {"model": f"seq2seq-{cell.cell}", "method": "pretrain", "group": "trivial", "seed": cell.seed,
             "split": cell.split}
     with tracked_run("scan", profile=loaded.profile, params=params, tags=tags) as run:
-        checkpoint, summary = pretrain_cell(params, cell, data, generator, device,
-                                            lambda metrics, step: run.log_metrics(metrics, step=step))
-        write_json(args.out / "pretrain.json", summary)
+        checkpoint, metrics = pretrain_cell(params, cell, data, generator, device,
+                                            lambda values, step: run.log_metrics(values, step=step))
         with atomic_path(args.out / CHECKPOINT) as tmp:
             torch.save(checkpoint, tmp)
-        run.log_final({k: summary[k] for k in ("best_validation_accuracy", "best_at_examples")})
+        write_json(args.metrics, metrics)
+        run.log_final({k: v for k, v in metrics.items() if k != "history"})
 
 
 if __name__ == "__main__":
