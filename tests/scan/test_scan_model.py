@@ -258,3 +258,26 @@ def test_token_loss_weighting_counts_every_token_the_same():
     assert float(sum(halves)) == pytest.approx(float(sequence_loss(log_probs, targets, "token", 3.0)))
     with pytest.raises(ValueError, match="mean target length"):
         sequence_loss(log_probs, targets, "token")
+
+
+def test_small_decodes_run_on_one_thread_and_restore_the_setting(commands):
+    from equitune.scan import decoding
+
+    seen = []
+    model = _model("gru", seed=6)
+    original = model.decode_step
+
+    def recording_step(*args):
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    model.decode_step = recording_step
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        greedy_decode(model, commands.src[:2], 3)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        with decoding.decoding_threads(decoding.SINGLE_THREAD_BELOW_ROWS) as threads:
+            assert threads == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
