@@ -61,7 +61,7 @@ BAD = {
     "unknown_loss_weighting": (lambda s: s["pretrain"].update(loss_weighting="sequence"), "loss_weighting"),
     "typo_key": (lambda s: s["pretrain"].update(exampels=5), "exampels"),
     "curve_without_final_step": (lambda s: s["tune"].update(curve_steps=[0, 50]), "curve_steps"),
-    "unknown_lr_schedule": (lambda s: s["pretrain"].update(lr_schedule="linear"), "lr_schedule"),
+    "unknown_lr_schedule": (lambda s: s["pretrain"].update(lr_schedule="exponential"), "lr_schedule"),
 }
 
 
@@ -107,3 +107,17 @@ def test_official_source_offline_exits_2_and_writes_nothing(tmp_path, monkeypatc
     assert exit_info.value.code == 2
     assert "source: generate" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_tune_stages_list_every_tune_setting_a_cell_reads():
+    """Each tune stage lists scan.tune key by key (so that the other split's learning rate is not among its
+    params); a setting added to the schema must be added there too, or DVC would not rerun on its change."""
+    from equitune.scan.config import SPLIT_NAMES, ScanTune
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for split in SPLIT_NAMES:
+        listed = {key for key in stages[f"scan_tune_{split}"]["params"] if key.startswith("scan.tune.")}
+        expected = {f"scan.tune.{field}" for field in ScanTune.model_fields if field != "lr"} | {f"scan.tune.lr.{split}"}
+        assert listed == expected, split
+        assert "scan.grid" not in stages[f"scan_tune_{split}"]["params"]
+    assert "scan.grid" not in stages["scan_pretrain"]["params"] and "scan.grid" in stages["scan_report"]["params"]

@@ -130,8 +130,8 @@ class ScanPretrain(StrictModel):
     grad_clip: float = Field(5.0, gt=0)
     validate_every_examples: int = Field(ge=1)
     bucket_batches: int = Field(16, ge=1, description="batches sorted by target length together (1 = plain random)")
-    lr_schedule: Literal["constant", "cosine", "one_cycle"] = Field(
-        "constant", description="cosine: lr decays from `lr` to 0 over the run; one_cycle: warms up from lr/25 to "
+    lr_schedule: Literal["constant", "linear", "cosine", "one_cycle"] = Field(
+        "constant", description="linear / cosine: lr decays from `lr` to 0 over the run; one_cycle: warms up from lr/25 to "
                                 "`lr` over warmup_fraction of the run, then anneals (cosine) to lr/25000")
     warmup_fraction: float = Field(0.1, gt=0, lt=1, description="one_cycle only: share of the steps spent warming up")
     loss_weighting: LossWeighting = Field(
@@ -143,6 +143,9 @@ class ScanTune(StrictModel):
     steps: int = Field(ge=0, description="optimiser steps of equituning (and of equizero-tuning)")
     batch_size: int = Field(ge=1)
     lr: dict[SplitName, float] = Field(description="per split (the authors: 2e-5 add_jump, 5e-5 around_right)")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="linear / cosine: lr decays from `lr` to 0 by the last step (the final model, the "
+                                "one reported, is then not caught mid-oscillation)")
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float = Field(5.0, gt=0)
     curve_steps: list[int] = Field(description="steps at which test accuracy is measured for the curves")

@@ -148,11 +148,13 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, steps: int,
                  warmup_fraction: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """``constant`` (None), ``cosine`` (from ``lr`` to 0) or ``one_cycle`` (torch's OneCycleLR: warm-up from
-    lr/25 to ``lr`` over ``warmup_fraction`` of the steps, cosine annealing to lr/25000, Adam's beta1 cycled
-    between 0.95 and 0.85)."""
+    """``constant`` (None), ``linear`` or ``cosine`` (from ``lr`` to 0 by the last step) or ``one_cycle`` (torch's
+    OneCycleLR: warm-up from lr/25 to ``lr`` over ``warmup_fraction`` of the steps, cosine annealing to lr/25000,
+    Adam's beta1 cycled between 0.95 and 0.85)."""
     if schedule == "constant":
         return None
+    if schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     if schedule == "one_cycle":
@@ -160,7 +162,7 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, ste
             return None  # OneCycleLR needs two steps; one step at `lr` is the only sensible reading
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup_fraction,
                                                    anneal_strategy="cos", div_factor=25.0, final_div_factor=1e3)
-    raise ValueError(f"unknown lr_schedule {schedule!r}; allowed: constant, cosine, one_cycle")
+    raise ValueError(f"unknown lr_schedule {schedule!r}; allowed: constant, linear, cosine, one_cycle")
 
 
 def mean_target_length(data: EncodedPairs) -> float:
@@ -221,6 +223,7 @@ def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: flo
     if wanted and (wanted[0] < 0 or wanted[-1] > settings.steps):
         raise ValueError(f"checkpoint steps must lie in [0, {settings.steps}]; got {wanted}")
     optimizer = torch.optim.Adam(wrapper.parameters(), lr=lr, weight_decay=settings.weight_decay)
+    scheduler = lr_scheduler(optimizer, settings.lr_schedule, lr, settings.steps)
     mean_length = mean_target_length(train)
 
     def loss_of(net: nn.Module, index: torch.Tensor) -> torch.Tensor:
@@ -237,5 +240,5 @@ def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: flo
     checkpoint(0)
     batches = batch_order(train.target_lengths, settings.batch_size, settings.steps, generator,
                           settings.bucket_batches)
-    train_steps(wrapper, optimizer, batches, loss_of, grad_clip=settings.grad_clip, after_step=checkpoint, desc=desc,
-                total=settings.steps)
+    train_steps(wrapper, optimizer, batches, loss_of, grad_clip=settings.grad_clip, scheduler=scheduler,
+                after_step=checkpoint, desc=desc, total=settings.steps)
