@@ -32,7 +32,8 @@ def test_both_profiles_validate():
     assert paper.model.attention == "input_feeding" and paper.model.source_length is None
     assert paper.pretrain.teacher_forcing == 0.5 and paper.pretrain.lr_schedule == "constant"
     assert paper.pretrain.examples == 200_000 and paper.pretrain.batch_size == 1
-    assert paper.tune.steps == 10_000 and paper.tune.lr == {"add_jump": 2e-5, "around_right": 5e-5}
+    assert paper.tune.steps == {"add_jump": 10_000, "around_right": 10_000}
+    assert paper.tune.lr == {"add_jump": 2e-5, "around_right": 5e-5} and paper.tune.lr_schedule == "constant"
 
 
 def _write_params(tmp_path: Path, edit) -> Path:
@@ -60,7 +61,7 @@ BAD = {
     "unknown_equizero_proxy": (lambda s: s["tune"].update(equizero_proxy="margin"), "equizero_proxy"),
     "unknown_loss_weighting": (lambda s: s["pretrain"].update(loss_weighting="sequence"), "loss_weighting"),
     "typo_key": (lambda s: s["pretrain"].update(exampels=5), "exampels"),
-    "curve_without_final_step": (lambda s: s["tune"].update(curve_steps=[0, 50]), "curve_steps"),
+    "curve_without_final_step": (lambda s: s["tune"].update(curve_steps=[0, 50, 400]), "curve_steps"),
     "unknown_lr_schedule": (lambda s: s["pretrain"].update(lr_schedule="exponential"), "lr_schedule"),
 }
 
@@ -117,7 +118,9 @@ def test_tune_stages_list_every_tune_setting_a_cell_reads():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for split in SPLIT_NAMES:
         listed = {key for key in stages[f"scan_tune_{split}"]["params"] if key.startswith("scan.tune.")}
-        expected = {f"scan.tune.{field}" for field in ScanTune.model_fields if field != "lr"} | {f"scan.tune.lr.{split}"}
+        per_split = {"lr", "steps"}
+        expected = ({f"scan.tune.{field}" for field in ScanTune.model_fields if field not in per_split}
+                    | {f"scan.tune.{field}.{split}" for field in per_split})
         assert listed == expected, split
         assert "scan.grid" not in stages[f"scan_tune_{split}"]["params"]
     assert "scan.grid" not in stages["scan_pretrain"]["params"] and "scan.grid" in stages["scan_report"]["params"]

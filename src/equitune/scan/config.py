@@ -140,7 +140,8 @@ class ScanPretrain(StrictModel):
 
 
 class ScanTune(StrictModel):
-    steps: int = Field(ge=0, description="optimiser steps of equituning (and of equizero-tuning)")
+    steps: dict[SplitName, int] = Field(description="optimiser steps of equituning (and of equizero-tuning), per "
+                                                    "split")
     batch_size: int = Field(ge=1)
     lr: dict[SplitName, float] = Field(description="per split (the authors: 2e-5 add_jump, 5e-5 around_right)")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
@@ -148,7 +149,8 @@ class ScanTune(StrictModel):
                                 "one reported, is then not caught mid-oscillation)")
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float = Field(5.0, gt=0)
-    curve_steps: list[int] = Field(description="steps at which test accuracy is measured for the curves")
+    curve_steps: list[int] = Field(description="steps at which test accuracy is measured for the curves (a split "
+                                               "skips those beyond its own steps)")
     equizero_proxy: ProxyName = Field(
         "max_log_prob", description="equizero's proxy (equitune.core.proxies), used to choose the group element "
                                     "both in tuning and in decoding")
@@ -162,15 +164,28 @@ class ScanTune(StrictModel):
             raise ValueError("learning rates must be > 0")
         return lr
 
+    @field_validator("steps")
+    @classmethod
+    def _non_negative(cls, steps: dict) -> dict:
+        if any(v < 0 for v in steps.values()):
+            raise ValueError("steps must be >= 0")
+        return steps
+
     @model_validator(mode="after")
     def _curve_in_range(self) -> ScanTune:
-        bad = [s for s in self.curve_steps if not 0 <= s <= self.steps]
+        longest = max(self.steps.values(), default=0)
+        bad = [s for s in self.curve_steps if not 0 <= s <= longest]
         if bad:
-            raise ValueError(f"curve_steps {bad} lie outside [0, steps={self.steps}]")
-        if 0 not in self.curve_steps or self.steps not in self.curve_steps:
-            raise ValueError(f"curve_steps must include 0 and steps={self.steps} (the zero-shot and final "
-                             f"accuracies are read from the curve); got {self.curve_steps}")
+            raise ValueError(f"curve_steps {bad} lie outside [0, {longest}] (the longest tuning)")
+        needed = {0, *self.steps.values()}
+        if not needed <= set(self.curve_steps):
+            raise ValueError(f"curve_steps must include 0 and every split's steps {sorted(needed)} (the zero-shot and "
+                             f"final accuracies are read from the curve); got {self.curve_steps}")
         return self
+
+    def curve_for(self, split: str) -> list[int]:
+        """The curve steps of a split's tuning: those within its own steps, in order."""
+        return sorted(s for s in set(self.curve_steps) if s <= self.steps[split])
 
 
 class ScanEvaluate(StrictModel):
@@ -209,6 +224,7 @@ class ScanParams(StrictModel):
                 raise ValueError(f"grid.groups.{split} names {group!r}, which is not defined in groups "
                                  f"(defined: {', '.join(self.groups) or 'none'})")
         for split in self.grid.splits:
-            if split not in self.tune.lr:
-                raise ValueError(f"grid split {split!r} has no entry in tune.lr")
+            for key in ("lr", "steps"):
+                if split not in getattr(self.tune, key):
+                    raise ValueError(f"grid split {split!r} has no entry in tune.{key}")
         return self

@@ -205,6 +205,7 @@ def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs],
     perms = bind_scan_group(params.groups[cell.group])
     input_perm, output_perm = perms
     settings = params.tune
+    steps, checkpoints = settings.steps[cell.split], settings.curve_for(cell.split)
     metrics: dict = {
         "group_order": input_perm.group.order,
         "pretrained_equivariance_error": teacher_forced_equivariance_error(pretrained, data["validation"], perms,
@@ -229,13 +230,13 @@ def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs],
             value = accuracy(model, data["test"], params, method, perms)
             curve[f"step_{step}_test_accuracy"] = value
             log({f"{method}_test_accuracy": value}, step)
-            if step in (0, settings.steps):
+            if step in (0, steps):
                 validation[step] = accuracy(model, data["validation"], params, method, perms)
 
-        tune(wrapper, data["train"], settings, lr=settings.lr[cell.split], generator=generator,
-             on_checkpoint=on_checkpoint, proxy=proxy, device=device, desc=method)
+        tune(wrapper, data["train"], settings, lr=settings.lr[cell.split], steps=steps, checkpoints=checkpoints,
+             generator=generator, on_checkpoint=on_checkpoint, proxy=proxy, device=device, desc=method)
         model.eval()
-        for key, step in ((f"{method}_0_steps", 0), (method, settings.steps)):
+        for key, step in ((f"{method}_0_steps", 0), (method, steps)):
             metrics[key] = {"test_accuracy": curve[f"step_{step}_test_accuracy"],
                             "validation_accuracy": validation[step]}
         metrics[f"{method}_cost"] = clock.seconds()

@@ -79,12 +79,12 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    steps = sorted(params.tune.curve_steps)
     for split in params.grid.splits:
+        steps = params.tune.curve_for(split)
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
         for cell in params.grid.cells:
             histories = [row["history"] for row in results.pretrain[(split, cell)]]
-            examples = [point["examples"] for point in histories[0]]
+            examples = [point["examples"] / 1000 for point in histories[0]]
             values = [[h[i]["validation_accuracy"] for h in histories] for i in range(len(examples))]
             _band(left, examples, values, "-", f"{cell}")
             for group in getattr(params.grid.groups, split):
@@ -92,7 +92,7 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
                 for method, style in (("equitune", "-"), ("equizero", "--")):
                     values = [[r["curve"][method][f"step_{s}_test_accuracy"] for r in rows] for s in steps]
                     _band(right, steps, values, style, f"{cell} {group} {method}")
-        left.set_xlabel(f"pretraining examples seen (batch {params.pretrain.batch_size})")
+        left.set_xlabel(f"pretraining examples seen, thousands (batch {params.pretrain.batch_size})")
         left.set_ylabel("validation exact-match accuracy")
         left.set_title(f"{split}: pretraining")
         right.set_xlabel(f"tuning steps (batch {params.tune.batch_size})")
@@ -140,7 +140,8 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
         f"{m.hidden_size}. Pretraining: {p.examples:,} examples seen (batch {p.batch_size}, Adam lr {p.lr}, "
         f"{p.lr_schedule} schedule, teacher forcing {p.teacher_forcing}, loss weighting {p.loss_weighting}), "
         "best-validation checkpoint (validation only). Equituning / equizero-tuning: "
-        f"{t.steps} steps of batch {t.batch_size} (lr {dict(t.lr)}, weight decay {t.weight_decay}); the |G| "
+        f"{_per_split(t.steps, params)} steps of batch {t.batch_size} (lr {_per_split(t.lr, params)}, "
+        f"{t.lr_schedule} schedule, weight decay {t.weight_decay}); the |G| "
         "copies go through the model as one batch; greedy decoding averages the mapped-back per-step "
         f"log-probabilities (equitune) or keeps the most confident copy ({t.equizero_proxy} proxy, equizero, in "
         "tuning and in decoding). The pretrained column is the same model for every group of a split.",
@@ -175,6 +176,10 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
               "recovers most of it. What these runs show (computed from the tables):", ""]
     lines += [f"- {sentence}" for sentence in _findings(params, results)]
     return "\n".join(lines) + "\n"
+
+
+def _per_split(values: dict, params: ScanParams) -> str:
+    return ", ".join(f"{values[split]} ({split})" for split in params.grid.splits)
 
 
 def _cost_table(params: ScanParams, results: Results) -> list[str]:

@@ -213,17 +213,18 @@ def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Modul
     return best["state"], best["accuracy"], best["at"]
 
 
-def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: float, generator: torch.Generator,
-         on_checkpoint: Callable[[int], None], proxy: ProxyScore | None = None,
-         device: torch.device | None = None, desc: str = "equitune") -> None:
-    """Teacher-forced training of a group wrapper; ``on_checkpoint(step)`` runs (in eval mode) at each step of
-    ``settings.curve_steps``. ``proxy`` (equizero's) gets each batch's padding mask before the forward pass."""
+def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: float, steps: int,
+         checkpoints: Sequence[int], generator: torch.Generator, on_checkpoint: Callable[[int], None],
+         proxy: ProxyScore | None = None, device: torch.device | None = None, desc: str = "equitune") -> None:
+    """``steps`` of teacher-forced training of a group wrapper at ``lr`` (the split's); ``on_checkpoint(step)`` runs
+    (in eval mode) at each of ``checkpoints``. ``proxy`` (equizero's) gets each batch's padding mask before the
+    forward pass."""
     device = torch.device("cpu") if device is None else device
-    wanted = sorted(set(settings.curve_steps))
-    if wanted and (wanted[0] < 0 or wanted[-1] > settings.steps):
-        raise ValueError(f"checkpoint steps must lie in [0, {settings.steps}]; got {wanted}")
+    wanted = sorted(set(checkpoints))
+    if wanted and (wanted[0] < 0 or wanted[-1] > steps):
+        raise ValueError(f"checkpoint steps must lie in [0, {steps}]; got {wanted}")
     optimizer = torch.optim.Adam(wrapper.parameters(), lr=lr, weight_decay=settings.weight_decay)
-    scheduler = lr_scheduler(optimizer, settings.lr_schedule, lr, settings.steps)
+    scheduler = lr_scheduler(optimizer, settings.lr_schedule, lr, steps)
     mean_length = mean_target_length(train)
 
     def loss_of(net: nn.Module, index: torch.Tensor) -> torch.Tensor:
@@ -238,7 +239,6 @@ def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: flo
             on_checkpoint(step)
 
     checkpoint(0)
-    batches = batch_order(train.target_lengths, settings.batch_size, settings.steps, generator,
-                          settings.bucket_batches)
+    batches = batch_order(train.target_lengths, settings.batch_size, steps, generator, settings.bucket_batches)
     train_steps(wrapper, optimizer, batches, loss_of, grad_clip=settings.grad_clip, scheduler=scheduler,
-                after_step=checkpoint, desc=desc, total=settings.steps)
+                after_step=checkpoint, desc=desc, total=steps)
