@@ -5,7 +5,8 @@
   batch, one decoder call per step for all of them, each batch stopping when its last sequence has ended.
 - reference: the authors' order of work, re-implemented faithfully with the same model: one command at a time,
   and at every decoding step one forward pass per group element (its own encoder state and decoder state), the
-  mapped-back log-probabilities averaged, greedy argmax, stop at ``<eos>``.
+  mapped-back log-probabilities averaged, greedy argmax, stop at ``<eos>``. It runs on one thread (its calls are
+  one row each: a second thread would only slow it down).
 
 Both must produce the same sequences (checked; the script fails otherwise) and the same exact-match accuracy.
 The model is the pipeline's Add-Jump LSTM checkpoint when it exists (``--checkpoint``, default
@@ -30,7 +31,7 @@ import torch
 
 from equitune.scan.config import bind_scan_group
 from equitune.scan.data import generate_split, input_vocabulary, output_vocabulary
-from equitune.scan.decoding import EOS_ID, SOS_ID, decode_batched, equituned_decode, exact_match
+from equitune.scan.decoding import EOS_ID, SOS_ID, decode_batched, decoding_threads, equituned_decode, exact_match
 from equitune.scan.model import PAD_ID, Seq2Seq
 from equitune.scan.training import encode_pairs
 
@@ -103,7 +104,8 @@ def main() -> int:
         project = decode_batched(lambda s, p=perms: equituned_decode(model, s, MAX_LENGTH, *p), src, args.batch)
         project_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        reference = {i: reference_decode(model, src[i:i + 1, : int((src[i] != 0).sum())], *perms) for i in subset}
+        with decoding_threads(1):  # one row per call: the thread count the project would choose for it
+            reference = {i: reference_decode(model, src[i:i + 1, : int((src[i] != 0).sum())], *perms) for i in subset}
         reference_seconds = (time.perf_counter() - started) * len(src) / len(subset)
         disagree = [i for i in subset if reference[i] != project[i]]
         if disagree:

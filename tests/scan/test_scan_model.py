@@ -281,3 +281,27 @@ def test_small_decodes_run_on_one_thread_and_restore_the_setting(commands):
             assert threads == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("group", ["jump_run", "verbs_4_cycle"])
+def test_decodes_above_the_row_cap_run_in_parts_with_the_same_result(group, commands, monkeypatch):
+    from equitune.scan import decoding
+
+    input_perm, output_perm = bind_scan_group(GROUPS[group])
+    model = _model("lstm", seed=7, attention=("after_rnn", 9))
+    whole = {name: decode(commands.src) for name, decode in (
+        ("greedy", lambda s: greedy_decode(model, s, MAX_LENGTH)),
+        ("equitune", lambda s: equituned_decode(model, s, MAX_LENGTH, input_perm, output_perm)),
+        ("equizero", lambda s: equizero_decode(model, s, MAX_LENGTH, input_perm, output_perm)))}
+    calls = []
+    original = decoding._decode_rows
+    def recording(model, src, max_length, input_perm, *rest):
+        calls.append(src.shape[0] * (1 if input_perm is None else input_perm.group.order))
+        return original(model, src, max_length, input_perm, *rest)
+
+    monkeypatch.setattr(decoding, "_decode_rows", recording)
+    monkeypatch.setattr(decoding, "MAX_ROWS_PER_CALL", 8)
+    assert torch.equal(greedy_decode(model, commands.src, MAX_LENGTH), whole["greedy"])
+    assert torch.equal(equituned_decode(model, commands.src, MAX_LENGTH, input_perm, output_perm), whole["equitune"])
+    assert torch.equal(equizero_decode(model, commands.src, MAX_LENGTH, input_perm, output_perm), whole["equizero"])
+    assert max(calls) <= 8 and len(calls) >= 3 * 2  # every call within the cap; each decode in parts

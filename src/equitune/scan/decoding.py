@@ -25,16 +25,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+from torch.nn import functional as F
 
 from ..core.groups import VocabPermutation
 from ..core.proxies import example_scores, get_proxy
 from .model import PAD_ID, Seq2Seq
 
-__all__ = ["SOS_ID", "EOS_ID", "SINGLE_THREAD_BELOW_ROWS", "decode_batched", "decoding_threads", "equituned_decode",
+__all__ = ["SOS_ID", "EOS_ID", "MAX_ROWS_PER_CALL", "SINGLE_THREAD_BELOW_ROWS", "decode_batched", "decoding_threads", "equituned_decode",
            "equizero_decode", "exact_match", "greedy_decode"]
 
 SOS_ID, EOS_ID = 1, 2
 SINGLE_THREAD_BELOW_ROWS = 1024
+MAX_ROWS_PER_CALL = 2048
 
 
 @contextmanager
@@ -54,6 +56,12 @@ def decoding_threads(rows: int) -> Iterator[int]:
 def _decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation | None,
             output_perm: VocabPermutation | None, average: bool, proxy: str = "max_log_prob"):
     order = 1 if input_perm is None else input_perm.group.order
+    examples_per_call = max(1, MAX_ROWS_PER_CALL // order)
+    if src.shape[0] > examples_per_call:
+        parts = [_decode(model, src[start:start + examples_per_call], max_length, input_perm, output_perm, average,
+                         proxy) for start in range(0, src.shape[0], examples_per_call)]
+        width = max(part.shape[1] for part in parts)
+        return torch.cat([F.pad(part, (0, width - part.shape[1]), value=PAD_ID) for part in parts])
     with decoding_threads(order * src.shape[0]):
         return _decode_rows(model, src, max_length, input_perm, output_perm, average, proxy)
 
