@@ -9,16 +9,20 @@ split at batch 1 takes minutes); B = 128 (SCAN, whole test split) and 16 (LM) sh
 examples are batched too, as this project's pipeline does.
 
 (a) SCAN: equituned greedy decoding of the whole Add-Jump test split (7,706 commands, from equitune.scan.data)
-    with the SCAN experiment's GRU seq2seq (equitune.scan.model, hidden 64, random weights: no <eos>, so every
-    batch runs the full 49 steps). Batched = equitune.scan.decoding.equituned_decode; looped = the same steps
-    with one encode/decode_step call per group element.
+    with the default profile's seq2seq (equitune.scan.model: LSTM, hidden 64, attention after the RNN, commands
+    padded to 9 tokens; random weights: no <eos>, so every batch runs the full 49 steps). Batched =
+    equitune.scan.decoding.equituned_decode; looped = the same steps with one encode/decode_step call per group
+    element. Both follow the project's thread choice (equitune.scan.decoding.decoding_threads: one thread for
+    fewer than 1,024 rows per call), so that neither pays for a second thread where it only adds
+    synchronisation; the SCAN target is that batched is never slower, at any batch size, 1 included.
 (b) EquiLM: top-k (k=40) generation of 15 new tokens with a KV cache. Batched = equitune.nlg.decoding.generate;
     looped = the same steps with one LM call per group element and its own cache. Default model: a small random
     Llama-architecture LM (``--lm smollm2-135m-instruct`` uses the NLG experiment's real model, slower).
     Sampling uses fixed per-row uniforms, so the two paths must agree token for token.
 
 Groups: |G| = 2 (jump<->run / JUMP<->RUN; one word pair for the LM) and |G| = 4 (the cycle over the four
-verbs; two 4-cycles of words for the LM). Ratio = looped time / batched time; target >= 1.5 on CPU for |G| = 2.
+verbs; two 4-cycles of words for the LM). Ratio = looped time / batched time; targets: SCAN >= 1.0 at every batch
+size and |G| (the last line, the smallest), the LM >= 1.5 for |G| = 2.
 
     python benchmarks/sequence_batching.py          # default sizes
     python benchmarks/sequence_batching.py --quick  # smoke test
@@ -38,7 +42,8 @@ from equitune.scan import decoding as scan_decoding
 from equitune.scan.data import generate_split, input_vocabulary, output_vocabulary
 from equitune.scan.model import PAD_ID, Seq2Seq
 
-TARGET = 1.5
+TARGET = 1.5  # the LM rows, |G| = 2
+SCAN_TARGET = 1.0  # the SCAN rows: never slower, at every batch size
 SCAN_MAX_LENGTH = 49  # longest SCAN action sequence (48) + <eos>
 
 SCAN_GROUPS = {
@@ -62,8 +67,12 @@ class ScanDecoders:
     def batched(self, src: torch.Tensor) -> torch.Tensor:
         return scan_decoding.equituned_decode(self.model, src, self.max_length, self.input_perm, self.output_perm)
 
-    @torch.no_grad()
     def looped(self, src: torch.Tensor) -> torch.Tensor:
+        with scan_decoding.decoding_threads(src.shape[0]):  # each call decodes B rows
+            return self._looped(src)
+
+    @torch.no_grad()
+    def _looped(self, src: torch.Tensor) -> torch.Tensor:
         """One group element at a time (the reference's order of work), same model and same arithmetic."""
         group, on_ids, on_scores = self.group, self.output_perm.on_ids, self.output_perm.on_scores
         encoded = [self.model.encode(self.input_perm.on_ids.apply(src, g)) for g in group]
@@ -208,7 +217,7 @@ def main() -> int:
     parser.add_argument("--orders", nargs="+", type=int, default=[2, 4], choices=[2, 4])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--parts", nargs="+", default=["scan", "lm"], choices=["scan", "lm"])
-    parser.add_argument("--scan-batches", nargs="+", type=int, default=[1, 128],
+    parser.add_argument("--scan-batches", nargs="+", type=int, default=[1, 8, 128, 1024],
                         help="SCAN commands per batch in both paths; 1 is the authors' batch size")
     parser.add_argument("--scan-limit", type=int, default=None, help="decode only this many test commands")
     parser.add_argument("--small-batch-commands", type=int, default=128,
@@ -226,7 +235,8 @@ def main() -> int:
     rows = []
     if "scan" in args.parts:
         torch.manual_seed(0)  # random weights: no <eos> is likely, so every batch decodes the full 49 steps
-        model = Seq2Seq("gru", len(input_vocabulary()), len(output_vocabulary()), hidden_size=64).eval().to(device)
+        model = Seq2Seq("lstm", len(input_vocabulary()), len(output_vocabulary()), hidden_size=64,
+                        attention="after_rnn", source_length=9).eval().to(device)
         max_length = 6 if args.quick else SCAN_MAX_LENGTH
         for batch in ([8] if args.quick else args.scan_batches):
             # Small batches over all 7,706 commands would take minutes per pass: they decode a fixed subset.
@@ -276,10 +286,15 @@ def main() -> int:
     path = timing.record("sequence_batching", args, rows, device=str(device))
     if path:
         print(f"rows written to {path}")
-    at_two = [r["ratio"] for r in rows if r["group_order"] == 2]
-    worst = min(at_two or [r["ratio"] for r in rows])
-    label = "looped/batched, smallest at |G|=2" if at_two else "looped/batched, smallest"
-    print(timing.fmt_ratio_line(label, worst, f">= {TARGET} at |G|=2"))
+    scan_rows = [r["ratio"] for r in rows if r["task"] == "scan_addjump_test"]
+    if scan_rows:
+        print(timing.fmt_ratio_line("SCAN looped/batched, smallest over batch sizes and |G|", min(scan_rows),
+                                    f">= {SCAN_TARGET} at every batch size"))
+    else:
+        at_two = [r["ratio"] for r in rows if r["group_order"] == 2]
+        worst = min(at_two or [r["ratio"] for r in rows])
+        label = "looped/batched, smallest at |G|=2" if at_two else "looped/batched, smallest"
+        print(timing.fmt_ratio_line(label, worst, f">= {TARGET} at |G|=2"))
     return 0
 
 
@@ -297,8 +312,9 @@ def _row(task: str, order: int, sequences: int, batch: int, tokens: int, result,
         "looped_s": round(looped, 4), "batched_s": round(batched, 4),
         "looped_seq_per_s": round(sequences / looped, 2), "batched_seq_per_s": round(sequences / batched, 2),
         "looped_tok_per_s": round(tokens / looped, 2), "batched_tok_per_s": round(tokens / batched, 2),
-        "ratio": round(looped / batched, 4), "target": f">= {TARGET} at |G|=2",
-        "met": (looped / batched >= TARGET) if order == 2 else None,
+        "ratio": round(looped / batched, 4),
+        **({"target": f">= {SCAN_TARGET}", "met": looped / batched >= SCAN_TARGET} if task == "scan_addjump_test" else
+           {"target": f">= {TARGET} at |G|=2", "met": (looped / batched >= TARGET) if order == 2 else None}),
     }
 
 

@@ -25,6 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the split's folder (data/scan/<split>)")
     parser.add_argument("--out", type=Path, required=True, help="the cell's model folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="the cell's metrics file (curve, accuracy, cost)")
     parser.add_argument("--curve", type=Path, required=True, help="the cell's training curve (a DVC plots file)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "scan", ScanParams)
@@ -37,13 +38,13 @@ def main(argv=None) -> None:
             "split": cell.split}
     curve = Curve(args.curve, x="examples", y=("train_loss", "validation_accuracy"))
     with tracked_run("scan", profile=loaded.profile, params=params, tags=tags, curve=curve) as run:
-        checkpoint, summary = pretrain_cell(params, cell, data, generator, device,
-                                            lambda metrics, step: run.log_metrics(metrics, step=step))
-        write_json(args.out / "pretrain.json", summary)
+        checkpoint, metrics = pretrain_cell(params, cell, data, generator, device,
+                                            lambda values, step: run.log_metrics(values, step=step))
         with atomic_path(args.out / CHECKPOINT) as tmp:
             torch.save(checkpoint, tmp)
         run.reference_output(args.out, "checkpoint")
-        run.log_final({k: summary[k] for k in ("best_validation_accuracy", "best_at_examples")})
+        write_json(args.metrics, metrics)
+        run.log_final({k: v for k, v in metrics.items() if k != "history"})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Stage `scan_tune@<split>-<cell>-<seed>`: from the pretrained checkpoint, evaluate the pretrained model, the
-zero-shot equituned and equizero models, then equitune and equizero-tune (the |G| copies as one batch through
-the core wrappers) and evaluate them; test accuracy at the curve steps; one metrics file for the cell."""
+"""Stages `scan_tune_<split>@<group>-<cell>-<seed>`: from the pretrained checkpoint of (split, cell, seed),
+evaluate the zero-shot equituned and equizero models with the group, then equitune and equizero-tune (the |G|
+copies as one batch through the core wrappers) and evaluate them; test accuracy at the curve steps; one metrics
+file for the cell."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from equitune.pipeline.schema import load_section
 from equitune.pipeline.seeding import seed_everything
 from equitune.pipeline.stage import argument_parser, resolve_device, run_stage
 from equitune.pipeline.tracking import tracked_run
-from equitune.scan.cells import ScanCell
-from equitune.scan.config import ScanParams, bind_scan_group
+from equitune.scan.cells import TuneCell
+from equitune.scan.config import ScanParams
 from equitune.scan.experiment import load_pretrained, load_split_files, tune_cell
 
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--split", required=True)
+    parser.add_argument("--group", required=True, help="a group name from scan.groups")
     parser.add_argument("--cell", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the split's folder (data/scan/<split>)")
@@ -28,14 +30,13 @@ def main(argv=None) -> None:
     parser.add_argument("--curve", type=Path, required=True, help="test accuracy against tuning steps (DVC plots)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "scan", ScanParams)
-    params, cell = loaded.section, ScanCell(args.split, args.cell, args.seed)
+    params, cell = loaded.section, TuneCell(args.split, args.group, args.cell, args.seed)
     cell.check(params)
     device = resolve_device(loaded.base)
-    group = bind_scan_group(params.groups[cell.split])[0].group
     data = load_split_files(args.data)
     seed_everything(cell.seed, params.threads, loaded.base.deterministic)
-    pretrained = load_pretrained(params, cell, args.model, device)
-    tags = {"model": f"seq2seq-{cell.cell}", "method": "equitune+equizero", "group": group.name, "seed": cell.seed,
+    pretrained = load_pretrained(params, cell.pretrained, args.model, device)
+    tags = {"model": f"seq2seq-{cell.cell}", "method": "equitune+equizero", "group": cell.group, "seed": cell.seed,
             "split": cell.split}
     curve = Curve(args.curve, x="step", y=("equitune_test_accuracy", "equizero_test_accuracy"))
     with tracked_run("scan", profile=loaded.profile, params=params, tags=tags, curve=curve) as run:

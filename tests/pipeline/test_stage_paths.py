@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from equitune.images.cells import Cell
-from equitune.scan.cells import ScanCell
+from equitune.scan.cells import ScanCell, TuneCell
 from helpers.paths import dvc_commands
 
 
@@ -20,21 +20,27 @@ def _stages(prefix: str) -> list[str]:
     return [name for name in dvc_commands() if name.startswith(prefix)]
 
 
-def test_scan_report_finds_every_tune_cell_file():
+def test_scan_report_finds_every_pretrain_and_tune_cell_file():
     metrics_dir = Path(_options("scan_report")["metrics-dir"])
-    stages = _stages("scan_tune@")
-    assert stages
-    for stage in stages:
+    pretrain_stages, tune_stages = _stages("scan_pretrain@"), _stages("scan_tune_")
+    assert pretrain_stages and tune_stages
+    for stage in pretrain_stages:
         args = _options(stage)
         cell = ScanCell(args["split"], args["cell"], int(args["seed"]))
-        assert Path(args["metrics"]) == metrics_dir / f"{cell.name}.json", stage
-        assert stage == f"scan_tune@{cell.split}-{cell.cell}-{cell.seed}"
+        assert Path(args["metrics"]) == metrics_dir / "pretrain" / f"{cell.name}.json", stage
+        assert stage == f"scan_pretrain@{cell.name}"
+    for stage in tune_stages:
+        args = _options(stage)
+        cell = TuneCell(args["split"], args["group"], args["cell"], int(args["seed"]))
+        assert Path(args["metrics"]) == metrics_dir / "tune" / f"{cell.name}.json", stage
+        assert stage == f"scan_tune_{cell.split}@{cell.group}-{cell.cell}-{cell.seed}"
 
 
 def test_scan_tune_reads_the_model_its_pretrain_stage_writes():
-    for stage in _stages("scan_tune@"):
-        pretrain = _options(stage.replace("scan_tune@", "scan_pretrain@"))
-        assert _options(stage)["model"] == pretrain["out"] and _options(stage)["data"] == pretrain["data"]
+    for stage in _stages("scan_tune_"):
+        args = _options(stage)
+        pretrain = _options(f"scan_pretrain@{args['split']}-{args['cell']}-{args['seed']}")
+        assert args["model"] == pretrain["out"] and args["data"] == pretrain["data"]
 
 
 def test_images_report_finds_every_evaluated_cell_and_feature_figure():

@@ -16,7 +16,7 @@ from equitune.scan.data import (
     pairs_checksum,
     parse_lines,
 )
-from equitune.scan.grammar import all_pairs
+from equitune.scan.grammar import MAX_COMMAND_WORDS, all_pairs
 
 
 def test_grammar_counts():
@@ -24,6 +24,7 @@ def test_grammar_counts():
     assert len(pairs) == 20910
     assert len({c for c, _ in pairs}) == 20910
     assert max(len(a.split()) for _, a in pairs) == 48
+    assert max(len(c.split()) for c, _ in pairs) == MAX_COMMAND_WORDS == 9
     assert len({w for c, _ in pairs for w in c.split()}) == 13
     assert {w for _, a in pairs for w in a.split()} == {"WALK", "LOOK", "RUN", "JUMP", "TURN_LEFT", "TURN_RIGHT"}
     assert len(input_vocabulary()) == 14 and len(output_vocabulary()) == 9  # + padding / + pad, sos, eos

@@ -11,8 +11,8 @@ from equitune.params import compose, load_params, validate
 from equitune.pipeline.stage import run_stage
 from helpers.paths import ROOT, stage_argv, stage_main
 
-STAGES = {"prepare": "scan_prepare", "pretrain": "scan_pretrain@add_jump-gru-0", "tune": "scan_tune@add_jump-gru-0",
-          "report": "scan_report"}
+STAGES = {"prepare": "scan_prepare", "pretrain": "scan_pretrain@add_jump-lstm-0",
+          "tune": "scan_tune_add_jump@verbs-lstm-0", "report": "scan_report"}
 
 
 def _stage(name: str):
@@ -23,11 +23,17 @@ def test_both_profiles_validate():
     default = load_params(ROOT / "params.yaml").scan
     paper = validate(compose(yaml.safe_load((ROOT / "params.yaml").read_text()),
                              yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text()))).scan
-    assert {"gru", "lstm"} <= set(default.grid.cells) and len(default.grid.seeds) >= 2
+    assert "lstm" in default.grid.cells and default.grid.seeds == [0, 1, 2]
     assert set(default.grid.splits) == {"add_jump", "around_right"}
+    assert default.grid.groups.add_jump == ["jump_run", "verbs"] and default.model.attention == "after_rnn"
     assert paper.grid.cells == ["rnn", "gru", "lstm"] and paper.grid.seeds == [0, 1, 2]
+    assert paper.grid.groups.add_jump == ["jump_run"] and paper.grid.groups.around_right == ["left_right"]
+    # The reference's arrangement: attention fed into the RNN, packed encoder, teacher forcing 0.5, batch 1.
+    assert paper.model.attention == "input_feeding" and paper.model.source_length is None
+    assert paper.pretrain.teacher_forcing == 0.5 and paper.pretrain.lr_schedule == "constant"
     assert paper.pretrain.examples == 200_000 and paper.pretrain.batch_size == 1
-    assert paper.tune.steps == 10_000 and paper.tune.lr == {"add_jump": 2e-5, "around_right": 5e-5}
+    assert paper.tune.steps == {"add_jump": 10_000, "around_right": 10_000}
+    assert paper.tune.lr == {"add_jump": 2e-5, "around_right": 5e-5} and paper.tune.lr_schedule == "constant"
 
 
 def _write_params(tmp_path: Path, edit) -> Path:
@@ -42,13 +48,21 @@ BAD = {
     "unknown_cell": (lambda s: s["grid"].update(cells=["gru", "transformer"]), "grid.cells"),
     "unknown_split": (lambda s: s["grid"].update(splits=["add_jump", "length"]), "grid.splits"),
     "empty_seeds": (lambda s: s["grid"].update(seeds=[]), "grid.seeds"),
-    "word_not_in_vocabulary": (lambda s: s["groups"].update(add_jump={"cycles": [["jump", "hop"]],
+    "word_not_in_vocabulary": (lambda s: s["groups"].update(jump_run={"cycles": [["jump", "hop"]],
                                                                       "output_cycles": [["JUMP", "RUN"]]}), "hop"),
-    "image_group": (lambda s: s["groups"].update(add_jump="c4"), "word-cycle"),
-    "missing_output_cycles": (lambda s: s["groups"].update(add_jump={"cycles": [["jump", "run"]]}), "output_cycles"),
+    "action_not_in_vocabulary": (lambda s: s["groups"]["verbs"].update(
+        output_cycles=[["WALK", "LOOK", "RUN", "HOP"]]), "HOP"),
+    "image_group": (lambda s: s["groups"].update(jump_run="c4"), "word-cycle"),
+    "missing_output_cycles": (lambda s: s["groups"].update(jump_run={"cycles": [["jump", "run"]]}), "output_cycles"),
+    "undefined_group_in_grid": (lambda s: s["grid"]["groups"].update(add_jump=["jump_run", "nouns"]), "nouns"),
+    "group_for_split_not_in_grid": (lambda s: s["grid"].update(splits=["add_jump"]), "groups.around_right"),
+    "unknown_attention": (lambda s: s["model"].update(attention="bahdanau"), "model.attention"),
+    "source_length_below_longest_command": (lambda s: s["model"].update(source_length=5), "source_length"),
+    "unknown_equizero_proxy": (lambda s: s["tune"].update(equizero_proxy="margin"), "equizero_proxy"),
+    "unknown_loss_weighting": (lambda s: s["pretrain"].update(loss_weighting="sequence"), "loss_weighting"),
     "typo_key": (lambda s: s["pretrain"].update(exampels=5), "exampels"),
-    "curve_without_final_step": (lambda s: s["tune"].update(curve_steps=[0, 50]), "curve_steps"),
-    "unknown_lr_schedule": (lambda s: s["pretrain"].update(lr_schedule="linear"), "lr_schedule"),
+    "curve_without_final_step": (lambda s: s["tune"].update(curve_steps=[0, 50, 400]), "curve_steps"),
+    "unknown_lr_schedule": (lambda s: s["pretrain"].update(lr_schedule="exponential"), "lr_schedule"),
 }
 
 
@@ -66,13 +80,15 @@ def test_bad_params_exit_2_before_any_output(case, stage, tmp_path, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-@pytest.mark.parametrize("argument, value", [("--cell", "rnn"), ("--split", "around_left"), ("--seed", "7")])
-def test_matrix_arguments_must_be_in_the_grid(argument, value, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("stage, argument, value", [
+    ("pretrain", "--cell", "rnn"), ("pretrain", "--split", "around_left"), ("pretrain", "--seed", "7"),
+    ("tune", "--group", "left_right"), ("tune", "--group", "nouns"), ("tune", "--seed", "7")])
+def test_matrix_arguments_must_be_in_the_grid(stage, argument, value, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = [*stage_argv(STAGES["pretrain"], **{argument.removeprefix("--"): value}),
+    argv = [*stage_argv(STAGES[stage], **{argument.removeprefix("--"): value}),
             "--params", str(ROOT / "params.yaml")]
     with pytest.raises(SystemExit) as exit_info:
-        run_stage(_stage("pretrain"), argv)
+        run_stage(_stage(stage), argv)
     assert exit_info.value.code == 2
     assert "not in the params grid" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -92,3 +108,19 @@ def test_official_source_offline_exits_2_and_writes_nothing(tmp_path, monkeypatc
     assert exit_info.value.code == 2
     assert "source: generate" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_tune_stages_list_every_tune_setting_a_cell_reads():
+    """Each tune stage lists scan.tune key by key (so that the other split's learning rate is not among its
+    params); a setting added to the schema must be added there too, or DVC would not rerun on its change."""
+    from equitune.scan.config import SPLIT_NAMES, ScanTune
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for split in SPLIT_NAMES:
+        listed = {key for key in stages[f"scan_tune_{split}"]["params"] if key.startswith("scan.tune.")}
+        per_split = {"lr", "steps"}
+        expected = ({f"scan.tune.{field}" for field in ScanTune.model_fields if field not in per_split}
+                    | {f"scan.tune.{field}.{split}" for field in per_split})
+        assert listed == expected, split
+        assert "scan.grid" not in stages[f"scan_tune_{split}"]["params"]
+    assert "scan.grid" not in stages["scan_pretrain"]["params"] and "scan.grid" in stages["scan_report"]["params"]

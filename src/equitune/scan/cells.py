@@ -1,8 +1,11 @@
 """Grid cells of the SCAN experiment: their names (the file names dvc.yaml templates) and the grid check.
 
-dvc.yaml writes ``models/scan/${item.split}-${item.cell}-${item.seed}`` and
-``metrics/scan/${item.split}-${item.cell}-${item.seed}.json``; :attr:`ScanCell.name` is that same name, so the
-report stage finds every cell's file from the grid alone (tests/pipeline/test_stage_paths.py checks the two agree).
+A pretraining cell is (split, cell, seed); a tuning cell adds the group its model is equituned with, so that one
+pretrained model serves every group tuned on its split. dvc.yaml writes
+``models/scan/${split}-${cell}-${seed}``, ``metrics/scan/pretrain/${split}-${cell}-${seed}.json`` and
+``metrics/scan/tune/${split}-${group}-${cell}-${seed}.json``; :attr:`ScanCell.name` and :attr:`TuneCell.name` are
+those same names, so the report stage finds every cell's file from the grid alone
+(tests/pipeline/test_stage_paths.py checks the two agree).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from ..pipeline.stage import check_in_grid
 from .config import ScanParams
 
-__all__ = ["ScanCell", "grid_cells"]
+__all__ = ["ScanCell", "TuneCell", "grid_cells", "tune_cells"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,33 @@ class ScanCell:
         check_in_grid("seed", self.seed, params.grid.seeds)
 
 
+@dataclass(frozen=True)
+class TuneCell:
+    split: str
+    group: str
+    cell: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.group}-{self.cell}-{self.seed}"
+
+    @property
+    def pretrained(self) -> ScanCell:
+        """The pretraining cell whose model this cell tunes."""
+        return ScanCell(self.split, self.cell, self.seed)
+
+    def check(self, params: ScanParams) -> None:
+        self.pretrained.check(params)
+        check_in_grid(f"group (tuned on {self.split})", self.group, getattr(params.grid.groups, self.split))
+
+
 def grid_cells(params: ScanParams) -> list[ScanCell]:
     grid = params.grid
     return [ScanCell(split, cell, seed) for split in grid.splits for cell in grid.cells for seed in grid.seeds]
+
+
+def tune_cells(params: ScanParams) -> list[TuneCell]:
+    grid = params.grid
+    return [TuneCell(split, group, cell, seed) for split, group in grid.tuned() for cell in grid.cells
+            for seed in grid.seeds]

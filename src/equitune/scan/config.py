@@ -1,18 +1,23 @@
 """Schema of the `scan:` section of params.yaml (compositional generalisation on SCAN).
 
 Every length is in examples seen or optimiser steps, so a profile can change the batch size and keep the
-amount of training. Groups are the project's group specs (``{cycles: [[jump, run]], output_cycles: [[JUMP, RUN]]}``)
-and are checked here against the SCAN vocabularies, so a typo fails at validation, before any stage runs.
+amount of training. Groups are named project group specs (``jump_run: {cycles: [[jump, run]], output_cycles:
+[[JUMP, RUN]]}``) checked here against the SCAN vocabularies, so a typo fails at validation, before any stage
+runs; ``grid.groups`` says which of them are tuned on which split.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..core.groups import GroupSpecError, WordCycles, parse_group_spec
+from ..core.proxies import PROXIES
 from ..pipeline.schema import StrictModel
+from .grammar import MAX_COMMAND_WORDS
+from .model import Attention
 
 __all__ = ["ScanParams", "SPLIT_NAMES", "CELL_NAMES", "bind_scan_group"]
 
@@ -20,6 +25,9 @@ SPLIT_NAMES = ("add_jump", "around_right")
 CELL_NAMES = ("rnn", "gru", "lstm")
 SplitName = Literal["add_jump", "around_right"]
 CellName = Literal["rnn", "gru", "lstm"]
+ProxyName = Literal[tuple(PROXIES)]  # type: ignore[valid-type]  # the one registry: core.proxies
+GROUP_NAME = r"^[a-z][a-z0-9_]*$"
+LossWeighting = Literal["batch_mean", "token"]
 
 
 def bind_scan_group(spec: Any):
@@ -45,17 +53,36 @@ class ScanData(StrictModel):
     validation_seed: int = Field(0, ge=0)
 
 
+def _unique(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError("grid values must be unique")
+    return values
+
+
+class ScanGridGroups(StrictModel):
+    """The groups tuned on each split (names from ``scan.groups``); [] for a split that is not in the grid.
+
+    Both keys are always present: dvc.yaml has one tune stage per split, whose matrix reads its list."""
+
+    add_jump: list[str]
+    around_right: list[str]
+
+    @field_validator("add_jump", "around_right")
+    @classmethod
+    def _unique_names(cls, names: list[str]) -> list[str]:
+        return _unique(names)
+
+
 class ScanGrid(StrictModel):
     splits: list[SplitName] = Field(min_length=1)
     cells: list[CellName] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
+    groups: ScanGridGroups = Field(description="per split, the groups its models are equituned with (one cell each)")
 
     @field_validator("splits", "cells", "seeds")
     @classmethod
     def _unique(cls, values: list) -> list:
-        if len(set(values)) != len(values):
-            raise ValueError("grid values must be unique")
-        return values
+        return _unique(values)
 
     @field_validator("seeds")
     @classmethod
@@ -64,11 +91,35 @@ class ScanGrid(StrictModel):
             raise ValueError("seeds must be >= 0")
         return seeds
 
+    @model_validator(mode="after")
+    def _groups_follow_splits(self) -> ScanGrid:
+        for split in SPLIT_NAMES:
+            tuned = getattr(self.groups, split)
+            if split in self.splits and not tuned:
+                raise ValueError(f"groups.{split} is empty but {split} is in splits: name at least one group to "
+                                 "tune its models with")
+            if split not in self.splits and tuned:
+                raise ValueError(f"groups.{split} lists {tuned} but {split} is not in splits (its models are not "
+                                 f"trained): add {split} to splits or set groups.{split}: []")
+        return self
+
+    def tuned(self) -> list[tuple[str, str]]:
+        """(split, group) pairs in grid order."""
+        return [(split, group) for split in self.splits for group in getattr(self.groups, split)]
+
 
 class ScanModel(StrictModel):
     hidden_size: int = Field(64, ge=1)
     layers: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    attention: Attention = Field(
+        "input_feeding", description="input_feeding: the reference's decoder (context fed into the RNN; training "
+                                     "loops over steps); after_rnn: Luong's (context from the RNN output; a "
+                                     "teacher-forced sequence is one fused RNN call)")
+    source_length: int | None = Field(
+        None, ge=MAX_COMMAND_WORDS, description="null: the encoder reads packed sequences (each command its own "
+                                                "length, the reference); N: commands right-padded to N tokens, one "
+                                                f"fused encoder call (SCAN's longest command has {MAX_COMMAND_WORDS})")
 
 
 class ScanPretrain(StrictModel):
@@ -79,20 +130,32 @@ class ScanPretrain(StrictModel):
     grad_clip: float = Field(5.0, gt=0)
     validate_every_examples: int = Field(ge=1)
     bucket_batches: int = Field(16, ge=1, description="batches sorted by target length together (1 = plain random)")
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="cosine: lr decays from `lr` to 0 over the run (large, short CPU runs settle "
-                                "instead of oscillating between validations)")
+    lr_schedule: Literal["constant", "linear", "cosine", "one_cycle"] = Field(
+        "constant", description="linear / cosine: lr decays from `lr` to 0 over the run; one_cycle: warms up from lr/25 to "
+                                "`lr` over warmup_fraction of the run, then anneals (cosine) to lr/25000")
+    warmup_fraction: float = Field(0.1, gt=0, lt=1, description="one_cycle only: share of the steps spent warming up")
+    loss_weighting: LossWeighting = Field(
+        "batch_mean", description="batch_mean: mean over each batch's tokens (every batch counts the same); token: "
+                                  "every target token of the data counts the same, as with batch 1")
 
 
 class ScanTune(StrictModel):
-    steps: int = Field(ge=0, description="optimiser steps of equituning (and of equizero-tuning)")
+    steps: dict[SplitName, int] = Field(description="optimiser steps of equituning (and of equizero-tuning), per "
+                                                    "split")
     batch_size: int = Field(ge=1)
     lr: dict[SplitName, float] = Field(description="per split (the authors: 2e-5 add_jump, 5e-5 around_right)")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="linear / cosine: lr decays from `lr` to 0 by the last step (the final model, the "
+                                "one reported, is then not caught mid-oscillation)")
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float = Field(5.0, gt=0)
-    curve_steps: list[int] = Field(description="steps at which test accuracy is measured for the curves")
-    equizero_proxy: Literal["max_log_prob", "entropy"] = "max_log_prob"
+    curve_steps: list[int] = Field(description="steps at which test accuracy is measured for the curves (a split "
+                                               "skips those beyond its own steps)")
+    equizero_proxy: ProxyName = Field(
+        "max_log_prob", description="equizero's proxy (equitune.core.proxies), used to choose the group element "
+                                    "both in tuning and in decoding")
     bucket_batches: int = Field(16, ge=1)
+    loss_weighting: LossWeighting = "batch_mean"
 
     @field_validator("lr")
     @classmethod
@@ -101,15 +164,28 @@ class ScanTune(StrictModel):
             raise ValueError("learning rates must be > 0")
         return lr
 
+    @field_validator("steps")
+    @classmethod
+    def _non_negative(cls, steps: dict) -> dict:
+        if any(v < 0 for v in steps.values()):
+            raise ValueError("steps must be >= 0")
+        return steps
+
     @model_validator(mode="after")
     def _curve_in_range(self) -> ScanTune:
-        bad = [s for s in self.curve_steps if not 0 <= s <= self.steps]
+        longest = max(self.steps.values(), default=0)
+        bad = [s for s in self.curve_steps if not 0 <= s <= longest]
         if bad:
-            raise ValueError(f"curve_steps {bad} lie outside [0, steps={self.steps}]")
-        if 0 not in self.curve_steps or self.steps not in self.curve_steps:
-            raise ValueError(f"curve_steps must include 0 and steps={self.steps} (the zero-shot and final "
-                             f"accuracies are read from the curve); got {self.curve_steps}")
+            raise ValueError(f"curve_steps {bad} lie outside [0, {longest}] (the longest tuning)")
+        needed = {0, *self.steps.values()}
+        if not needed <= set(self.curve_steps):
+            raise ValueError(f"curve_steps must include 0 and every split's steps {sorted(needed)} (the zero-shot and "
+                             f"final accuracies are read from the curve); got {self.curve_steps}")
         return self
+
+    def curve_for(self, split: str) -> list[int]:
+        """The curve steps of a split's tuning: those within its own steps, in order."""
+        return sorted(s for s in set(self.curve_steps) if s <= self.steps[split])
 
 
 class ScanEvaluate(StrictModel):
@@ -122,7 +198,7 @@ class ScanParams(StrictModel):
                                               "nothing from more, and a second thread stalls on a busy machine")
     data: ScanData = ScanData()
     grid: ScanGrid
-    groups: dict[SplitName, Any] = Field(description="group spec per split")
+    groups: dict[str, Any] = Field(description="named group specs; grid.groups picks those tuned on each split")
     model: ScanModel = ScanModel()
     pretrain: ScanPretrain
     tune: ScanTune
@@ -131,18 +207,24 @@ class ScanParams(StrictModel):
     @field_validator("groups")
     @classmethod
     def _groups_bind(cls, groups: dict) -> dict:
-        for split, spec in groups.items():
+        for name, spec in groups.items():
+            if not re.match(GROUP_NAME, name):
+                raise ValueError(f"group name {name!r} must be lower-case letters, digits and _ (it names files "
+                                 "and stages)")
             try:
                 bind_scan_group(spec)
             except GroupSpecError as error:
-                raise ValueError(f"groups.{split}: {error}") from None
+                raise ValueError(f"groups.{name}: {error}") from None
         return groups
 
     @model_validator(mode="after")
     def _every_split_configured(self) -> ScanParams:
+        for split, group in self.grid.tuned():
+            if group not in self.groups:
+                raise ValueError(f"grid.groups.{split} names {group!r}, which is not defined in groups "
+                                 f"(defined: {', '.join(self.groups) or 'none'})")
         for split in self.grid.splits:
-            if split not in self.groups:
-                raise ValueError(f"grid split {split!r} has no entry in groups")
-            if split not in self.tune.lr:
-                raise ValueError(f"grid split {split!r} has no entry in tune.lr")
+            for key in ("lr", "steps"):
+                if split not in getattr(self.tune, key):
+                    raise ValueError(f"grid split {split!r} has no entry in tune.{key}")
         return self

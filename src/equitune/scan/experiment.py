@@ -2,8 +2,8 @@
 cell, tune and evaluate it.
 
 Every path comes from the caller (dvc.yaml passes them to the stage scripts): a split folder holds
-``{train,validation,test}.txt`` in the official line format; a model folder holds ``pretrained.pt`` and
-``pretrain.json``.
+``{train,validation,test}.txt`` in the official line format; a model folder holds ``pretrained.pt``; each
+pretraining and each tuning cell writes one metrics file (curves, accuracies, costs).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..core.errors import DataError
 from ..core.groups import VocabPermutation
 from ..core.proxies import ProxyScore
 from ..core.wrappers import EquiTune, EquiZero
-from .cells import ScanCell
+from .cells import ScanCell, TuneCell
 from .config import ScanParams, bind_scan_group
 from .data import (
     download_official_split,
@@ -81,7 +81,8 @@ def load_split_files(folder: str | Path) -> dict[str, EncodedPairs]:
 
 def build_model(params: ScanParams, cell: str) -> Seq2Seq:
     m = params.model
-    return Seq2Seq(cell, len(input_vocabulary()), len(output_vocabulary()), m.hidden_size, m.layers, m.dropout)
+    return Seq2Seq(cell, len(input_vocabulary()), len(output_vocabulary()), m.hidden_size, m.layers, m.dropout,
+                   m.attention, m.source_length)
 
 
 @torch.no_grad()
@@ -111,7 +112,7 @@ def teacher_forced_equivariance_error(model: Seq2Seq, data: EncodedPairs, perms,
     ``equituned=False`` measures the backbone itself (expected to be far from equivariant)."""
     input_perm, output_perm = perms
     backbone = Seq2Seq(model.cell, model.source_embedding.num_embeddings, model.target_embedding.num_embeddings,
-                       model.hidden_size, model.layers, model.dropout.p)
+                       model.hidden_size, model.layers, model.dropout.p, model.attention, model.source_length)
     backbone.load_state_dict(model.state_dict())
     backbone = backbone.double().eval()
     src, decoder_inputs, _ = make_batch(data, torch.arange(min(examples, len(data))))
@@ -143,9 +144,23 @@ def decoding_equivariance_fraction(model: Seq2Seq, data: EncodedPairs, params: S
     return agree / total
 
 
+class _Clock:
+    """Wall and CPU seconds of a piece of work (CPU seconds stay meaningful on a shared machine)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def seconds(self) -> dict[str, float]:
+        return {"seconds": time.perf_counter() - self.wall, "cpu_seconds": time.process_time() - self.cpu}
+
+
 def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPairs], generator: torch.Generator,
                   device: torch.device, log: Log) -> tuple[dict, dict]:
-    """Train the cell's plain seq2seq model; (checkpoint to save, summary with the validation curve)."""
+    """Train the cell's plain seq2seq model; (checkpoint to save, metrics: the validation curve, the selected
+    checkpoint's validation and test accuracy, the cost).
+
+    The checkpoint is chosen on validation accuracy alone; its test accuracy is measured once, afterwards, for the
+    report's "pretrained" column."""
     model = build_model(params, cell.cell).to(device)
     history = []
 
@@ -153,48 +168,53 @@ def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPai
         history.append({"examples": seen, "train_loss": loss, "validation_accuracy": val_accuracy})
         log({"train_loss": loss, "validation_accuracy": val_accuracy}, seen)
 
-    started = time.perf_counter()
+    clock = _Clock()
     best_state, best_accuracy, best_at = pretrain(
         model, data["train"], lambda m: accuracy(m, data["validation"], params, "greedy"), params.pretrain,
         generator=generator, on_validation=on_validation, device=device)
-    seconds = time.perf_counter() - started
-    log({"pretrain_seconds": seconds, "seconds_per_1000_examples": 1000 * seconds / params.pretrain.examples}, 0)
-    summary = {"best_validation_accuracy": best_accuracy, "best_at_examples": best_at, "history": history}
-    return {"cell": cell.cell, "state_dict": best_state}, summary
+    cost = {f"pretrain_{key}": value for key, value in clock.seconds().items()}
+    model.load_state_dict(best_state)
+    test_accuracy = accuracy(model, data["test"], params, "greedy")
+    log({**cost, "test_accuracy": test_accuracy}, 0)
+    metrics = {"validation_accuracy": best_accuracy, "test_accuracy": test_accuracy, "best_at_examples": best_at,
+               **cost, "history": history}
+    return {"cell": cell.cell, "attention": params.model.attention, "state_dict": best_state}, metrics
 
 
 def load_pretrained(params: ScanParams, cell: ScanCell, model_dir: str | Path, device: torch.device) -> Seq2Seq:
     source = Path(model_dir) / CHECKPOINT
     if not source.exists():
         raise DataError(f"{source} not found; run scan_pretrain@{cell.name} first")
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    saved = checkpoint.get("attention", "input_feeding")
+    if saved != params.model.attention:
+        raise DataError(f"{source} was trained with scan.model.attention: {saved}, but params say "
+                        f"{params.model.attention}; rerun scan_pretrain@{cell.name}")
     model = build_model(params, cell.cell)
-    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
+    model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval()
 
 
-def tune_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPairs], pretrained: Seq2Seq,
+def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs], pretrained: Seq2Seq,
               seed_generator: Callable[[], torch.Generator], device: torch.device, log: Log) -> dict:
-    """Evaluate the pretrained model, equitune and equizero-tune it (the |G| copies as one batch through the core
-    wrappers) and evaluate them: the cell's metrics (test accuracy at the curve steps, equivariance checks).
+    """Equitune and equizero-tune the pretrained model with the cell's group (the |G| copies as one batch through
+    the core wrappers) and evaluate them: the cell's metrics (test accuracy at the curve steps, validation accuracy
+    at 0 steps and at the end, equivariance checks, wall and CPU seconds of each method).
 
     ``seed_generator()`` reseeds everything and returns a generator: each method starts from the same state."""
-    perms = bind_scan_group(params.groups[cell.split])
+    perms = bind_scan_group(params.groups[cell.group])
     input_perm, output_perm = perms
     settings = params.tune
-
-    def both(model, method) -> dict[str, float]:
-        return {"test_accuracy": accuracy(model, data["test"], params, method, perms),
-                "validation_accuracy": accuracy(model, data["validation"], params, method, perms)}
-
-    started = time.perf_counter()
+    steps, checkpoints = settings.steps[cell.split], settings.curve_for(cell.split)
     metrics: dict = {
-        "pretrained": both(pretrained, "greedy"),
+        "group_order": input_perm.group.order,
         "pretrained_equivariance_error": teacher_forced_equivariance_error(pretrained, data["validation"], perms,
                                                                            equituned=False),
     }
     actions = (input_perm.on_ids, output_perm.on_ids)
     curves: dict[str, dict[str, float]] = {}
     for method in ("equitune", "equizero"):
+        clock = _Clock()
         generator = seed_generator()
         model = copy.deepcopy(pretrained)
         proxy = ProxyScore(settings.equizero_proxy) if method == "equizero" else None
@@ -210,15 +230,16 @@ def tune_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPairs],
             value = accuracy(model, data["test"], params, method, perms)
             curve[f"step_{step}_test_accuracy"] = value
             log({f"{method}_test_accuracy": value}, step)
-            if step in (0, settings.steps):
+            if step in (0, steps):
                 validation[step] = accuracy(model, data["validation"], params, method, perms)
 
-        tune(wrapper, data["train"], settings, lr=settings.lr[cell.split], generator=generator,
-             on_checkpoint=on_checkpoint, proxy=proxy, device=device, desc=method)
+        tune(wrapper, data["train"], settings, lr=settings.lr[cell.split], steps=steps, checkpoints=checkpoints,
+             generator=generator, on_checkpoint=on_checkpoint, proxy=proxy, device=device, desc=method)
         model.eval()
-        for key, step in ((f"{method}_0_steps", 0), (method, settings.steps)):
+        for key, step in ((f"{method}_0_steps", 0), (method, steps)):
             metrics[key] = {"test_accuracy": curve[f"step_{step}_test_accuracy"],
                             "validation_accuracy": validation[step]}
+        metrics[f"{method}_cost"] = clock.seconds()
         curves[method] = curve
         if method == "equitune":
             metrics["equitune_equivariance_error"] = teacher_forced_equivariance_error(
@@ -226,5 +247,5 @@ def tune_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPairs],
             metrics["equitune_decoding_equivariance_fraction"] = decoding_equivariance_fraction(
                 model, data["test"], params, perms)
     metrics["curve"] = curves
-    log({"tune_seconds": time.perf_counter() - started}, 0)
+    log({f"{method}_{key}": value for method in curves for key, value in metrics[f"{method}_cost"].items()}, 0)
     return metrics

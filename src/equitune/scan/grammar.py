@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-__all__ = ["ACTION_WORDS", "COMMAND_WORDS", "all_pairs", "interpret"]
+__all__ = ["ACTION_WORDS", "COMMAND_WORDS", "MAX_COMMAND_WORDS", "all_pairs", "interpret"]
 
 _VERB_ACTIONS = {"walk": "WALK", "look": "LOOK", "run": "RUN", "jump": "JUMP"}
 _TURNS = {"left": "TURN_LEFT", "right": "TURN_RIGHT"}
 COMMAND_WORDS = ("walk", "look", "run", "jump", "turn", "left", "right", "opposite", "around",
                  "twice", "thrice", "and", "after")
 ACTION_WORDS = ("WALK", "LOOK", "RUN", "JUMP", "TURN_LEFT", "TURN_RIGHT")
+MAX_COMMAND_WORDS = 9  # "walk around left thrice and run around right thrice" (tests check it against all_pairs)
 
 
 def _v_phrases() -> list[tuple[str, tuple[str, ...]]]:

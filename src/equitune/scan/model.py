@@ -1,28 +1,46 @@
 """The seq2seq model of the SCAN experiment: a bidirectional encoder and an attention decoder.
 
 Cells: ``rnn`` (tanh), ``gru`` or ``lstm``. The encoder's two directions are summed, so encoder outputs and the
-decoder state share one size ``hidden_size``. Padding (id 0) is handled with packed sequences in the encoder and
-an attention mask in the decoder, so a padded batch gives the same numbers as one example at a time.
+decoder state share one size ``hidden_size``. The decoder's attention masks padding. The encoder reads commands
+either as packed sequences (``source_length=None``, the reference: each command its own length; torch runs packed
+sequences step by step) or right-padded to a fixed ``source_length`` (one fused RNN call; the padding positions
+are part of the model's input, always the same number for a command). Either way a padded batch gives the same
+numbers as one example at a time.
 
-``forward(src, decoder_inputs)`` is the teacher-forced (or partly teacher-forced) pass returning per-step
-log-probabilities ``[N, T, V]``; it takes only token-id tensors, so the core ``EquiTune`` wrapper can act on both
-inputs with vocabulary permutations and on the output with the permutation of the scores.
-``encode`` and ``decode_step`` are the pieces greedy decoding uses.
+Two decoder arrangements (``attention``, the param ``scan.model.attention``):
+
+- ``input_feeding`` (the reference's): at each step the previous decoder state attends over the encoder outputs
+  and the context is fed into the RNN together with the previous token. Step ``t`` needs step ``t-1``'s state
+  before its input exists, so training is a Python loop over the target's steps.
+- ``after_rnn`` (Luong et al.'s): the RNN reads only the previous tokens and the context is computed from its
+  output. With teacher forcing every input is known in advance, so the whole target sequence is one fused RNN
+  call followed by one batched attention: training runs without a loop over steps.
+
+Both read out ``log_softmax(W [rnn output; context])``. ``forward(src, decoder_inputs)`` is the teacher-forced
+(or partly teacher-forced) pass returning per-step log-probabilities ``[N, T, V]``; it takes only token-id
+tensors, so the core ``EquiTune`` wrapper can act on both inputs with vocabulary permutations and on the output
+with the permutation of the scores. ``encode`` and ``decode_step`` are the pieces greedy decoding uses; for both
+arrangements ``decode_step`` computes exactly what ``forward`` computes at that step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["CELLS", "Encoded", "Seq2Seq", "PAD_ID"]
+from ..core.errors import ConfigError
+
+__all__ = ["ATTENTION_KINDS", "Attention", "CELLS", "Encoded", "Seq2Seq", "PAD_ID"]
 
 PAD_ID = 0
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+Attention = Literal["input_feeding", "after_rnn"]
+ATTENTION_KINDS: tuple[str, ...] = ("input_feeding", "after_rnn")
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -41,17 +59,24 @@ def _sum_directions(hidden: torch.Tensor, layers: int) -> torch.Tensor:
 
 class Seq2Seq(nn.Module):
     def __init__(self, cell: str, input_vocab_size: int, output_vocab_size: int, hidden_size: int = 64,
-                 layers: int = 1, dropout: float = 0.1):
+                 layers: int = 1, dropout: float = 0.1, attention: str = "input_feeding",
+                 source_length: int | None = None):
         super().__init__()
         if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; allowed: {', '.join(CELLS)}")
-        self.cell, self.layers, self.hidden_size = cell, layers, hidden_size
+            raise ConfigError(f"unknown cell {cell!r}; allowed: {', '.join(CELLS)}")
+        if attention not in ATTENTION_KINDS:
+            raise ConfigError(f"unknown attention arrangement {attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
+        if source_length is not None and source_length < 1:
+            raise ConfigError(f"source_length must be None (packed sequences) or >= 1; got {source_length}")
+        self.cell, self.layers, self.hidden_size, self.attention = cell, layers, hidden_size, attention
+        self.source_length = source_length
         rnn = CELLS[cell]
         between_layers = dropout if layers > 1 else 0.0
+        decoder_input = 2 * hidden_size if attention == "input_feeding" else hidden_size
         self.source_embedding = nn.Embedding(input_vocab_size, hidden_size, padding_idx=PAD_ID)
         self.target_embedding = nn.Embedding(output_vocab_size, hidden_size, padding_idx=PAD_ID)
         self.encoder = rnn(hidden_size, hidden_size, layers, batch_first=True, bidirectional=True, dropout=between_layers)
-        self.decoder = rnn(2 * hidden_size, hidden_size, layers, batch_first=True, dropout=between_layers)
+        self.decoder = rnn(decoder_input, hidden_size, layers, batch_first=True, dropout=between_layers)
         self.attention_query = nn.Linear(hidden_size, hidden_size, bias=False)
         self.output = nn.Linear(2 * hidden_size, output_vocab_size)
         self.dropout = nn.Dropout(dropout)
@@ -62,10 +87,21 @@ class Seq2Seq(nn.Module):
         lengths = mask.sum(dim=1)
         if bool((lengths == 0).any()):
             raise ValueError("every command needs at least one token (found an all-padding row)")
-        packed = pack_padded_sequence(self.dropout(self.source_embedding(src)), lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        outputs, hidden = self.encoder(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.shape[1])
+        if self.source_length is None:
+            packed = pack_padded_sequence(self.dropout(self.source_embedding(src)), lengths.cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            outputs, hidden = self.encoder(packed)
+            outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.shape[1])
+        else:
+            longest = int(lengths.max())
+            if longest > self.source_length:
+                raise ValueError(f"a command of {longest} tokens is longer than the model's source_length "
+                                 f"{self.source_length}")
+            # Trailing all-padding columns beyond the fixed length carry nothing; the rest is padded up to it.
+            src = F.pad(src[:, : self.source_length], (0, self.source_length - min(src.shape[1], self.source_length)),
+                        value=PAD_ID)
+            mask = src != PAD_ID
+            outputs, hidden = self.encoder(self.dropout(self.source_embedding(src)))
         outputs = outputs[..., : self.hidden_size] + outputs[..., self.hidden_size:]
         if self.cell == "lstm":
             hidden = (_sum_directions(hidden[0], self.layers), _sum_directions(hidden[1], self.layers))
@@ -74,16 +110,26 @@ class Seq2Seq(nn.Module):
         return Encoded(outputs, mask, hidden)
 
     # ------------------------------------------------------------------------------------------- decoder
+    def attend(self, queries: torch.Tensor, encoded: Encoded) -> torch.Tensor:
+        """Contexts ``[N, T, H]`` for queries ``[N, T, H]``: attention over the real (unpadded) encoder outputs."""
+        scores = torch.bmm(self.attention_query(queries), encoded.outputs.transpose(1, 2))  # [N, T, S]
+        weights = F.softmax(scores.masked_fill(~encoded.mask.unsqueeze(1), float("-inf")), dim=-1)
+        return torch.bmm(weights, encoded.outputs)
+
+    def readout(self, outputs: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.output(torch.cat([outputs, contexts], dim=-1)), dim=-1)
+
     def decode_step(self, tokens: torch.Tensor, hidden: Hidden, encoded: Encoded) -> tuple[torch.Tensor, Hidden]:
         """One step for a batch of previous tokens ``[N]``: log-probabilities ``[N, V]`` and the new state."""
-        top = (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]  # [N, H]
-        scores = torch.bmm(encoded.outputs, self.attention_query(top).unsqueeze(2)).squeeze(2)
-        weights = F.softmax(scores.masked_fill(~encoded.mask, float("-inf")), dim=1)
-        context = torch.bmm(weights.unsqueeze(1), encoded.outputs).squeeze(1)
-        step_input = torch.cat([self.dropout(self.target_embedding(tokens)), context], dim=1).unsqueeze(1)
-        output, hidden = self.decoder(step_input, hidden)
-        logits = self.output(torch.cat([output.squeeze(1), context], dim=1))
-        return F.log_softmax(logits, dim=-1), hidden
+        embedded = self.dropout(self.target_embedding(tokens)).unsqueeze(1)  # [N, 1, H]
+        if self.attention == "input_feeding":
+            top = (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]  # [N, H]
+            context = self.attend(top.unsqueeze(1), encoded)
+            output, hidden = self.decoder(torch.cat([embedded, context], dim=2), hidden)
+        else:
+            output, hidden = self.decoder(embedded, hidden)
+            context = self.attend(output, encoded)
+        return self.readout(output, context).squeeze(1), hidden
 
     def forward(self, src: torch.Tensor, decoder_inputs: torch.Tensor,
                 teacher_forcing: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,12 +139,17 @@ class Seq2Seq(nn.Module):
         instead of the gold input (the reference's teacher-forcing ratio, decided once per sequence).
         """
         encoded = self.encode(src)
+        fully_forced = teacher_forcing is None or bool(teacher_forcing.all())
+        if self.attention == "after_rnn" and fully_forced:
+            # Every input is known: one fused RNN call over the whole sequence, then attention for all steps.
+            outputs, _ = self.decoder(self.dropout(self.target_embedding(decoder_inputs)), encoded.hidden)
+            return self.readout(outputs, self.attend(outputs, encoded))
         hidden = encoded.hidden
         steps = []
         previous = decoder_inputs[:, 0]
         for t in range(decoder_inputs.shape[1]):
             gold = decoder_inputs[:, t]
-            tokens = gold if teacher_forcing is None or t == 0 else torch.where(teacher_forcing, gold, previous)
+            tokens = gold if fully_forced or t == 0 else torch.where(teacher_forcing, gold, previous)
             log_probs, hidden = self.decode_step(tokens, hidden, encoded)
             steps.append(log_probs)
             previous = log_probs.argmax(dim=-1)

@@ -1,48 +1,77 @@
-"""The SCAN section of the report: a table like the paper's and accuracy-versus-equituning-steps curves.
+"""The SCAN section of the report: a table like the paper's, its cost, and the learning curves.
 
 Everything is aggregated from the grid in params (never a glob of result folders): a missing metrics file is an
-error naming the stage to run.
+error naming the stage to run. Rows are split x cell x group; columns the pretrained model, equituned with 0 steps
+and after tuning, equizero with 0 steps and after tuning (mean ± std over the seeds).
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import DataError
 from ..pipeline.io import atomic_path, read_json
-from .cells import ScanCell
+from .cells import ScanCell, TuneCell
 from .config import ScanParams
 
-__all__ = ["METHODS", "collect", "build_section", "plot_curves"]
+__all__ = ["METHODS", "Results", "build_section", "collect", "plot_curves"]
 
 METHODS = (("pretrained", "pretrained"), ("equitune_0_steps", "equituned (0 steps)"),
            ("equitune", "equituned"), ("equizero_0_steps", "equizero (0 steps)"), ("equizero", "equizero"))
+PRETRAIN_DIR, TUNE_DIR = "pretrain", "tune"
 
 
-def collect(params: ScanParams, metrics_dir: Path) -> dict[tuple[str, str], list[dict]]:
-    """(split, cell) -> the metrics dicts of its seeds (``<metrics_dir>/<cell name>.json``), in grid order."""
-    results: dict[tuple[str, str], list[dict]] = {}
-    for split in params.grid.splits:
-        for cell in params.grid.cells:
-            rows = []
-            for seed in params.grid.seeds:
-                name = ScanCell(split, cell, seed).name
-                path = Path(metrics_dir) / f"{name}.json"
-                if not path.exists():
-                    raise DataError(f"{path} missing: run dvc repro scan_tune@{name}")
-                rows.append(read_json(path))
-            results[(split, cell)] = rows
-    return results
+@dataclass(frozen=True)
+class Results:
+    pretrain: dict[tuple[str, str], list[dict]]  # (split, cell) -> each seed's pretraining metrics
+    tune: dict[tuple[str, str, str], list[dict]]  # (split, cell, group) -> each seed's tuning metrics
 
 
-def _mean_std(values: list[float]) -> str:
+def _read(path: Path, stage: str) -> dict:
+    if not path.exists():
+        raise DataError(f"{path} missing: run dvc repro {stage}")
+    return read_json(path)
+
+
+def collect(params: ScanParams, metrics_dir: Path) -> Results:
+    """Every cell's metrics from ``<metrics_dir>/pretrain/<cell>.json`` and ``<metrics_dir>/tune/<cell>.json``."""
+    grid = params.grid
+    pretrain, tune = {}, {}
+    for split in grid.splits:
+        for cell in grid.cells:
+            pretrain[(split, cell)] = [
+                _read(Path(metrics_dir) / PRETRAIN_DIR / f"{c.name}.json", f"scan_pretrain@{c.name}")
+                for c in (ScanCell(split, cell, seed) for seed in grid.seeds)]
+            for group in getattr(grid.groups, split):
+                tune[(split, cell, group)] = [
+                    _read(Path(metrics_dir) / TUNE_DIR / f"{c.name}.json",
+                          f"scan_tune_{split}@{group}-{cell}-{c.seed}")
+                    for c in (TuneCell(split, group, cell, seed) for seed in grid.seeds)]
+    return Results(pretrain, tune)
+
+
+def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
-def plot_curves(params: ScanParams, results, folder: Path) -> list[Path]:
+def _value(results: Results, split: str, cell: str, group: str, method: str, part: str) -> list[float]:
+    if method == "pretrained":
+        return [row[part] for row in results.pretrain[(split, cell)]]
+    return [row[method][part] for row in results.tune[(split, cell, group)]]
+
+
+def _save(figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+
+
+def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path]:
+    """One figure per split: pretraining validation accuracy vs examples (left) and test accuracy vs tuning
+    steps for each group and method (right); mean ± std over the seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,104 +79,150 @@ def plot_curves(params: ScanParams, results, folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    steps = sorted(params.tune.curve_steps)
     for split in params.grid.splits:
-        figure, axis = plt.subplots(figsize=(5.5, 3.6))
+        steps = params.tune.curve_for(split)
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
         for cell in params.grid.cells:
-            for method, style in (("equitune", "-"), ("equizero", "--")):
-                means, stds = [], []
-                for step in steps:
-                    values = [r["curve"][method][f"step_{step}_test_accuracy"] for r in results[(split, cell)]]
-                    means.append(statistics.fmean(values))
-                    stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-                line, = axis.plot(steps, means, style, marker="o", label=f"{cell} {method}")
-                axis.fill_between(steps, [m - s for m, s in zip(means, stds, strict=True)], [m + s for m, s in zip(means, stds, strict=True)],
-                                  color=line.get_color(), alpha=0.15)
-        axis.set_xlabel(f"equituning steps (batch {params.tune.batch_size})")
-        axis.set_ylabel("test exact-match accuracy")
-        axis.set_ylim(-0.02, 1.02)
-        axis.set_title(f"SCAN {split}: mean ± std over {len(params.grid.seeds)} seeds")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+            histories = [row["history"] for row in results.pretrain[(split, cell)]]
+            examples = [point["examples"] / 1000 for point in histories[0]]
+            values = [[h[i]["validation_accuracy"] for h in histories] for i in range(len(examples))]
+            _band(left, examples, values, "-", f"{cell}")
+            for group in getattr(params.grid.groups, split):
+                rows = results.tune[(split, cell, group)]
+                for method, style in (("equitune", "-"), ("equizero", "--")):
+                    values = [[r["curve"][method][f"step_{s}_test_accuracy"] for r in rows] for s in steps]
+                    _band(right, steps, values, style, f"{cell} {group} {method}")
+        left.set_xlabel(f"pretraining examples seen, thousands (batch {params.pretrain.batch_size})")
+        left.set_ylabel("validation exact-match accuracy")
+        left.set_title(f"{split}: pretraining")
+        right.set_xlabel(f"tuning steps (batch {params.tune.batch_size})")
+        right.set_ylabel("test exact-match accuracy")
+        right.set_title(f"{split}: equitune / equizero")
+        for axis in (left, right):
+            axis.set_ylim(-0.02, 1.02)
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
+        figure.suptitle(f"SCAN {split}: mean ± std over seeds {params.grid.seeds}", fontsize=10)
         figure.tight_layout()
-        path = folder / f"curve_{split}.png"
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+        path = folder / f"curves_{split}.png"
+        _save(figure, path)
         plt.close(figure)
         paths.append(path)
     return paths
 
 
-def build_section(params: ScanParams, results, figures: list[Path]) -> str:
+def _band(axis, xs, values_per_x, style, label) -> None:
+    means = [statistics.fmean(v) for v in values_per_x]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values_per_x]
+    line, = axis.plot(xs, means, style, marker="o", markersize=3, label=label)
+    axis.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                      [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.15)
+
+
+def _rows(params: ScanParams):
+    for split in params.grid.splits:
+        for cell in params.grid.cells:
+            for group in getattr(params.grid.groups, split):
+                yield split, cell, group
+
+
+def build_section(params: ScanParams, results: Results, figures: list[Path]) -> str:
     """The markdown section; ``figures`` are the figure paths relative to the section's own file."""
     seeds = params.grid.seeds
-    p, t = params.pretrain, params.tune
+    p, t, m = params.pretrain, params.tune, params.model
+    header = "| split | cell | group (\\|G\\|) | " + " | ".join(label for _, label in METHODS) + " |"
+    rule = "|---|---|---|" + "---|" * len(METHODS)
     lines = [
         "## SCAN: compositional generalisation (equitune, equizero)",
         "",
         f"Test exact-match accuracy (%) of the whole action sequence, mean ± std over seeds {seeds}. "
-        f"Pretraining: {p.examples:,} examples seen (batch {p.batch_size}, Adam lr {p.lr}, {p.lr_schedule} lr schedule, teacher forcing "
-        f"{p.teacher_forcing}), best-validation checkpoint. Equituning / equizero-tuning: {t.steps} steps of batch "
-        f"{t.batch_size} (lr {dict(t.lr)}, weight decay {t.weight_decay}); the |G| copies go through the model as "
-        "one batch; greedy decoding averages the mapped-back per-step log-probabilities (equitune) or keeps the most "
-        f"confident copy ({t.equizero_proxy} proxy, equizero).",
+        f"Model: bidirectional {', '.join(params.grid.cells)} encoder, attention decoder ({m.attention}), hidden "
+        f"{m.hidden_size}. Pretraining: {p.examples:,} examples seen (batch {p.batch_size}, Adam lr {p.lr}, "
+        f"{p.lr_schedule} schedule, teacher forcing {p.teacher_forcing}, loss weighting {p.loss_weighting}), "
+        "best-validation checkpoint (validation only). Equituning / equizero-tuning: "
+        f"{_per_split(t.steps, params)} steps of batch {t.batch_size} (lr {_per_split(t.lr, params)}, "
+        f"{t.lr_schedule} schedule, weight decay {t.weight_decay}); the |G| "
+        "copies go through the model as one batch; greedy decoding averages the mapped-back per-step "
+        f"log-probabilities (equitune) or keeps the most confident copy ({t.equizero_proxy} proxy, equizero, in "
+        "tuning and in decoding). The pretrained column is the same model for every group of a split.",
         "",
-        "| split | cell | " + " | ".join(label for _, label in METHODS) + " |",
-        "|---|---|" + "---|" * len(METHODS),
+        header,
+        rule,
     ]
-    for (split, cell), rows in results.items():
-        cells = [_mean_std([r[key]["test_accuracy"] for r in rows]) for key, _ in METHODS]
-        lines.append(f"| {split} | {cell} | " + " | ".join(cells) + " |")
-    lines += ["", "Validation accuracy (%) (hold-out of the training file; used for checkpoint selection only):", "",
-              "| split | cell | " + " | ".join(label for _, label in METHODS) + " |",
-              "|---|---|" + "---|" * len(METHODS)]
-    for (split, cell), rows in results.items():
-        cells = [_mean_std([r[key]["validation_accuracy"] for r in rows]) for key, _ in METHODS]
-        lines.append(f"| {split} | {cell} | " + " | ".join(cells) + " |")
-    worst_equi = max(r["equitune_equivariance_error"] for rows in results.values() for r in rows)
-    worst_plain = min(r["pretrained_equivariance_error"] for rows in results.values() for r in rows)
-    agreement = min(r["equitune_decoding_equivariance_fraction"] for rows in results.values() for r in rows)
+    orders = {}
+    for split, cell, group in _rows(params):
+        orders[group] = results.tune[(split, cell, group)][0]["group_order"]
+        cells = [_mean_std(_value(results, split, cell, group, key, "test_accuracy")) for key, _ in METHODS]
+        lines.append(f"| {split} | {cell} | {group} ({orders[group]}) | " + " | ".join(cells) + " |")
+    lines += ["", "Validation accuracy (%) (hold-out of the training file; the pretrained column selected the "
+              "checkpoint):", "", header, rule]
+    for split, cell, group in _rows(params):
+        cells = [_mean_std(_value(results, split, cell, group, key, "validation_accuracy")) for key, _ in METHODS]
+        lines.append(f"| {split} | {cell} | {group} ({orders[group]}) | " + " | ".join(cells) + " |")
+    lines += _cost_table(params, results)
+    worst_equi = max(r["equitune_equivariance_error"] for rows in results.tune.values() for r in rows)
+    worst_plain = min(r["pretrained_equivariance_error"] for rows in results.tune.values() for r in rows)
+    agreement = min(r["equitune_decoding_equivariance_fraction"] for rows in results.tune.values() for r in rows)
     lines += [
         "",
-        f"Equivariance (float64, teacher-forced per-step log-probs, `equitune.core.checks.equivariance_error`): largest "
+        "Equivariance (float64, teacher-forced per-step log-probs, `equitune.core.checks.equivariance_error`): largest "
         f"error of an equituned model {worst_equi:.1e}; smallest error of a pretrained model {worst_plain:.1e}. "
         f"Greedy decoding of transformed commands gave the transformed outputs for {100 * agreement:.1f}% of the "
         "checked (command, element) pairs in the worst cell.",
         "",
     ]
-    for path in figures:
-        lines.append(f"![{path.stem}]({path.as_posix()})")
+    lines += [f"![{path.stem}]({path.as_posix()})" for path in figures]
     lines += ["", "Paper's expected shape: the pretrained models fail Add-Jump (near 0%) and Around-Right; equituning "
-              "recovers most of it within a few thousand steps. What these runs show (computed from the table):", ""]
-    lines += [f"- {sentence}" for sentence in _shape_findings(params, results)]
-    lines += [
-        "",
-        "The default profile trains far less than the paper (a CPU budget of minutes): the pretrained models reach "
-        "only the validation accuracy above, and equituning also continues their training, so compare shapes, not "
-        "digits. The paper profile (`profiles/paper.yaml`) has the paper's lengths and learning rates.",
-    ]
+              "recovers most of it. What these runs show (computed from the tables):", ""]
+    lines += [f"- {sentence}" for sentence in _findings(params, results)]
     return "\n".join(lines) + "\n"
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    return statistics.fmean(r[key]["test_accuracy"] for r in rows)
+def _per_split(values: dict, params: ScanParams) -> str:
+    return ", ".join(f"{values[split]} ({split})" for split in params.grid.splits)
 
 
-def _shape_findings(params: ScanParams, results) -> list[str]:
+def _cost_table(params: ScanParams, results: Results) -> list[str]:
+    """Wall and CPU seconds per cell (mean ± std over seeds), as measured by the stages on the machine that ran
+    them: what each column of the table cost."""
+    lines = ["", "Cost per cell in seconds, wall / CPU (mean ± std over seeds; the machine that ran the stages, "
+             f"{params.threads} torch thread(s)): pretraining, then each group's equituning and equizero-tuning "
+             "with their evaluations.", "",
+             "| split | cell | group | pretraining | equitune | equizero |", "|---|---|---|---|---|---|"]
+    for split, cell, group in _rows(params):
+        pretrain = results.pretrain[(split, cell)]
+        tune = results.tune[(split, cell, group)]
+        cost = [_seconds([r["pretrain_seconds"] for r in pretrain], [r["pretrain_cpu_seconds"] for r in pretrain])]
+        cost += [_seconds([r[f"{method}_cost"]["seconds"] for r in tune], [r[f"{method}_cost"]["cpu_seconds"] for r in tune])
+                 for method in ("equitune", "equizero")]
+        lines.append(f"| {split} | {cell} | {group} | " + " | ".join(cost) + " |")
+    return lines
+
+
+def _seconds(wall: list[float], cpu: list[float]) -> str:
+    return f"{_mean_std(wall, 1.0, 0)} / {_mean_std(cpu, 1.0, 0)}"
+
+
+def _mean_of(results: Results, split: str, cell: str, group: str, method: str) -> float:
+    return statistics.fmean(_value(results, split, cell, group, method, "test_accuracy"))
+
+
+def _findings(params: ScanParams, results: Results) -> list[str]:
     findings = []
     for split in params.grid.splits:
-        cells = {cell: results[(split, cell)] for cell in params.grid.cells}
-        pretrained = {c: _mean(rows, "pretrained") for c, rows in cells.items()}
-        best = {m: max(cells, key=lambda c, m=m: _mean(cells[c], m)) for m in ("equitune", "equizero")}
-        text = (f"{split}: pretrained test accuracy {', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained.items())}; "
-                f"best equituned cell {best['equitune']} {100 * _mean(cells[best['equitune']], 'equitune'):.1f}%, "
-                f"best equizero cell {best['equizero']} {100 * _mean(cells[best['equizero']], 'equizero'):.1f}%.")
-        if split == "add_jump":
-            reached = _mean(cells[best["equitune"]], "equitune") >= 0.90
-            text += (" The issue's bar (equituned >= 90% for at least one cell) is "
-                     + ("met." if reached else "NOT met with this profile's short pretraining and tuning."))
-        else:
-            above = all(_mean(cells[c], "equitune") > pretrained[c] for c in cells)
-            text += " Equituned is " + ("above" if above else "NOT above") + " the pretrained model in every cell."
+        pretrained_val = {c: statistics.fmean(_value(results, split, c, "", "pretrained", "validation_accuracy"))
+                          for c in params.grid.cells}
+        pretrained_test = {c: _mean_of(results, split, c, "", "pretrained") for c in params.grid.cells}
+        text = (f"{split}: pretrained validation accuracy "
+                f"{', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained_val.items())}, test accuracy "
+                f"{', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained_test.items())}.")
+        for group in getattr(params.grid.groups, split):
+            for method in ("equitune", "equizero"):
+                best = max(params.grid.cells, key=lambda c, g=group, m=method: _mean_of(results, split, c, g, m))
+                worst_seed = min(min(_value(results, split, c, group, method, "test_accuracy"))
+                                 for c in params.grid.cells)
+                text += (f" With {group}, {method}: best cell {best} {100 * _mean_of(results, split, best, group, method):.1f}% "
+                         f"(0 steps: {100 * _mean_of(results, split, best, group, method + '_0_steps'):.1f}%), "
+                         f"lowest single run {100 * worst_seed:.1f}%.")
         findings.append(text)
     return findings

@@ -1,7 +1,10 @@
 """Training loops of the SCAN experiment: padded, masked mini-batches; pretraining and (equi/equizero-)tuning.
 
+- :func:`train_steps`: the loop itself, a function of the model, the optimiser and a batch sampler (so that a
+  distributed wrapper and a per-rank sampler can be passed in without rewriting it).
 - :func:`pretrain`: the non-equivariant model, teacher forcing decided once per sequence, gradient clipping,
-  Adam; validation exact-match accuracy every ``validate_every_examples``; the best-validation weights are kept.
+  Adam with a constant, cosine or one-cycle schedule; validation exact-match accuracy every
+  ``validate_every_examples``; the best-validation weights are kept.
 - :func:`tune`: continue training a wrapped model (core ``EquiTune`` or ``EquiZero``, the |G| copies in one
   batch) with full teacher forcing, calling back at the requested step counts so curves can be measured.
 Lengths are counted in examples seen, so the paper's "200k iterations of batch 1" is ``examples: 200000``.
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +28,8 @@ from .data import Pair, input_vocabulary, output_vocabulary
 from .decoding import EOS_ID, SOS_ID
 from .model import PAD_ID
 
-__all__ = ["EncodedPairs", "encode_pairs", "make_batch", "sequence_loss", "pretrain", "tune", "batch_order"]
+__all__ = ["EncodedPairs", "batch_order", "encode_pairs", "lr_scheduler", "make_batch", "mean_target_length", "pretrain",
+           "sequence_loss", "train_steps", "tune"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,24 @@ def make_batch(data: EncodedPairs, index: torch.Tensor) -> tuple[torch.Tensor, t
     return src, decoder_inputs, targets
 
 
-def sequence_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over the real (non-padding) target tokens."""
-    return F.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1), ignore_index=PAD_ID)
+def sequence_loss(log_probs: torch.Tensor, targets: torch.Tensor, weighting: str = "batch_mean",
+                  mean_target_length: float | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the real (non-padding) target tokens.
+
+    ``batch_mean``: the mean over the batch's tokens, so every batch counts the same; with length-bucketed batches
+    a token of a long target then counts less than a token of a short one. ``token``: the batch's sum divided by
+    ``batch size * mean_target_length`` (the training set's mean), so every target token of the data counts the
+    same, as with batch 1 and a loss summed over the target (the reference's), at the usual scale of about one
+    token's loss."""
+    flat_log_probs, flat_targets = log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1)
+    if weighting == "batch_mean":
+        return F.nll_loss(flat_log_probs, flat_targets, ignore_index=PAD_ID)
+    if weighting == "token":
+        if mean_target_length is None or mean_target_length <= 0:
+            raise ValueError("loss weighting 'token' needs the training set's mean target length (> 0)")
+        total = F.nll_loss(flat_log_probs, flat_targets, ignore_index=PAD_ID, reduction="sum")
+        return total / (targets.shape[0] * mean_target_length)
+    raise ValueError(f"unknown loss weighting {weighting!r}; allowed: batch_mean, token")
 
 
 def batch_order(lengths: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator,
@@ -96,86 +115,130 @@ def batch_order(lengths: torch.Tensor, batch_size: int, steps: int, generator: t
             produced += 1
 
 
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
+                loss_of: Callable[[nn.Module, torch.Tensor], torch.Tensor], *, grad_clip: float,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                after_step: Callable[[int, float], None] | None = None, desc: str = "train",
+                total: int | None = None) -> int:
+    """The training loop: one optimiser step per index batch that ``batches`` (the batch sampler) yields.
+
+    ``loss_of(model, index)`` builds the batch and returns its loss; gradients are clipped to ``grad_clip``;
+    ``after_step(step, loss)`` runs after each step (validation, curve points). Everything distributed training
+    changes comes in through the arguments (a wrapped ``model``, a per-rank sampler), not through this loop.
+    Returns the number of steps taken."""
+    progress = tqdm(total=total, desc=desc, unit="batch", disable=None)
+    step = 0
+    for step, index in enumerate(batches, 1):
+        model.train()
+        loss = loss_of(model, index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        value = float(loss.detach())
+        progress.update()
+        progress.set_postfix(loss=f"{value:.3f}")
+        if after_step is not None:
+            after_step(step, value)
+    progress.close()
+    return step
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, steps: int,
+                 warmup_fraction: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``constant`` (None), ``linear`` or ``cosine`` (from ``lr`` to 0 by the last step) or ``one_cycle`` (torch's
+    OneCycleLR: warm-up from lr/25 to ``lr`` over ``warmup_fraction`` of the steps, cosine annealing to lr/25000,
+    Adam's beta1 cycled between 0.95 and 0.85)."""
+    if schedule == "constant":
+        return None
+    if schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    if schedule == "one_cycle":
+        if steps < 2:
+            return None  # OneCycleLR needs two steps; one step at `lr` is the only sensible reading
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup_fraction,
+                                                   anneal_strategy="cos", div_factor=25.0, final_div_factor=1e3)
+    raise ValueError(f"unknown lr_schedule {schedule!r}; allowed: constant, linear, cosine, one_cycle")
+
+
+def mean_target_length(data: EncodedPairs) -> float:
+    return float(data.target_lengths.float().mean())
+
+
 def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Module], float], settings: ScanPretrain, *,
              generator: torch.Generator, on_validation: Callable[[int, float, float], None] | None = None,
              device: torch.device | None = None) -> tuple[dict, float, int]:
     """Train; returns (best-validation state dict, its validation accuracy, examples seen when it was reached).
 
-    ``settings.lr_schedule``: ``constant``, or ``cosine`` (lr decays from ``lr`` to 0 by the last step)."""
+    Validation (``evaluate(model)``, exact-match accuracy) runs every ``validate_every_examples`` and after the
+    last step; the weights of the best validation so far are kept (validation only, never the test split)."""
     device = torch.device("cpu") if device is None else device
-    examples, batch_size, lr, lr_schedule = settings.examples, settings.batch_size, settings.lr, settings.lr_schedule
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = math.ceil(examples / batch_size)
-    if lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    elif lr_schedule == "constant":
-        scheduler = None
-    else:
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; allowed: constant, cosine")
+    batch_size = settings.batch_size
+    steps = math.ceil(settings.examples / batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scheduler = lr_scheduler(optimizer, settings.lr_schedule, settings.lr, steps, settings.warmup_fraction)
     validate_every = max(1, round(settings.validate_every_examples / batch_size))
-    best_state, best_accuracy, best_at = copy.deepcopy(model.state_dict()), -1.0, 0
-    running, seen = 0.0, 0
-    progress = tqdm(total=steps, desc="pretrain", unit="batch", disable=None)
-    batches = batch_order(train.target_lengths, batch_size, steps, generator, settings.bucket_batches)
-    for step, index in enumerate(batches, 1):
-        model.train()
+    mean_length = mean_target_length(train)
+    best = {"state": copy.deepcopy(model.state_dict()), "accuracy": -1.0, "at": 0}
+    running = {"loss": 0.0, "steps": 0, "seen": 0}
+
+    def loss_of(net: nn.Module, index: torch.Tensor) -> torch.Tensor:
         src, decoder_inputs, targets = (t.to(device) for t in make_batch(train, index))
-        forcing = torch.rand(len(index), generator=generator) < settings.teacher_forcing
-        loss = sequence_loss(model(src, decoder_inputs, forcing.to(device)), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        seen += len(index)
-        running += float(loss.detach())
-        progress.update()
+        forcing = None
+        if settings.teacher_forcing < 1:
+            forcing = (torch.rand(len(index), generator=generator) < settings.teacher_forcing).to(device)
+        running["seen"] += len(index)
+        return sequence_loss(net(src, decoder_inputs, forcing), targets, settings.loss_weighting, mean_length)
+
+    def after_step(step: int, loss: float) -> None:
+        running["loss"] += loss
+        running["steps"] += 1
         if step % validate_every == 0 or step == steps:
             model.eval()
             accuracy = evaluate(model)
-            mean_loss = running / (validate_every if step % validate_every == 0 else step % validate_every)
-            running = 0.0
-            progress.set_postfix(loss=f"{mean_loss:.3f}", val_acc=f"{accuracy:.3f}")
+            mean_loss = running["loss"] / running["steps"]
+            running.update(loss=0.0, steps=0)
             if on_validation:
-                on_validation(seen, mean_loss, accuracy)
-            if accuracy > best_accuracy:
-                best_state, best_accuracy, best_at = copy.deepcopy(model.state_dict()), accuracy, seen
-    progress.close()
-    return best_state, best_accuracy, best_at
+                on_validation(running["seen"], mean_loss, accuracy)
+            if accuracy > best["accuracy"]:
+                best.update(state=copy.deepcopy(model.state_dict()), accuracy=accuracy, at=running["seen"])
+
+    batches = batch_order(train.target_lengths, batch_size, steps, generator, settings.bucket_batches)
+    train_steps(model, optimizer, batches, loss_of, grad_clip=settings.grad_clip, scheduler=scheduler,
+                after_step=after_step, desc="pretrain", total=steps)
+    return best["state"], best["accuracy"], best["at"]
 
 
-def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: float, generator: torch.Generator,
-         on_checkpoint: Callable[[int], None], proxy: ProxyScore | None = None,
-         device: torch.device | None = None, desc: str = "equitune") -> None:
-    """Teacher-forced training of a group wrapper; ``on_checkpoint(step)`` runs (in eval mode) at each step of
-    ``settings.curve_steps``. ``proxy`` (equizero's) gets each batch's padding mask before the forward pass."""
+def tune(wrapper: nn.Module, train: EncodedPairs, settings: ScanTune, *, lr: float, steps: int,
+         checkpoints: Sequence[int], generator: torch.Generator, on_checkpoint: Callable[[int], None],
+         proxy: ProxyScore | None = None, device: torch.device | None = None, desc: str = "equitune") -> None:
+    """``steps`` of teacher-forced training of a group wrapper at ``lr`` (the split's); ``on_checkpoint(step)`` runs
+    (in eval mode) at each of ``checkpoints``. ``proxy`` (equizero's) gets each batch's padding mask before the
+    forward pass."""
     device = torch.device("cpu") if device is None else device
-    steps, batch_size = settings.steps, settings.batch_size
-    wanted = sorted(set(settings.curve_steps))
+    wanted = sorted(set(checkpoints))
     if wanted and (wanted[0] < 0 or wanted[-1] > steps):
         raise ValueError(f"checkpoint steps must lie in [0, {steps}]; got {wanted}")
     optimizer = torch.optim.Adam(wrapper.parameters(), lr=lr, weight_decay=settings.weight_decay)
+    scheduler = lr_scheduler(optimizer, settings.lr_schedule, lr, steps)
+    mean_length = mean_target_length(train)
 
-    def checkpoint(step: int) -> None:
+    def loss_of(net: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        src, decoder_inputs, targets = (t.to(device) for t in make_batch(train, index))
+        if proxy is not None:
+            proxy.mask = targets != PAD_ID
+        return sequence_loss(net(src, decoder_inputs), targets, settings.loss_weighting, mean_length)
+
+    def checkpoint(step: int, loss: float | None = None) -> None:
         if step in wanted:
             wrapper.eval()
             on_checkpoint(step)
 
     checkpoint(0)
-    progress = tqdm(total=steps, desc=desc, unit="batch", disable=None)
-    batches = batch_order(train.target_lengths, batch_size, steps, generator, settings.bucket_batches)
-    for step, index in enumerate(batches, 1):
-        wrapper.train()
-        src, decoder_inputs, targets = (t.to(device) for t in make_batch(train, index))
-        if proxy is not None:
-            proxy.mask = targets != PAD_ID
-        loss = sequence_loss(wrapper(src, decoder_inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(wrapper.parameters(), settings.grad_clip)
-        optimizer.step()
-        progress.update()
-        progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        checkpoint(step)
-    progress.close()
+    batches = batch_order(train.target_lengths, settings.batch_size, steps, generator, settings.bucket_batches)
+    train_steps(wrapper, optimizer, batches, loss_of, grad_clip=settings.grad_clip, scheduler=scheduler,
+                after_step=checkpoint, desc=desc, total=steps)
