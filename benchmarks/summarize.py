@@ -66,6 +66,14 @@ BENCHMARKS = {
         "one SCAN pretraining cut to 10k steps, EquiLM generation with a GPU batch; ratio = wrapper / bare "
         "backbone on |G|*B images (target <= 1.05).",
         ["device", "part", "setting", "seconds", "throughput", "ratio"],
+    "image_finetuning": (
+        "8. Image fine-tuning on cached features versus the whole network",
+        "One SGD step of the same method on B training images: the top units and the head on the frozen part's "
+        "cached D4 orbits versus the whole EfficientNet-Lite0 on the images. Ratio = cached / whole-network training "
+        "images/s; target >= 3. The cache row: images/s of building the cache (8 D4 elements each), paid once per "
+        "image for every cell of the grid.",
+        ["method", "group", "resolution", "batch", "trainable_depth", "cached_images_per_s", "whole_images_per_s",
+         "ratio", "met", "images", "cache_images_per_s"],
     ),
 }
 

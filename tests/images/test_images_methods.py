@@ -12,6 +12,7 @@ from equitune.core.checks import assert_equivariant, assert_not_equivariant
 from equitune.core.errors import ConfigError
 from equitune.core.groups import image_action
 from equitune.images.backbones import BACKBONES, ImageClassifier, Normalise, build_classifier
+from equitune.images.config import BACKBONE_UNITS
 from equitune.images.methods import augment_batch, build_method, method_group
 
 GROUPS = ("c4", "d4", "hflip", "vflip")
@@ -92,6 +93,7 @@ def test_registry_builds_torchvision_backbones_with_a_generic_head(name):
     # the original ImageNet classifier is gone: no other Linear has 1000 outputs
     assert not any(isinstance(m, nn.Linear) and m.out_features == 1000 for m in model.modules())
     assert model.features(torch.rand(1, 3, 64, 64)).shape == (1, model.head.in_features)
+    assert model.unit_count == BACKBONE_UNITS[name] == 1  # the params check of trainable_depth counts the same
 
 
 def test_registry_unknown_name_lists_the_registry():
@@ -108,7 +110,7 @@ def test_efficientnet_lite0_pretrained_head_and_float32_invariance():
     # ImageNet weights really loaded: the stem differs from a random initialisation with the same seed.
     torch.manual_seed(0)
     random_init = build_classifier("efficientnet_lite0", num_classes=10, image_size=32, pretrained=False)
-    stem = "features.1.net._conv_stem.weight"
+    stem = "features.1.0.weight"  # the stem's convolution, the first unit
     assert not torch.allclose(classifier.state_dict()[stem], random_init.state_dict()[stem])
     x = torch.rand(4, 1, 32, 32)
     for group in ("c4", "d4"):

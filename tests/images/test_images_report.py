@@ -10,6 +10,7 @@ import yaml
 from equitune.core.errors import DataError
 from equitune.images.cells import grid_cells
 from equitune.images.config import ImagesParams
+from equitune.images.evaluation import D4_ELEMENTS
 from equitune.images.report import build_images_report
 from equitune.pipeline.io import write_json
 
@@ -17,13 +18,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fake_metrics(upright: float, rotated: float, error: float) -> dict:
-    by_rotation = {"accuracy_rot0": upright, "accuracy_rot90": rotated, "accuracy_rot180": rotated, "accuracy_rot270": rotated}
+    """A metrics file as the tune stage writes it: ``upright`` for the identity, ``rotated`` for every other element."""
+    by_element = {name: (upright if name == "identity" else rotated) for name in D4_ELEMENTS}
     classes = {"a": upright, "b": rotated}
     return {
         "test_accuracy_upright": upright, "test_accuracy_random_rotation": (upright + 3 * rotated) / 4,
-        "test_accuracy_by_rotation": by_rotation, "test_accuracy_rotation_spread": upright - rotated,
-        "per_class_accuracy_upright": classes, "per_class_accuracy_random_rotation": classes, "test_images": 8,
-        "invariance_error": {"c4": error},
+        "test_accuracy_random": {"c4": (upright + 3 * rotated) / 4, "d4": (upright + 7 * rotated) / 8,
+                                 "hflip": (upright + rotated) / 2, "vflip": (upright + rotated) / 2},
+        "test_accuracy_by_element": by_element,
+        "test_accuracy_by_rotation": {f"accuracy_rot{a}": (upright if a == 0 else rotated) for a in (0, 90, 180, 270)},
+        "test_accuracy_rotation_spread": upright - rotated,
+        "per_class_accuracy_upright": classes, "per_class_accuracy_random": {g: classes for g in ("c4", "d4")},
+        "test_images": 8,
+        "invariance_error": {"c4": error, "d4": 2 * error},
         "training": {"best_epoch": 1, "curve": {"epoch1": {"train_loss": 1.0, "val_accuracy": upright},
                                                 "epoch2": {"train_loss": 0.5, "val_accuracy": upright}}},
     }
@@ -52,12 +59,18 @@ def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
     assert report.startswith("## ")
     assert "(figures/images/results/learning_curves.png)" in report and "(figures/images/features-fashion_mnist.png)" in report
     finetune_row = next(line for line in report.splitlines() if line.startswith("| finetune |"))
-    assert "| 85.0 ± 7.1 | 40.0 ± 14.1 |" in finetune_row and "5.00e-01" in finetune_row
+    # upright 90/80 -> 85.0 ± 7.1; random C4 (0.9+0.9)/4=0.45 and (0.8+1.5)/4=0.575 -> 51.2 ± 8.8; C4 error max 0.5
+    assert finetune_row.startswith("| finetune | 85.0 ± 7.1 | 51.2 ± 8.8 |") and "5.0e-01 | 1.0e+00 |" in finetune_row
     equitune_row = next(line for line in report.splitlines() if line.startswith("| equitune (c4) |"))
-    assert "| 65.0 ± 7.1 |" in equitune_row and "1.00e-07" in equitune_row
-    assert "9.00e+00" not in report
-    assert Path("reports/figures/images/results/learning_curves.png").stat().st_size > 0
-    assert Path("reports/figures/images/results/accuracy_by_rotation-fashion_mnist-efficientnet_lite0.png").exists()
+    assert equitune_row.startswith("| equitune (c4) | 65.0 ± 7.1 |") and "1.0e-07 | 2.0e-07 |" in equitune_row
+    rotation_row = [line for line in report.splitlines() if line.startswith("| finetune |")][1]  # the C4 table
+    assert rotation_row == "| finetune | 85.0 ± 7.1 | 40.0 ± 14.1 | 40.0 ± 14.1 | 40.0 ± 14.1 | 51.2 ± 8.8 | 45.0 ± 21.2 |"
+    assert "9.0e+00" not in report and "0.0 ± 0.0 | 0.0 ± 0.0" not in report  # the stale cell is not read
+    for name in ("learning_curves", "accuracy_by_rotation-fashion_mnist-efficientnet_lite0",
+                 "accuracy_by_element-fashion_mnist-efficientnet_lite0"):
+        assert Path(f"reports/figures/images/results/{name}.png").stat().st_size > 0
+        assert f"(figures/images/results/{name}.png)" in report
+    assert "| method | upright | 90° | 180° | 270° | mirror | mirror+90° | mirror+180° | mirror+270° | random D4 |" in report
 
 
 def test_report_fails_on_a_missing_cell(tmp_path, monkeypatch, params):

@@ -1,5 +1,5 @@
-"""Image stages: the params schema (both profiles), grid cells, and bad names rejected before any work (exit 2,
-nothing written). The slow test runs prepare -> train -> evaluate -> features -> report on a tiny grid."""
+"""Image stages: the params schema (both profiles), grid cells, and bad names or depths rejected before any work
+(exit 2, nothing written). The slow test runs prepare -> cache -> tune -> features -> report on a tiny grid."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def test_both_profiles_validate(profile):
         assert params.grid.backbones == ["alexnet", "resnet18", "vgg11_bn", "densenet121"]
         assert params.grid.datasets == ["cifar10", "hymenoptera"] and params.grid.groups == ["c4", "d4"]
         assert params.grid.seeds == [0, 1, 2] and params.train.epochs == 10
+        assert params.train.trainable_depth == "all"  # the paper trains the whole network
+    else:
+        assert isinstance(params.train.trainable_depth, int)
 
 
 @pytest.mark.parametrize("key, value, fragment", [
@@ -49,6 +52,29 @@ def test_bad_grid_names_are_rejected_with_the_allowed_values(key, value, fragmen
     with pytest.raises(ValidationError) as error:
         ImagesParams.model_validate(section)
     assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("depth, fragment", [
+    (19, "images.train.trainable_depth=19 is outside the backbone (efficientnet_lite0 has 18 unit(s)); use 0..18"),
+    (-1, "images.train.trainable_depth=-1 is negative"),
+    ("most", "trainable_depth"),
+])
+def test_a_trainable_depth_outside_the_backbone_is_rejected(depth, fragment):
+    section = images_section(REPO / "params.yaml")
+    section["train"]["trainable_depth"] = depth
+    with pytest.raises(ValidationError) as error:
+        ImagesParams.model_validate(section)
+    assert fragment in str(error.value)
+
+
+def test_a_torchvision_trunk_is_one_unit():
+    section = images_section(REPO / "params.yaml")
+    section["grid"]["backbones"] = ["efficientnet_lite0", "resnet18"]
+    section["train"]["trainable_depth"] = 2
+    with pytest.raises(ValidationError, match=r"resnet18 has 1 unit\(s\)\); use 0..1"):
+        ImagesParams.model_validate(section)
+    section["train"]["trainable_depth"] = 1
+    ImagesParams.model_validate(section)
 
 
 def test_grid_never_trains_a_baseline_twice():
@@ -76,7 +102,7 @@ def tiny_params(tmp_path: Path, **grid) -> Path:
     images["data"].update(train_size=16, val_size=8, test_size=8, fashion_mnist_dir=str(DEBIAN_DIR), allow_download=False)
     images["grid"].update(datasets=["fashion_mnist"], backbones=["efficientnet_lite0"], baseline_methods=["finetune"],
                           group_methods=["equitune"], groups=["c4"], seeds=[0], **grid)
-    images["train"].update(epochs=1, batch_size=8)
+    images["train"].update(epochs=1, batch_size=8, trainable_depth=2)
     images["evaluation"].update(invariance_batch=4, batch_size=8)
     images["figures"].update(feature_resolution=32, feature_channels=2)
     path = tmp_path / "params.yaml"
@@ -90,17 +116,32 @@ def tiny_params(tmp_path: Path, **grid) -> Path:
     ({"group": "c5"}, "group='c5' is not in the params grid"),
     ({"method": "finetune"}, "group='c4' is not in the params grid"),
 ])
-@pytest.mark.parametrize("stage", ["train", "evaluate"])
-def test_stages_reject_bad_names_before_any_work(tmp_path, monkeypatch, capsys, stage, overrides, fragment):
+def test_tune_stage_rejects_bad_names_before_any_work(tmp_path, monkeypatch, capsys, overrides, fragment):
     params = tiny_params(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    argv = stage_argv(f"{stage}_images_group@{CELL}", **overrides)
+    argv = stage_argv(f"tune_images_group@{CELL}", **overrides)
     with pytest.raises(SystemExit) as exit_info:
-        run_stage(stage_main(f"images/{stage}"), [*argv, "--params", str(params)])
+        run_stage(stage_main("images/tune"), [*argv, "--params", str(params)])
     assert exit_info.value.code == 2
     assert fragment in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written, not even a store
+
+
+@pytest.mark.parametrize("stage", ["images/tune", "images/cache"])
+def test_stages_reject_a_depth_outside_the_backbone_before_any_work(tmp_path, monkeypatch, capsys, stage):
+    params = tiny_params(tmp_path)
+    data = yaml.safe_load(params.read_text())
+    data["images"]["train"]["trainable_depth"] = 25
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    name = f"tune_images_group@{CELL}" if stage == "images/tune" else "cache_images@fashion_mnist-efficientnet_lite0"
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage_main(stage), [*stage_argv(name), "--params", str(params)])
+    assert exit_info.value.code == 2
+    assert "images.train.trainable_depth=25 is outside the backbone" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_cell_names():
@@ -112,19 +153,21 @@ def test_cell_names():
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_tiny_pipeline_end_to_end(tmp_path):
     params = tiny_params(tmp_path)
-    stages = ["prepare_images@fashion_mnist", "features_images@fashion_mnist"]
-    for kind in ("train", "evaluate"):
-        stages += [f"{kind}_images_baseline@fashion_mnist-efficientnet_lite0-finetune-0", f"{kind}_images_group@{CELL}"]
-    for stage in [*stages, "images_report"]:
+    stages = ["prepare_images@fashion_mnist", "cache_images@fashion_mnist-efficientnet_lite0",
+              "features_images@fashion_mnist", "tune_images_baseline@fashion_mnist-efficientnet_lite0-finetune-0",
+              f"tune_images_group@{CELL}", "images_report"]
+    for stage in stages:
         result = run_stage_process(stage, tmp_path, params)
         assert result.returncode == 0, result.stderr
     import json
     equi = json.loads((tmp_path / "metrics/images/fashion_mnist-efficientnet_lite0-equitune-c4-s0.json").read_text())
     base = json.loads((tmp_path / "metrics/images/fashion_mnist-efficientnet_lite0-finetune-trivial-s0.json").read_text())
     assert equi["invariance_error"]["c4"] < 1e-4 and base["invariance_error"]["c4"] > 1e-4
-    accuracies = equi["test_accuracy_by_rotation"]
-    assert max(accuracies.values()) - min(accuracies.values()) == 0  # 8 test images: any flip would show
+    rotations = [equi["test_accuracy_by_element"][name] for name in ("identity", "rot90", "rot180", "rot270")]
+    assert max(rotations) - min(rotations) == 0  # 8 test images: any flip would show
     report = (tmp_path / "reports/images.md").read_text()
     assert report.startswith("## ") and "equitune (c4)" in report and "finetune" in report
     assert (tmp_path / "reports/figures/images/features-fashion_mnist.gif").stat().st_size > 0
-    assert (tmp_path / "reports/figures/images/results/learning_curves.png").stat().st_size > 0
+    for name in ("learning_curves", "accuracy_by_rotation-fashion_mnist-efficientnet_lite0",
+                 "accuracy_by_element-fashion_mnist-efficientnet_lite0"):
+        assert (tmp_path / f"reports/figures/images/results/{name}.png").stat().st_size > 0

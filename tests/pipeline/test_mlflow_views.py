@@ -21,7 +21,7 @@ def test_the_saved_view_is_what_mlflow_3_17_saves():
     state = json.loads(envelope["state"])
     assert state == saved_view_state(VIEWS["scan"])
     assert state["selectedColumns"] == ["tags.`split`", "tags.`model`", "tags.`method`", "tags.`group`",
-                                        "tags.`seed`", "metrics.`pretrained/test_accuracy`",
+                                        "tags.`seed`", "metrics.`test_accuracy`", "metrics.`validation_accuracy`",
                                         "metrics.`equitune/test_accuracy`", "metrics.`equizero/test_accuracy`"]
     assert {"searchFilter", "orderByKey", "orderByAsc", "startTime", "lifecycleFilter", "datasetsFilter",
             "modelVersionFilter", "columnOrder", "runsHiddenMode", "groupBy", "globalLineChartConfig"} <= set(state)

@@ -45,14 +45,14 @@ def test_scan_tune_reads_the_model_its_pretrain_stage_writes():
 
 def test_images_report_finds_every_evaluated_cell_and_feature_figure():
     report = _options("images_report")
-    stages = _stages("evaluate_images_")
+    stages = _stages("tune_images_")
     assert stages
     for stage in stages:
         args = _options(stage)
         cell = Cell(args["dataset"], args["backbone"], args["method"], args["group"], int(args["seed"]))
         assert Path(args["metrics"]) == Path(report["metrics-dir"]) / f"{cell.name}.json", stage
-        train = _options(stage.replace("evaluate_images_", "train_images_"))
-        assert args["model"] == train["out"] and args["data"] == train["data"]
+        cache = _options(f"cache_images@{cell.dataset}-{cell.backbone}")
+        assert args["cache"] == cache["out"] and args["data"] == cache["data"]
     for stage in _stages("features_images@"):
         args = _options(stage)
         assert Path(args["png"]) == Path(report["features-dir"]) / f"features-{args['dataset']}.png"

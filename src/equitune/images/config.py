@@ -16,6 +16,7 @@ from ..pipeline.schema import StrictModel
 __all__ = [
     "BASELINE_METHODS",
     "BACKBONE_NAMES",
+    "BACKBONE_UNITS",
     "DATASET_NAMES",
     "GROUP_METHODS",
     "IMAGE_GROUP_NAMES",
@@ -25,6 +26,10 @@ __all__ = [
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "hymenoptera")
 BACKBONE_NAMES = ("efficientnet_lite0", "alexnet", "resnet18", "vgg11_bn", "densenet121")
+BACKBONE_UNITS = {"efficientnet_lite0": 18, "alexnet": 1, "resnet18": 1, "vgg11_bn": 1, "densenet121": 1}
+"""Units of each backbone's trunk, what ``images.train.trainable_depth`` counts (see
+:mod:`equitune.images.backbones`; a test checks these counts against the built networks). Known without building a
+network, so that a depth outside the backbone is rejected when params are read, before any work."""
 BASELINE_METHODS = ("finetune", "finetune_augment")
 GROUP_METHODS = ("equitune", "lambda_equitune", "equizero")
 METHOD_NAMES = BASELINE_METHODS + GROUP_METHODS
@@ -119,6 +124,12 @@ class ImagesTrain(StrictModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     freeze_batchnorm: bool = Field(True, description="keep batch-norm layers on their ImageNet running statistics while training")
+    trainable_depth: int | Literal["all"] = Field(
+        "all", description="trunk units trained, counted from the top (plus the new head): 'all' trains the whole "
+        "network on images transformed on the fly (the paper); n freezes the lower units and caches their outputs "
+        "once per image and D4 element, shared by every method and seed (0: a linear probe)")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="per-step learning rate: constant, "
+                                                       "or cosine decay to 0 over the run")
     lambda_hidden: int = Field(100, ge=1, description="hidden width of lambda-equitune's MLP (features -> h -> h -> 1)")
     equizero_proxy: Literal["entropy", "max_prob"] = "entropy"
     mixed_precision: bool = Field(False, description="bfloat16/float16 autocast on CUDA (ignored on CPU)")
@@ -145,6 +156,20 @@ class ImagesParams(StrictModel):
     train: ImagesTrain
     evaluation: ImagesEvaluation = ImagesEvaluation()
     figures: ImagesFigures = ImagesFigures()
+
+    @model_validator(mode="after")
+    def _depth_fits_backbones(self):
+        depth = self.train.trainable_depth
+        if depth == "all":
+            return self
+        if depth < 0:
+            raise ValueError(f"images.train.trainable_depth={depth} is negative; use 0..units of the backbone or 'all'")
+        too_deep = {b: BACKBONE_UNITS[b] for b in self.grid.backbones if depth > BACKBONE_UNITS[b]}
+        if too_deep:
+            units = ", ".join(f"{b} has {n}" for b, n in too_deep.items())
+            raise ValueError(f"images.train.trainable_depth={depth} is outside the backbone ({units} unit(s)); use "
+                             f"0..{min(too_deep.values())} (frozen lower units, cached) or 'all'")
+        return self
 
     @model_validator(mode="after")
     def _grid_fits_data(self):

@@ -1,80 +1,183 @@
-"""What one image grid cell does, as the functions the stage scripts call: train it, evaluate it.
+"""What the image stages do, as the functions the stage scripts call: cache the frozen part's orbits of a dataset,
+and run one grid cell (fine-tune, then evaluate on the test split).
 
-Every path comes from the caller (dvc.yaml passes them to the stage scripts): a training folder holds
-``model.pt`` (best-validation weights) and ``curves.json`` (per-epoch train loss and validation accuracy).
+A cell trains on one of two inputs, chosen by ``images.train.trainable_depth``:
+
+- ``all`` (the paper): the whole network, on images transformed on the fly;
+- a number of top units: the frozen lower part's D4 orbits, computed once by the cache stage and shared by every
+  method and seed (:mod:`equitune.images.cached`); the same method wrappers run on them through
+  :class:`~equitune.images.cached.OrbitAction`.
+
+Either way the saved ``model.pt`` is the state of the whole model on images (frozen units included), and the
+metrics come from the logits of the test images moved by each element of D4 (:mod:`equitune.images.evaluation`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..core.errors import DataError
-from ..pipeline.io import read_json
-from .backbones import build_classifier
+from ..core.checks import equivariance_error
+from ..core.errors import ConfigError
+from ..core.groups import image_action
+from .backbones import ImageClassifier, build_classifier, split_features
+from .cached import OrbitAction, build_cache, cache_description
 from .cells import Cell
 from .config import ImagesParams
-from .evaluation import evaluate_rotations
+from .data import to_model_input
+from .evaluation import D4_ELEMENTS, metrics_from_logits
 from .methods import build_method, method_group, new_parameters
-from .training import EpochRecord, autocast_dtype, train
+from .modes import eval_mode
+from .training import (
+    EpochRecord,
+    ImageBatches,
+    OrbitBatches,
+    ShuffledBatches,
+    accuracy,
+    autocast_dtype,
+    fit,
+    make_optimiser,
+    make_scheduler,
+    predict,
+)
 
-__all__ = ["CHECKPOINT", "CURVES", "build_cell_model", "evaluate_cell", "train_cell"]
+__all__ = ["CHECKPOINT", "CURVES", "CellResult", "cache_for", "cell_cache_description", "orbit_logits",
+           "image_logits", "run_cell"]
 
 CHECKPOINT = "model.pt"
 CURVES = "curves.json"
+INVARIANCE_GROUPS = ("c4", "d4")
 
 
-def build_cell_model(params: ImagesParams, cell: Cell, num_classes: int, pretrained: bool) -> tuple:
-    """(model the method trains, the classifier inside it)."""
-    classifier = build_classifier(cell.backbone, num_classes, params.resolution, pretrained)
-    model = build_method(cell.method, cell.group, classifier, params.train.lambda_hidden, params.train.equizero_proxy)
-    return model, classifier
+@dataclass
+class CellResult:
+    state: dict  # the whole model on images, best-validation weights
+    curves: dict
+    metrics: dict
 
 
-def train_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], num_classes: int,
-               generator: torch.Generator, device: torch.device,
-               on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[dict, dict]:
-    """Fine-tune the cell's model; (best-validation state dict, curves)."""
-    method_group(cell.method, cell.group)
-    model, classifier = build_cell_model(params, cell, num_classes, params.train.pretrained)
-    model.to(device)
-    result = train(model, data, params.train, resolution=params.resolution, generator=generator, device=device,
-                   new_parameters=new_parameters(model, classifier),
-                   augment_rotations=cell.method == "finetune_augment",
-                   eval_batch_size=params.evaluation.batch_size, on_epoch=on_epoch, progress=True)
+def cell_cache_description(params: ImagesParams, backbone: str) -> dict:
+    return cache_description(backbone, params.resolution, params.train.trainable_depth, params.train.pretrained)
+
+
+def cache_for(params: ImagesParams, backbone: str, data: dict[str, np.ndarray], num_classes: int,
+              progress: bool = False) -> dict:
+    """The content of the cache file of ``backbone`` on ``data`` (only a description when the whole network is
+    trained, so the stage exists in every profile)."""
+    description = cell_cache_description(params, backbone)
+    depth = params.train.trainable_depth
+    if depth == "all":
+        return build_cache(None, data, params.resolution, description)
+    classifier = build_classifier(backbone, num_classes, params.resolution, params.train.pretrained)
+    frozen, _ = split_features(classifier, depth)
+    return build_cache(frozen, data, params.resolution, description, progress=progress)
+
+
+def image_logits(model: nn.Module, images: np.ndarray, resolution: int, batch_size: int, device: torch.device,
+                 autocast: torch.dtype | None = None) -> torch.Tensor:
+    """``[8, N, K]``: the logits of ``images`` moved by each element of D4 (whole model on images)."""
+    action = image_action("d4")
+    return torch.stack([
+        predict(model, images, batch_size, prepare=lambda x, g=g: action.apply(to_model_input(x, resolution), g),
+                device=device, autocast=autocast)
+        for g in action.group
+    ])
+
+
+def orbit_logits(model: nn.Module, method: str, group: str, upper: ImageClassifier, orbits: torch.Tensor,
+                 batch_size: int, device: torch.device, equizero_proxy: str = "entropy") -> torch.Tensor:
+    """``[8, N, K]`` for a model trained on cached orbits, from the test orbits ``[N, 8, ...]``.
+
+    The trained upper units run once per slot (eval mode: each slot's features depend on that slot alone); the
+    method is then rebuilt on those features with the same head and lambda MLP and evaluated on the features' orbit
+    moved by each element of D4 (:class:`OrbitAction` acts on any per-slot tensor). This gives the same logits as
+    ``model`` on the moved orbits, at 1/|G| of the cost (a test checks the equality in float64)."""
+    flat = orbits.flatten(0, 1)
+    features = predict(upper.features, flat, batch_size * len(D4_ELEMENTS), device=device)
+    features = features.reshape(orbits.shape[0], orbits.shape[1], *features.shape[1:])
+    on_features = build_method(method, group, ImageClassifier(nn.Sequential(), upper.head),
+                               equizero_proxy=equizero_proxy, on_orbits=True,
+                               lambda_net=getattr(model, "lambda_net", None))
+    action = OrbitAction("d4")
+    return torch.stack([predict(on_features, action.apply(features, g), batch_size, device=device)
+                        for g in action.group])
+
+
+def _invariance_errors(model: nn.Module, inputs: torch.Tensor, actions: dict[str, object]) -> dict[str, float]:
+    """Measured max |f(g x) - f(x)| over each group's elements and a batch of test inputs (eval mode)."""
+    with eval_mode(model):
+        return {name: equivariance_error(model, action, inputs) for name, action in actions.items()}
+
+
+def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], classes: tuple[str, ...],
+             orbits: dict[str, torch.Tensor] | None, generator: torch.Generator, device: torch.device,
+             on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False) -> CellResult:
+    """Fine-tune the cell's model (best epoch by upright validation accuracy), then evaluate it on the test split.
+
+    ``orbits``: the cached orbits of each split (None when ``trainable_depth`` is ``all``)."""
+    group = method_group(cell.method, cell.group)
+    settings, evaluation = params.train, params.evaluation
+    depth = settings.trainable_depth
+    cached = depth != "all"
+    if cached and orbits is None:
+        raise ConfigError(f"images.train.trainable_depth={depth} trains on cached orbits, but none were given")
+    classifier = build_classifier(cell.backbone, len(classes), params.resolution, settings.pretrained)
+    augment = generator if cell.method == "finetune_augment" else None
+    autocast = autocast_dtype(settings, device)
+    lambda_args = {"lambda_hidden": settings.lambda_hidden, "equizero_proxy": settings.equizero_proxy}
+    if cached:
+        _, trainable = split_features(classifier, depth)
+        upper = ImageClassifier(trainable, classifier.head)
+        model = build_method(cell.method, cell.group, upper, on_orbits=True, **lambda_args).to(device)
+        load_batch = OrbitBatches(orbits["train"], data["train_y"], device, augment)
+
+        def validate(m: nn.Module) -> float:
+            return accuracy(predict(m, orbits["val"], evaluation.batch_size, device=device), data["val_y"])
+    else:
+        upper = classifier
+        model = build_method(cell.method, cell.group, classifier, **lambda_args).to(device)
+        load_batch = ImageBatches(data["train_x"], data["train_y"], params.resolution, device, augment)
+
+        def validate(m: nn.Module) -> float:
+            logits = predict(m, data["val_x"], evaluation.batch_size, device=device, autocast=autocast,
+                             prepare=lambda x: to_model_input(x, params.resolution))
+            return accuracy(logits, data["val_y"])
+
+    batches = ShuffledBatches(len(data["train_y"]), settings.batch_size, generator)
+    optimiser = make_optimiser(model, settings, new_parameters(model, upper))
+    scheduler = make_scheduler(optimiser, settings, settings.epochs * len(batches))
+    result = fit(model, optimiser, batches, load_batch, epochs=settings.epochs, validate=validate,
+                 freeze_batchnorm=settings.freeze_batchnorm, scheduler=scheduler, autocast=autocast,
+                 on_epoch=on_epoch, progress=progress)
+
+    model.eval()
+    probe = slice(0, evaluation.invariance_batch)
+    if cached:
+        logits = orbit_logits(model, cell.method, cell.group, upper, orbits["test"], evaluation.batch_size, device,
+                              settings.equizero_proxy)
+        inputs, action_of = orbits["test"][probe].to(device), OrbitAction
+    else:
+        logits = image_logits(model, data["test_x"], params.resolution, evaluation.batch_size, device, autocast)
+        inputs, action_of = to_model_input(data["test_x"][probe], params.resolution).to(device), image_action
+    metrics = metrics_from_logits(logits.float(), data["test_y"], classes, evaluation.rotation_seed)
+    groups = dict.fromkeys((*INVARIANCE_GROUPS, *(() if group == "trivial" else (group,))))
+    metrics["invariance_error"] = _invariance_errors(model, inputs, {name: action_of(name) for name in groups})
     curves = {
         "best_epoch": result.best_epoch,
         "epochs": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_accuracy": r.val_accuracy}
                    for r in result.history],
     }
-    return result.best_state, curves
-
-
-def evaluate_cell(params: ImagesParams, cell: Cell, model_dir: str | Path, data: dict[str, np.ndarray],
-                  classes: tuple[str, ...], device: torch.device) -> dict:
-    """Every test metric of the cell's trained model, and its training curve (the cell's metrics file)."""
-    group = method_group(cell.method, cell.group)
-    checkpoint = Path(model_dir) / CHECKPOINT
-    if not checkpoint.exists():
-        raise DataError(f"{checkpoint} not found; run the training stage of {cell.name} first")
-    model, _ = build_cell_model(params, cell, len(classes), pretrained=False)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    model.to(device).eval()
-    # The rotation group the test set uses (c4) and, when different, the model's own group.
-    invariance_groups = ("c4",) + ((group,) if group not in ("c4", "trivial") else ())
-    metrics = evaluate_rotations(
-        model, data["test_x"], data["test_y"], classes, resolution=params.resolution,
-        batch_size=params.evaluation.batch_size, rotation_seed=params.evaluation.rotation_seed,
-        invariance_batch=params.evaluation.invariance_batch, groups=invariance_groups, device=device,
-        autocast_dtype=autocast_dtype(params.train, device),
-    )
-    curves = read_json(Path(model_dir) / CURVES)
     metrics["training"] = {
-        "best_epoch": curves["best_epoch"],
+        "best_epoch": result.best_epoch,
         "curve": {f"epoch{r['epoch']}": {"train_loss": r["train_loss"], "val_accuracy": r["val_accuracy"]}
                   for r in curves["epochs"]},
     }
-    return metrics
+    # The whole model on images (the frozen units included), sharing the trained modules.
+    whole = build_method(cell.method, cell.group, classifier, lambda_net=getattr(model, "lambda_net", None),
+                         **lambda_args)
+    state = {k: v.detach().cpu().clone() for k, v in whole.state_dict().items()}
+    return CellResult(state, curves, metrics)

@@ -1,10 +1,11 @@
-"""reports/images.md and its figures, aggregated from the cells of the params grid (never a glob of folders):
-mean +- std over seeds of every accuracy, the measured invariance errors, learning curves, feature figures."""
+"""The images section of the report and its figures, aggregated from the cells of the params grid (never a glob of
+folders): mean +- std over seeds of every accuracy, the measured invariance errors, learning curves, feature figures."""
 
 from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,15 @@ import numpy as np
 from ..core.errors import DataError
 from ..pipeline.io import atomic_path, read_json
 from .cells import Cell, grid_cells
-from .config import ImagesParams
-from .evaluation import ROTATIONS
+from .config import BACKBONE_UNITS, ImagesParams
+from .evaluation import D4_ELEMENTS
 
 __all__ = ["build_images_report", "summarise"]
+
+ROTATION_NAMES = D4_ELEMENTS[:4]
+ELEMENT_LABELS = {"identity": "upright", "rot90": "90°", "rot180": "180°", "rot270": "270°", "hflip": "mirror",
+                  "rot90_after_hflip": "mirror+90°", "vflip": "mirror+180°", "rot270_after_hflip": "mirror+270°"}
+"""Column labels of the D4 elements ("mirror" = left-right flip, applied first)."""
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -33,7 +39,7 @@ def summarise(params: ImagesParams, metrics_dir: Path) -> dict[tuple, list[tuple
     for cell in grid_cells(params):
         path = metrics_dir / f"{cell.name}.json"
         if not path.exists():
-            raise DataError(f"{path} is missing: run the evaluate stage of {cell.name} first")
+            raise DataError(f"{path} is missing: run the tune stage of {cell.name} first")
         rows.setdefault((cell.dataset, cell.backbone, cell.method, cell.group), []).append((cell, read_json(path)))
     return rows
 
@@ -43,35 +49,37 @@ def _label(key: tuple) -> str:
     return method if group == "trivial" else f"{method} ({group})"
 
 
-def _accuracy_figure(rows: dict, dataset: str, backbone: str, path: Path) -> None:
+def _save(fig, plt, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        # bbox "tight" grows the canvas to hold the legend placed outside the axes
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _bars_figure(rows: dict, keys: list[tuple], conditions: list[tuple[str, Callable[[dict], float]]], title: str,
+                 path: Path) -> None:
+    """Grouped bars: one group per test condition, one bar per method (mean over seeds, error bar = std); the
+    legend sits below the axes, so it hides no bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rows if k[0] == dataset and k[1] == backbone]
-    conditions = [f"rot{a}" for a in ROTATIONS] + ["random"]
-    width = 0.8 / max(len(keys), 1)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.84 / max(len(keys), 1)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(conditions) + 2), 4.2))
+    colours = plt.get_cmap("tab10")
     for i, key in enumerate(keys):
-        means, stds = [], []
-        for condition in conditions:
-            values = [m["test_accuracy_random_rotation"] if condition == "random" else m["test_accuracy_by_rotation"][f"accuracy_{condition}"]
-                      for _, m in rows[key]]
-            mean, std = _mean_std(values)
-            means.append(100 * mean)
-            stds.append(100 * std)
-        ax.bar(np.arange(len(conditions)) + (i - (len(keys) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-               label=_label(key))
-    ax.set_xticks(np.arange(len(conditions)), ["0°", "90°", "180°", "270°", "random 90° multiple"])
+        stats = [_mean_std([100 * value(m) for _, m in rows[key]]) for _, value in conditions]
+        ax.bar(np.arange(len(conditions)) + (i - (len(keys) - 1) / 2) * width, [s[0] for s in stats], width,
+               yerr=[s[1] for s in stats], capsize=1.5, label=_label(key), color=colours(i % 10),
+               error_kw={"elinewidth": 0.8})
+    ax.set_xticks(np.arange(len(conditions)), [name for name, _ in conditions])
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{backbone} on {dataset}: accuracy under test-time rotation (mean ± std over seeds)")
-    ax.legend(fontsize=8, loc="lower right")
     ax.set_ylim(0, 100)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(4, len(keys)), frameon=False)
+    _save(fig, plt, path)
 
 
 def _curves_figure(rows: dict, path: Path) -> None:
@@ -80,7 +88,7 @@ def _curves_figure(rows: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, cells in rows.items():
         curves = [m["training"]["curve"] for _, m in cells]
         epochs = sorted(int(e.removeprefix("epoch")) for e in curves[0])
@@ -90,14 +98,87 @@ def _curves_figure(rows: dict, path: Path) -> None:
             ax.errorbar(epochs, values.mean(axis=0), yerr=values.std(axis=0, ddof=1) if len(values) > 1 else None,
                         marker="o", capsize=2, label=label)
     loss_ax.set(xlabel="epoch", ylabel="training loss (mean over epoch)", title="training loss")
-    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (upright)", title="validation accuracy")
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (upright)", title="validation accuracy (model selection)")
     for ax in (loss_ax, acc_ax):
         ax.xaxis.get_major_locator().set_params(integer=True)
-    acc_ax.legend(fontsize=7)
+    fig.legend(*loss_ax.get_legend_handles_labels(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=4, frameon=False)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, plt, path)
+
+
+def _depth_words(params: ImagesParams, backbone: str) -> str:
+    depth = params.train.trainable_depth
+    if depth == "all":
+        return "the whole network trained on images transformed on the fly"
+    units = BACKBONE_UNITS[backbone]
+    return (f"the top {depth} of its {units} units and the new head trained; the lower {units - depth} frozen, their "
+            "outputs on every image moved by each element of D4 computed once and shared by every method and seed")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _error(metrics: list[dict], group: str) -> str:
+    values = [m["invariance_error"].get(group) for m in metrics]
+    return "—" if any(v is None for v in values) else f"{max(values):.1e}"
+
+
+def _dataset_section(rows: dict, keys: list[tuple], dataset: str, backbone: str, params: ImagesParams,
+                     figures_dir: Path, link) -> list[str]:
+    seeds = len(params.grid.seeds)
+    lines = [f"### {backbone} on {dataset}", "", f"Backbone: {_depth_words(params, backbone)}.", ""]
+
+    summary = [[_label(k)] + [_fmt([getter(m) for _, m in rows[k]]) for getter in (
+        lambda m: m["test_accuracy_upright"], lambda m: m["test_accuracy_random"]["c4"],
+        lambda m: m["test_accuracy_random"]["d4"])]
+        + [_error([m for _, m in rows[k]], g) for g in ("c4", "d4")] for k in keys]
+    lines += ["Accuracy (%) on the test split, mean ± std over seeds: upright, and with each test image rotated "
+              "(random C4, the paper's metric) or rotated and possibly mirrored (random D4) by its own random "
+              "element. Invariance error: max |f(g·x) − f(x)| over the group's elements and a batch of test "
+              "inputs, float32, max over seeds.", ""]
+    lines += _table(["method", "upright", "random C4", "random D4", "C4 invariance error", "D4 invariance error"],
+                    summary)
+
+    rotation_conditions = [(ELEMENT_LABELS[n], lambda m, n=n: m["test_accuracy_by_element"][n]) for n in ROTATION_NAMES]
+    rotation_conditions.append(("random C4", lambda m: m["test_accuracy_random"]["c4"]))
+    c4_rows = [[_label(k)] + [_fmt([get(m) for _, m in rows[k]]) for _, get in rotation_conditions]
+               + [_fmt([m["test_accuracy_rotation_spread"] for _, m in rows[k]])] for k in keys]
+    lines += ["", "#### Under rotation (C4)", ""]
+    lines += _table(["method", *[name for name, _ in rotation_conditions], "spread over rotations"], c4_rows)
+    figure = figures_dir / f"accuracy_by_rotation-{dataset}-{backbone}.png"
+    _bars_figure(rows, keys, rotation_conditions,
+                 f"{backbone} fine-tuned on upright {dataset}: test accuracy by rotation "
+                 f"(mean ± std over {seeds} seeds)", figure)
+    lines += ["", f"![accuracy by rotation]({link(figure)})", ""]
+
+    element_conditions = [(ELEMENT_LABELS[n], lambda m, n=n: m["test_accuracy_by_element"][n]) for n in D4_ELEMENTS]
+    element_conditions.append(("random D4", lambda m: m["test_accuracy_random"]["d4"]))
+    d4_rows = [[_label(k)] + [_fmt([get(m) for _, m in rows[k]]) for _, get in element_conditions] for k in keys]
+    lines += ["#### Under rotations and mirrors (D4)", "",
+              "\"mirror\" = left-right flip, then the rotation; mirror+180° is the top-bottom flip.", ""]
+    lines += _table(["method", *[name for name, _ in element_conditions]], d4_rows)
+    figure = figures_dir / f"accuracy_by_element-{dataset}-{backbone}.png"
+    _bars_figure(rows, keys, element_conditions,
+                 f"{backbone} fine-tuned on upright {dataset}: test accuracy by D4 element "
+                 f"(mean ± std over {seeds} seeds)", figure)
+    lines += ["", f"![accuracy by D4 element]({link(figure)})", ""]
+
+    # This dataset's own classes in first-seen order; a class absent from a small test subset is absent from that
+    # cell's metrics and shown as "-".
+    classes = list(dict.fromkeys(c for k in keys for _, m in rows[k] for c in m["per_class_accuracy_upright"]))
+    for title, getter in (("upright", lambda m: m["per_class_accuracy_upright"]),
+                          ("randomly rotated (random C4)", lambda m: m["per_class_accuracy_random"]["c4"])):
+        per_class = [[_label(k)] + [_class_mean([getter(m)[c] for _, m in rows[k] if c in getter(m)])
+                                    for c in classes] for k in keys]
+        lines += [f"Per-class accuracy, {title} test images (%, mean over seeds):", ""]
+        lines += _table(["method", *classes], per_class) + [""]
+    return lines
+
+
+def _class_mean(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.0f}" if values else "-"
 
 
 def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Path, features_dir: Path,
@@ -109,56 +190,28 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
     def link(path: Path) -> str:
         return Path(os.path.relpath(path, out.parent)).as_posix()
 
-    datasets_backbones = sorted({k[:2] for k in rows}, key=lambda db: (params.grid.datasets.index(db[0]), params.grid.backbones.index(db[1])))
-    grid = params.grid
-    train = params.train
+    grid, train, data = params.grid, params.train, params.data
+    datasets_backbones = sorted({k[:2] for k in rows}, key=lambda db: (grid.datasets.index(db[0]),
+                                                                       grid.backbones.index(db[1])))
     lines = [
-        "## Image classification: finetune vs equitune under rotations (paper section 3.1)",
+        "## Image classification: finetune vs equitune under rotations and mirrors (paper section 3.1)",
         "",
-        f"ImageNet-pretrained backbones fine-tuned on upright images ({params.data.train_size or 'all'} training "
-        f"images, {params.data.val_size} validation images carved from the training split for model selection, "
-        f"{params.data.test_size or 'all'} test images from the test split; {params.resolution} px inputs), SGD "
-        f"momentum {train.momentum}, lr {train.lr}, batch {train.batch_size}, {train.epochs} epoch(s), batch norm "
-        f"{'frozen on ImageNet statistics' if train.freeze_batchnorm else 'trained'}; best epoch by upright validation "
-        f"accuracy. Seeds {grid.seeds}; every cell is mean ± std over seeds (accuracies in %). "
-        "`finetune_augment` trains on images rotated by random multiples of 90°. "
-        "\"random\" = each test image rotated by its own seeded random multiple of 90° (the paper's metric). "
-        "The invariance error is max |f(g·x) − f(x)| over the C4 rotations and a test batch, in float32 "
-        "(`equitune.core.checks`); the max over seeds is shown.",
+        f"ImageNet-pretrained backbones fine-tuned on upright images ({data.train_size or 'all'} training images, "
+        f"{data.val_size} validation images carved from the training split for model selection, "
+        f"{data.test_size or 'all'} test images from the test split; {params.resolution} px inputs), SGD momentum "
+        f"{train.momentum}, lr {train.lr} (new head and lambda MLP: {train.head_lr or train.lr}), {train.lr_schedule} "
+        f"schedule, batch {train.batch_size}, {train.epochs} epoch(s), batch norm "
+        f"{'frozen on ImageNet statistics' if train.freeze_batchnorm else 'trained'}; the epoch with the best upright "
+        f"validation accuracy is kept. Seeds {grid.seeds}. `finetune_augment` trains on images rotated by random "
+        "multiples of 90°; the group methods train on upright images and average (equitune), weight (lambda_equitune, "
+        f"MLP {train.lambda_hidden}-{train.lambda_hidden}-1 on the features) or select by {train.equizero_proxy} "
+        "(equizero) over the transformed copies. Every test image moved by each element of D4 is scored; \"random\" "
+        "columns give each test image its own seeded random element, the same for every method.",
         "",
     ]
     for dataset, backbone in datasets_backbones:
-        lines += [f"### {backbone} on {dataset}", "",
-                  "| method | upright | 90° | 180° | 270° | random rotation | spread over rotations | C4 invariance error |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for key, cells in rows.items():
-            if key[:2] != (dataset, backbone):
-                continue
-            metrics = [m for _, m in cells]
-            by_rotation = [_fmt([m["test_accuracy_by_rotation"][f"accuracy_rot{a}"] for m in metrics]) for a in ROTATIONS]
-            lines.append(
-                f"| {_label(key)} | " + " | ".join(by_rotation)
-                + f" | {_fmt([m['test_accuracy_random_rotation'] for m in metrics])}"
-                + f" | {_fmt([m['test_accuracy_rotation_spread'] for m in metrics])}"
-                + f" | {max(m['invariance_error']['c4'] for m in metrics):.2e} |"
-            )
-        figure = figures_dir / f"accuracy_by_rotation-{dataset}-{backbone}.png"
-        _accuracy_figure(rows, dataset, backbone, figure)
-        lines += ["", f"![accuracy by rotation]({link(figure)})", ""]
-        # Per-class accuracy on the randomly rotated test set: where rotation hurts the baseline most.
-        # This section's own classes (each dataset has its own), in first-seen order; a class absent from a test
-        # subset is absent from that cell's metrics and shown as "-".
-        section = {key: cells for key, cells in rows.items() if key[:2] == (dataset, backbone)}
-        classes = list(dict.fromkeys(c for cells in section.values() for _, m in cells
-                                     for c in m["per_class_accuracy_random_rotation"]))
-        lines += ["Per-class accuracy on the randomly rotated test set (%, mean over seeds):", "",
-                  "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-        for key, cells in section.items():
-            values = [[m["per_class_accuracy_random_rotation"][c] for _, m in cells
-                       if c in m["per_class_accuracy_random_rotation"]] for c in classes]
-            lines.append(f"| {_label(key)} | " + " | ".join(f"{100 * statistics.fmean(v):.0f}" if v else "-"
-                                                          for v in values) + " |")
-        lines.append("")
+        keys = [k for k in rows if k[:2] == (dataset, backbone)]
+        lines += _dataset_section(rows, keys, dataset, backbone, params, figures_dir, link)
     curves = figures_dir / "learning_curves.png"
     _curves_figure(rows, curves)
     lines += ["### Learning curves", "", f"![learning curves]({link(curves)})", ""]

@@ -1,5 +1,11 @@
 """SGD fine-tuning with model selection on the validation split (never the test split).
 
+:func:`fit` is the training loop, independent of what a batch holds: it takes the model, the optimiser, a batch
+sampler (an iterable of index tensors, one pass = one epoch, e.g. :class:`ShuffledBatches`) and a function that
+loads the batch of those indices. Images transformed on the fly (:class:`ImageBatches`) and cached orbits of a
+frozen lower part (:class:`OrbitBatches`) are two loaders; a distributed run would pass a sharded sampler and a
+``DistributedDataParallel`` model to the same loop.
+
 The loss is ``cross_entropy`` on raw logits (it applies log-softmax itself: no softmax before it). After every
 epoch the validation accuracy is measured on the upright validation images (the training distribution: the rotated
 test distribution is never peeked at); the weights of the best epoch are kept (ties: the earlier epoch).
@@ -12,7 +18,8 @@ statistics (EfficientNet's momentum is 0.01) still describe ImageNet, so evaluat
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,9 +29,13 @@ from torch.nn import functional as F
 
 from .config import ImagesTrain
 from .data import to_model_input
-from .methods import augment_batch
+from .methods import augment_batch, augment_orbits
+from .modes import eval_mode
 
-__all__ = ["EpochRecord", "TrainingResult", "accuracy", "autocast_dtype", "predict_logits", "train"]
+__all__ = ["EpochRecord", "ImageBatches", "OrbitBatches", "ShuffledBatches", "TrainingResult", "accuracy",
+           "autocast_dtype", "fit", "make_optimiser", "make_scheduler", "predict", "set_training_mode"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -48,25 +59,72 @@ def autocast_dtype(settings: ImagesTrain, device: torch.device) -> torch.dtype |
     return None
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, resolution: int, batch_size: int, device: torch.device,
-                   quarter_turns: int = 0, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Logits ``[N, K]`` (float32, CPU) of ``images`` rotated by ``quarter_turns`` x 90 degrees, in eval mode."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        x = to_model_input(images[start:start + batch_size], resolution).to(device)
-        if quarter_turns:
-            x = torch.rot90(x, quarter_turns, dims=(-2, -1))
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            chunks.append(model(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(chunks)
+class ShuffledBatches:
+    """The batch sampler: each pass (epoch) is a fresh permutation of ``range(size)`` from ``generator``, cut into
+    index tensors of ``batch_size`` (the last one shorter)."""
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator):
+        if size < 1 or batch_size < 1:
+            raise ValueError(f"need at least one example and a positive batch size; got {size}, {batch_size}")
+        self.size, self.batch_size, self.generator = size, batch_size, generator
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator)
+        return iter(order.split(self.batch_size))
 
 
-def accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
-    return float((logits.argmax(dim=-1) == torch.as_tensor(labels)).float().mean())
+class ImageBatches:
+    """Loads training images by index: uint8 -> float at ``resolution``, rotated at random for the augmentation
+    baseline (``augment``: the generator of those draws)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, resolution: int, device: torch.device,
+                 augment: torch.Generator | None = None):
+        self.images, self.labels = images, torch.as_tensor(labels)
+        self.resolution, self.device, self.augment = resolution, device, augment
+
+    def __call__(self, index: torch.Tensor) -> Batch:
+        x = to_model_input(self.images[index.numpy()], self.resolution)
+        if self.augment is not None:
+            x = augment_batch(x, self.augment)
+        return x.to(self.device), self.labels[index].to(self.device)
+
+
+class OrbitBatches:
+    """Loads cached D4 orbits by index (:mod:`equitune.images.cached`); for the augmentation baseline each orbit
+    is moved by a random rotation, i.e. becomes the orbit of the rotated image."""
+
+    def __init__(self, orbits: torch.Tensor, labels: np.ndarray, device: torch.device,
+                 augment: torch.Generator | None = None):
+        self.orbits, self.labels = orbits, torch.as_tensor(labels)
+        self.device, self.augment = device, augment
+
+    def __call__(self, index: torch.Tensor) -> Batch:
+        z = self.orbits[index]
+        if self.augment is not None:
+            z = augment_orbits(z, self.augment)
+        return z.to(self.device), self.labels[index].to(self.device)
+
+
+def make_optimiser(model: nn.Module, settings: ImagesTrain, new_parameters: Iterable[nn.Parameter] = ()
+                   ) -> torch.optim.Optimizer:
+    """SGD with momentum; ``new_parameters`` (the fresh head, lambda-equitune's MLP) at ``settings.head_lr``, the
+    pretrained rest at ``settings.lr``. Parameters with ``requires_grad=False`` are left out."""
+    new_ids = {id(p) for p in new_parameters}
+    pretrained = [p for p in model.parameters() if p.requires_grad and id(p) not in new_ids]
+    fresh = [p for p in model.parameters() if p.requires_grad and id(p) in new_ids]
+    groups = [{"params": pretrained, "lr": settings.lr}] if pretrained else []
+    groups += [{"params": fresh, "lr": settings.head_lr or settings.lr}] if fresh else []
+    return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+
+
+def make_scheduler(optimiser: torch.optim.Optimizer, settings: ImagesTrain, steps: int):
+    """Per-step learning-rate schedule: ``constant``, or ``cosine`` decay to 0 over the whole run."""
+    if settings.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+    return None
 
 
 def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
@@ -77,52 +135,61 @@ def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
                 module.eval()
 
 
-def train(model: nn.Module, data: dict[str, np.ndarray], settings: ImagesTrain, *, resolution: int,
-          generator: torch.Generator, device: torch.device, new_parameters: list[nn.Parameter] | None = None,
-          augment_rotations: bool = False, eval_batch_size: int = 128,
-          on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False) -> TrainingResult:
-    """Train ``model`` in place on ``data['train_*']``; return the best-validation weights and the curves.
+@torch.no_grad()
+def predict(model: nn.Module, inputs, batch_size: int, prepare: Callable[[object], torch.Tensor] | None = None,
+            device: torch.device | None = None, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Outputs ``[N, ...]`` (on the CPU, in the model's dtype; float32 under autocast) of ``model`` on ``inputs`` in eval mode, ``batch_size`` at a time;
+    ``prepare`` turns a slice of ``inputs`` into the model's input (e.g. uint8 images -> floats)."""
+    device = device or torch.device("cpu")
+    chunks = []
+    with eval_mode(model):
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start:start + batch_size]
+            x = (prepare(x) if prepare is not None else x).to(device)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                out = model(x)
+            chunks.append((out.float() if autocast is not None else out).cpu())
+    return torch.cat(chunks)
 
-    ``new_parameters`` (the fresh head, lambda-equitune's MLP) train at ``settings.head_lr``; the pretrained rest
-    at ``settings.lr``."""
+
+def accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    return float((logits.argmax(dim=-1) == torch.as_tensor(labels)).float().mean())
+
+
+def fit(model: nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
+        load_batch: Callable[[torch.Tensor], Batch], *, epochs: int, validate: Callable[[nn.Module], float],
+        freeze_batchnorm: bool = True, scheduler=None, autocast: torch.dtype | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False) -> TrainingResult:
+    """Train ``model`` in place for ``epochs`` passes over ``batches``; keep the weights of the epoch with the best
+    ``validate(model)`` (ties: the earlier epoch) and return them with the curves. ``scheduler`` steps per batch."""
     from tqdm import tqdm
 
-    epochs, batch_size, lr, new_lr = settings.epochs, settings.batch_size, settings.lr, settings.head_lr
-    autocast = autocast_dtype(settings, device)
-    new_ids = {id(p) for p in (new_parameters or [])}
-    pretrained = [p for p in model.parameters() if p.requires_grad and id(p) not in new_ids]
-    fresh = [p for p in model.parameters() if p.requires_grad and id(p) in new_ids]
-    groups = [{"params": pretrained, "lr": lr}] + ([{"params": fresh, "lr": new_lr or lr}] if fresh else [])
-    optimiser = torch.optim.SGD(groups, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    train_x, train_y = data["train_x"], torch.as_tensor(data["train_y"])
     best: TrainingResult | None = None
     history: list[EpochRecord] = []
     for epoch in range(1, epochs + 1):
-        set_training_mode(model, settings.freeze_batchnorm)
-        order = torch.randperm(len(train_y), generator=generator)
-        total, seen = 0.0, 0
-        batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc=f"epoch {epoch}/{epochs}", disable=None if progress else True, leave=False):  # None: off when not a TTY
-            index = order[start:start + batch_size]
-            x = to_model_input(train_x[index.numpy()], resolution)
-            if augment_rotations:
-                x = augment_batch(x, generator)
-            x, y = x.to(device), train_y[index].to(device)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        set_training_mode(model, freeze_batchnorm)
+        total = torch.zeros(())
+        seen = 0
+        for index in tqdm(batches, desc=f"epoch {epoch}/{epochs}", disable=None if progress else True, leave=False):
+            x, y = load_batch(index)
+            device_type = x.device.type
+            with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
                 loss = F.cross_entropy(model(x).float(), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            total += float(loss.detach()) * len(index)
-            seen += len(index)
-        val_logits = predict_logits(model, data["val_x"], resolution, eval_batch_size, device, autocast_dtype=autocast)
-        record = EpochRecord(epoch, total / seen, accuracy(val_logits, data["val_y"]))
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.detach().cpu() * len(y)
+            seen += len(y)
+        record = EpochRecord(epoch, float(total) / seen, validate(model))
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
         if best is None or record.val_accuracy > history[best.best_epoch - 1].val_accuracy:
             best = TrainingResult(copy.deepcopy(model.state_dict()), epoch)
-    assert best is not None
+    if best is None:
+        raise ValueError("epochs must be at least 1")
     best.history = history
     model.load_state_dict(best.best_state)
     return best

@@ -52,19 +52,20 @@ VIEWS: dict[str, ExperimentView] = {
     "scan": ExperimentView(
         description=("**SCAN compositional generalisation** (paper section 3.2). `scan_pretrain@<split>-<cell>-<seed>` "
                      "trains the non-equivariant seq2seq model (curve: validation exact match against training "
-                     "examples; checkpoint by DVC hash in the tag `checkpoint.dvc_md5`); `scan_tune@...` evaluates "
-                     "the pretrained model, then equitunes and equizero-tunes it (curve: test exact match against "
+                     "examples; checkpoint by DVC hash in the tag `checkpoint.dvc_md5`); `scan_tune_<split>@<group>-<cell>-<seed>` "
+                     "evaluates the zero-shot equituned and equizero models, then equitunes and equizero-tunes it (curve: test exact match against "
                      "tuning steps). " + _COMMON),
         tags=("split", "model", "method", "group", "seed"),
-        metrics=("pretrained/test_accuracy", "equitune/test_accuracy", "equizero/test_accuracy")),
+        metrics=("test_accuracy", "validation_accuracy", "equitune/test_accuracy", "equizero/test_accuracy")),
     "images": ExperimentView(
-        description=("**Image classification under rotations** (paper section 3.1). `train_images_*@<cell>` "
-                     "fine-tunes one backbone with one method (curve: training loss and validation accuracy per "
-                     "epoch; checkpoint by DVC hash in `checkpoint.dvc_md5`); `evaluate_images_*@<cell>` measures "
-                     "upright and rotated test accuracy; `features_images` and `images_report` log their figures "
+        description=("**Image classification under rotations** (paper section 3.1). `cache_images@<dataset>-<backbone>` "
+                     "runs the frozen lower units once on every image moved by each element of D4; "
+                     "`tune_images_*@<cell>` fine-tunes the top units of one backbone with one method on that cache "
+                     "(curve: training loss and validation accuracy per epoch; checkpoint by DVC hash in "
+                     "`checkpoint.dvc_md5`) and measures upright, rotated and mirrored test accuracy; `features_images` and `images_report` log their figures "
                      "as artifacts. " + _COMMON),
         tags=("dataset", "model", "method", "group", "seed"),
-        metrics=("test_accuracy_upright", "test_accuracy_random_rotation")),
+        metrics=("test_accuracy_upright", "test_accuracy_random/c4", "test_accuracy_random/d4")),
     "nlg": ExperimentView(
         description=("**Fairness in language generation** (paper section 3.3): EquiLM and R-EquiLM against the base "
                      "model. `generate_nlg`, `score_nlg` and `perplexity_nlg` each cover every method and axis; the "

@@ -1,5 +1,6 @@
-"""Stage `train_images_*@<cell>`: fine-tune one backbone with one method -> the cell's training folder
-(model.pt: best-validation weights; curves.json: per-epoch train loss and validation accuracy, also in MLflow)."""
+"""Stage `tune_images_*@<cell>`: fine-tune one backbone with one method (best epoch on the validation split), then
+evaluate it on the test split -> the cell's training folder (model.pt: the whole model's best-validation weights;
+curves.json: per-epoch train loss and validation accuracy) and its metrics file (the same dict to MLflow)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from equitune.images.cached import load_cache
 from equitune.images.cells import Cell, add_cell_arguments
 from equitune.images.config import ImagesParams
-from equitune.images.experiment import CHECKPOINT, CURVES, train_cell
+from equitune.images.experiment import CHECKPOINT, CURVES, cell_cache_description, run_cell
 from equitune.images.methods import method_group
 from equitune.images.prepared import load_prepared
 from equitune.pipeline.curves import Curve
@@ -23,7 +25,9 @@ from equitune.pipeline.tracking import tracked_run
 def main(argv=None) -> None:
     parser = add_cell_arguments(argument_parser(__doc__))
     parser.add_argument("--data", type=Path, required=True, help="the prepared dataset (data/images/<dataset>.npz)")
+    parser.add_argument("--cache", type=Path, required=True, help="the frozen part's cached orbits of the dataset")
     parser.add_argument("--out", type=Path, required=True, help="the cell's training folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="the cell's metrics file")
     parser.add_argument("--curve", type=Path, required=True, help="the cell's per-epoch curve (a DVC plots file)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "images", ImagesParams)
@@ -31,24 +35,30 @@ def main(argv=None) -> None:
     cell.check(params)  # bad names exit 2 here, before any work
     method_group(cell.method, cell.group)
     device = resolve_device(loaded.base)
+
     data, classes = load_prepared(args.data)
+    orbits = None
+    if params.train.trainable_depth != "all":
+        orbits = load_cache(args.cache, cell_cache_description(params, cell.backbone))
     generator = seed_everything(cell.seed, loaded.base.threads, loaded.base.deterministic)
     tags = {"model": cell.backbone, "method": cell.method, "group": cell.group, "seed": cell.seed,
-            "dataset": cell.dataset, "stage_kind": "train"}
+            "dataset": cell.dataset, "stage_kind": "tune"}
     curve = Curve(args.curve, x="epoch", y=("train_loss", "val_accuracy"))
-    with tracked_run("images", profile=loaded.profile, params=params, tags=tags, run_name=f"train-{cell.name}",
+    with tracked_run("images", profile=loaded.profile, params=params, tags=tags, run_name=f"tune-{cell.name}",
                      curve=curve) as run:
-        best_state, curves = train_cell(
-            params, cell, data, len(classes), generator, device,
-            on_epoch=lambda r: run.log_metrics({"train_loss": r.train_loss, "val_accuracy": r.val_accuracy},
-                                               step=r.epoch))
+        result = run_cell(params, cell, data, classes, orbits, generator, device, progress=True,
+                          on_epoch=lambda r: run.log_metrics({"train_loss": r.train_loss, "val_accuracy": r.val_accuracy},
+                                                             step=r.epoch))
         with atomic_path(args.out / CHECKPOINT) as tmp:
-            torch.save(best_state, tmp)
-        write_json(args.out / CURVES, curves)
-        run.log_metrics({"best_epoch": curves["best_epoch"]})
+            torch.save(result.state, tmp)
+        write_json(args.out / CURVES, result.curves)
         run.reference_output(args.out, "checkpoint")
-    best = curves["epochs"][curves["best_epoch"] - 1]
-    print(f"{cell.name}: best epoch {curves['best_epoch']}, val accuracy {best['val_accuracy']:.4f}")
+        run.log_final(result.metrics)
+        write_json(args.metrics, result.metrics)
+    metrics = result.metrics
+    print(f"{cell.name}: best epoch {result.curves['best_epoch']}, upright {metrics['test_accuracy_upright']:.4f}, "
+          f"random C4 {metrics['test_accuracy_random']['c4']:.4f}, random D4 {metrics['test_accuracy_random']['d4']:.4f}, "
+          f"invariance error {metrics['invariance_error']}")
 
 
 if __name__ == "__main__":
