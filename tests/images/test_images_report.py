@@ -89,8 +89,9 @@ def test_report_gives_each_dataset_its_own_classes(tmp_path, monkeypatch, params
     for cell in grid_cells(params):
         metrics = fake_metrics(0.9, 0.5, 0.1)
         if cell.dataset == "hymenoptera":
-            metrics["per_class_accuracy_random_rotation"] = {"ants": 0.5} if cell.method == "finetune" else {
-                "ants": 0.25, "bees": 0.75}
+            classes = {"ants": 0.5} if cell.method == "finetune" else {"ants": 0.25, "bees": 0.75}
+            metrics["per_class_accuracy_upright"] = classes
+            metrics["per_class_accuracy_random"] = {"c4": classes, "d4": classes}
         write_json(f"metrics/images/{cell.name}.json", metrics)
     for dataset in params.grid.datasets:
         write_json(f"metrics/images/features-{dataset}.json", {

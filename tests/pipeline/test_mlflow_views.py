@@ -59,7 +59,7 @@ def _flat_keys(data, prefix=""):
 def test_view_metric_columns_are_keys_of_the_committed_metrics_files(task):
     """A column names a final metric as log_final logs it: a key of the experiment's DVC metrics files. A renamed
     metric would leave an empty column; this fails instead (after the pipeline's results are committed)."""
-    keys = set().union(*(_flat_keys(json.loads(path.read_text())) for path in (ROOT / "metrics" / task).glob("*.json")))
+    keys = set().union(*(_flat_keys(json.loads(path.read_text())) for path in (ROOT / "metrics" / task).rglob("*.json")))
     missing = [name for name in VIEWS[task].metrics if name not in keys]
     assert not missing, f"{task}: view columns that no metrics file has: {missing}"
 
