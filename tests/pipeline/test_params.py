@@ -56,7 +56,7 @@ def test_typo_inside_base(tmp_path):
     data["base"]["determinstic"] = True
     message = error_of(tmp_path, data)
     assert "base.determinstic: unknown key (got determinstic: True)" in message
-    assert "allowed keys here: threads, device, deterministic (did you mean 'deterministic'?)" in message
+    assert "allowed keys here: threads, device, deterministic, cpu_isa (did you mean 'deterministic'?)" in message
 
 
 def test_unknown_key_in_nested_mappings_lists_and_optionals():

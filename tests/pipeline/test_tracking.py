@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from equitune.pipeline import tracking
 from helpers.toy_project import ASSETS, clean_env, copy_empty_store, mlflow_runs, progress_lines, wait_for, write_params
 
-TAGS = ("task", "model", "method", "group", "seed", "profile", "git.commit", "dvc.stage", "params_hash")
+TAGS = ("task", "model", "method", "group", "seed", "profile", "git.commit", "dvc.stage", "params_hash", "cpu.isa",
+        "cpu.capability", "cpu.onednn_isa", "cpu.mkl_cbwr", "cpu.vendor")
 
 
 def start_toy_stage(root: Path, stage: str = "train@0", **env) -> subprocess.Popen:
@@ -72,6 +74,8 @@ def test_toy_stage_run_has_every_convention(tmp_path):
             tags["dvc.stage"]) == ("toy", "toy-mlp", "equitune", "c4", "3", "default", "train@0")
     assert tags["params_hash"] == tracking.params_hash(
         {"seed": 3, "epochs": 3, "epoch_seconds": 0.0, "fail_at_epoch": None})
+    # The kernels the run used (the suite runs stages with EQUITUNE_CPU_ISA=native, see conftest).
+    assert (tags["cpu.isa"], tags["cpu.capability"]) == ("native", torch.backends.cpu.get_cpu_capability())
     assert run.data.params == {"seed": "3", "epochs": "3", "epoch_seconds": "0.0", "fail_at_epoch": "None"}
 
     import mlflow

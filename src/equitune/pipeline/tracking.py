@@ -6,7 +6,9 @@
 - The database and the experiments are created once, under a file lock, before any run writes: several
   processes creating a fresh SQLite store at once crash on the schema migration.
 - One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``); run name = DVC stage name.
-- Tags: task, model, method, group, seed, profile, git commit and dirty flag, dvc stage, dvc experiment, params hash.
+- Tags: task, model, method, group, seed, profile, git commit and dirty flag, dvc stage, dvc experiment, params hash,
+  and the CPU kernels the run used (``cpu.isa``, ``cpu.capability``, ``cpu.onednn_isa``, ``cpu.mkl_cbwr``,
+  ``cpu.vendor``, ``cpu.model``; see :mod:`equitune.pipeline.reproducibility`).
 - A run that raises ends FAILED; SIGTERM or Ctrl-C ends it KILLED (and the process still exits non-zero).
   A run left RUNNING by a process that died without a word (SIGKILL, OOM) is closed as KILLED by the next
   run of the same task on the same host.
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import pid_alive
+from .reproducibility import mlflow_tags
 
 __all__ = ["TrackedRun", "tracked_run", "tracking_uri", "ensure_store", "params_hash", "repo_root", "EXPERIMENT_PREFIX",
            "TASKS"]
@@ -221,6 +224,7 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
         **_git_state(),
+        **mlflow_tags(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     previous = signal.getsignal(signal.SIGTERM)
