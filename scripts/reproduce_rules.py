@@ -93,6 +93,15 @@ class AggregateSet(_Strict):
     band: Tolerance | None = Field(None, description="a fixed band instead of the statistical one (quantities that "
                                                      "do not go through training, e.g. a pretrained model's perplexity)")
 
+    @model_validator(mode="after")
+    def _spread_has_a_source(self):
+        if any("{seed}" in key for key in self.keys):
+            raise ValueError("{seed} belongs in the file pattern (one metrics file per seed), not in a key")
+        if "{seed}" not in self.file and self.examples is None and self.band is None:
+            raise ValueError("without {seed} in the file pattern there is no seed spread: give examples (the "
+                             "binomial floor) or a fixed band")
+        return self
+
 
 class Aggregates(_Strict):
     z: float = Field(gt=0, description="half-width of the band in standard errors of the difference of the means")
@@ -309,8 +318,8 @@ class AggregateRow:
 
     def describe(self) -> str:
         how = "fixed band" if self.sigma is None else f"sigma {self.sigma:.3g}"
-        return (f"{self.cell}: committed {self.committed:.4g} ({self.committed_seeds} seed(s)), reproduced "
-                f"{self.reproduced:.4g} ({self.reproduced_seeds}), |diff| {abs(self.reproduced - self.committed):.3g} "
+        return (f"{self.cell}: committed {self.committed:.4g} (k={self.committed_seeds}), reproduced "
+                f"{self.reproduced:.4g} (k={self.reproduced_seeds}), |diff| {abs(self.reproduced - self.committed):.3g} "
                 f"{'<=' if self.ok else '>'} band {self.band:.3g} ({how})")
 
 

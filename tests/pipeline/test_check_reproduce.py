@@ -144,6 +144,8 @@ def test_invalid_configs_are_refused(tmp_path):
                         (("aggregates", "z"), 0),
                         (("aggregates", "sets"), [{"name": "x", "file": "f", "keys": ["k"],
                                                    "examples": {"count": 3, "key": "n"}}]),  # two sources of n
+                        (("aggregates", "sets"), [{"name": "x", "file": "f.json", "keys": ["k"]}]),  # no spread
+                        (("aggregates", "sets"), [{"name": "x", "file": "f-{seed}", "keys": ["{seed}/k"]}]),
                         (("claims",), [{"claim": "x", "left": {"file": "f", "key": "k"}, "op": "~", "right": 1}])):
         data = copy.deepcopy(valid)
         holder = data
