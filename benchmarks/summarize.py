@@ -52,6 +52,13 @@ BENCHMARKS = {
         "Cold `dvc repro` of the default profile (fresh clone), by stage, and a no-op `dvc repro` right after.",
         ["kind", "stage", "status", "seconds"],
     ),
+    "cpu_isa": (
+        "6. Pinned CPU kernels: cost and digits",
+        "Each `base.cpu_isa` setting and each knob alone, a fresh process per measurement, contenders taking turns; "
+        "median wall and CPU seconds, ratio to `native`, and whether the result's digits equal the native ones.",
+        ["workload", "setting", "capability", "wall_s", "ratio_wall", "cpu_s", "ratio_cpu", "same_digits_as_native",
+         "deterministic"],
+    ),
 }
 
 
