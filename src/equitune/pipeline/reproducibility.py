@@ -193,8 +193,10 @@ def _library_versions() -> dict[str, str]:
     config = torch.__config__.show()
 
     def after(marker: str) -> str:
+        """The version that follows ``marker`` in torch's build description ("2024.2", "v3.12.0")."""
         line = next((line for line in config.splitlines() if marker in line), "")
-        return line.split(marker, 1)[1].strip().split(" (")[0].strip() if line else "none"
+        words = line.split(marker, 1)[1].split() if line else []
+        return words[0].split("-")[0] if words else "none"
 
     return {
         "python": platform.python_version(),
