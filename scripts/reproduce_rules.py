@@ -327,7 +327,8 @@ def aggregate_band(old: Cell, new: Cell, pooled_variance: float, z: float) -> tu
     """(band, sigma) for the difference of the two means over seeds.
 
     The rule: sigma^2 = max(the cell's own seed variance, pooled over both runs; the set's seed variance, pooled
-    over all its cells and both runs; p(1 - p) / n for a proportion p over n test examples), and the means must
+    over all its cells and both runs; p(1 - p) / n for a proportion p over n test examples, p moved half an
+    example towards 1/2 so that 0 % or 100 % keeps a spread), and the means must
     agree within z * sigma * sqrt(1 / k_committed + 1 / k_reproduced), k = number of seeds. That is a confidence
     interval of the difference of two means, with the spread estimated from more than the cell's own few seeds
     (two seeds alone give a variance from two numbers, often near zero) and never below the sampling error of
@@ -338,9 +339,10 @@ def aggregate_band(old: Cell, new: Cell, pooled_variance: float, z: float) -> tu
     floor = 0.0
     examples = old.examples + new.examples
     if examples:
-        p = statistics.fmean([*old.values.values(), *new.values.values()])
-        p = min(max(p, 0.0), 1.0)
-        floor = p * (1 - p) / min(examples)
+        n = min(examples)
+        p = min(max(statistics.fmean([*old.values.values(), *new.values.values()]), 0.0), 1.0)
+        p = (n * p + 0.5) / (n + 1)  # half an example each way (Jeffreys): a proportion of 0 or 1 keeps a spread
+        floor = p * (1 - p) / n
     sigma = math.sqrt(max(own, pooled_variance, floor))
     return z * sigma * math.sqrt(1 / len(old.values) + 1 / len(new.values)), sigma
 

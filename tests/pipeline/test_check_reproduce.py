@@ -214,6 +214,9 @@ def test_band_never_below_the_sets_spread_nor_the_test_sets_sampling_error():
     assert sigma == pytest.approx(math.sqrt(0.5 * 0.5 / 100))  # the binomial floor
     _, sigma = rules.aggregate_band(agreeing, agreeing, pooled_variance=0.01, z=4.0)
     assert sigma == pytest.approx(0.1)  # the set's pooled seed variance
+    never = cell([0.0], examples=[20])  # 0 of 20 samples: one positive sample on another machine is noise
+    band, _ = rules.aggregate_band(never, cell([0.05], examples=[20]), pooled_variance=0.0, z=4.0)
+    assert band > 0.05
 
 
 SET = rules.AggregateSet(name="scan", file="metrics/scan/{split}-{cell}-{seed}.json", keys=["{method}/test_accuracy"],
