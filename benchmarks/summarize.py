@@ -66,6 +66,7 @@ BENCHMARKS = {
         "one SCAN pretraining cut to 10k steps, EquiLM generation with a GPU batch; ratio = wrapper / bare "
         "backbone on |G|*B images (target <= 1.05).",
         ["device", "part", "setting", "seconds", "throughput", "ratio"],
+    ),
     "image_finetuning": (
         "8. Image fine-tuning on cached features versus the whole network",
         "One SGD step of the same method on B training images: the top units and the head on the frozen part's "
@@ -74,6 +75,13 @@ BENCHMARKS = {
         "image for every cell of the grid.",
         ["method", "group", "resolution", "batch", "trainable_depth", "cached_images_per_s", "whole_images_per_s",
          "ratio", "met", "images", "cache_images_per_s"],
+    ),
+    "cpu_isa": (
+        "9. Pinned CPU kernels: cost and digits",
+        "Each `base.cpu_isa` setting and each knob alone, a fresh process per measurement, contenders taking turns; "
+        "median wall and CPU seconds, ratio to `native`, and whether the result's digits equal the native ones.",
+        ["workload", "setting", "capability", "wall_s", "ratio_wall", "cpu_s", "ratio_cpu", "same_digits_as_native",
+         "deterministic"],
     ),
 }
 

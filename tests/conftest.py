@@ -8,6 +8,10 @@ import os
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning (speed only; results are unchanged).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Stages run in this process (and the stage subprocesses tests start) keep torch's native CPU kernels: the tests
+# check code, not digits, and this process has long chosen its kernels before a stage's run_stage could pin them.
+# tests/pipeline/test_reproducibility.py checks the pinning itself in fresh processes.
+os.environ["EQUITUNE_CPU_ISA"] = "native"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -27,6 +28,34 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert temp_files(tmp_path) == []
+
+
+INTERRUPTED_WRITE = """
+import resource, signal, sys
+from equitune.pipeline.io import write_json, write_text
+# The disk "fills up" after 4096 bytes: a write past that fails with EFBIG, half-way through the new content.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+writer, target = sys.argv[1], sys.argv[2]
+if writer == "write_json":
+    write_json(target, {"values": list(range(5000))})
+else:
+    write_text(target, "new line\\n" * 5000)
+"""
+
+
+@pytest.mark.parametrize("writer", ["write_json", "write_text"])
+def test_a_write_interrupted_halfway_keeps_the_old_file_and_leaves_no_temp(tmp_path, writer):
+    """The new content is larger than the file-size limit, so the write stops half-way (as on a full disk or a
+    killed process): the target must still hold the old content, whole, and no temporary file may remain."""
+    target = tmp_path / "metrics.json"
+    write_json(target, {"old": 1})
+    old = target.read_text()
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_WRITE, writer, str(target)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0 and "File too large" in result.stderr, result.stderr
+    assert target.read_text() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_products_get_ordinary_permissions(tmp_path):

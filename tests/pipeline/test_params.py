@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from equitune.params import ParamsError, load_params
+from equitune.params import Params, ParamsError, load_params
 from equitune.pipeline.schema import StrictModel, format_validation_error
 from helpers.paths import ROOT, profile_params, stage_argv
 
@@ -34,6 +35,44 @@ def error_of(tmp_path: Path, data) -> str:
     with pytest.raises(ParamsError) as caught:
         load_params(write(tmp_path, data))
     return str(caught.value)
+
+
+def params_models(model: type[BaseModel] = Params) -> dict[str, type[BaseModel]]:
+    """Every pydantic model reachable from ``model`` through its fields' annotations (lists, dicts, unions,
+    optionals, Annotated included), keyed by the params path where it first appears."""
+    found: dict[str, type[BaseModel]] = {}
+
+    def visit(annotation, path: str) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation in found.values():
+                return
+            found[path] = annotation
+            for name, field in annotation.model_fields.items():
+                visit(field.annotation, f"{path}.{name}" if path else name)
+            return
+        for argument in typing.get_args(annotation):
+            visit(argument, f"{path}[]")
+
+    visit(model, "")
+    return found
+
+
+def test_every_params_model_forbids_unknown_keys():
+    """A typo anywhere in params.yaml must be an error: every model of the schema, however deeply nested (a
+    section, a mapping's values, a list's items), refuses an unknown key."""
+    models = params_models()
+    assert {"scan", "images", "nlg", "base", "images.figures"} <= set(models), sorted(models)
+    lenient = []
+    for path, model in models.items():
+        try:
+            model.model_validate({"zz_not_a_key": 1})
+            errors = []
+        except ValidationError as error:
+            errors = error.errors()
+        refused = any(e["type"] == "extra_forbidden" and e["loc"] == ("zz_not_a_key",) for e in errors)
+        if not refused or model.model_config.get("extra") != "forbid":
+            lenient.append(f"{path or '(top level)'}: {model.__name__}")
+    assert lenient == [], "params models that accept unknown keys"
 
 
 @pytest.mark.parametrize("profile", ["default", "paper"])
@@ -56,7 +95,7 @@ def test_typo_inside_base(tmp_path):
     data["base"]["determinstic"] = True
     message = error_of(tmp_path, data)
     assert "base.determinstic: unknown key (got determinstic: True)" in message
-    assert "allowed keys here: threads, device, deterministic (did you mean 'deterministic'?)" in message
+    assert "allowed keys here: threads, device, deterministic, cpu_isa (did you mean 'deterministic'?)" in message
 
 
 def test_unknown_key_in_nested_mappings_lists_and_optionals():

@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from equitune.pipeline import tracking
 from equitune.pipeline.mlflow_views import view_for
 from helpers.toy_project import ASSETS, clean_env, copy_empty_store, mlflow_runs, progress_lines, wait_for, write_params
 
-TAGS = ("task", "model", "method", "group", "seed", "profile", "git.commit", "dvc.stage", "params_hash")
+TAGS = ("task", "model", "method", "group", "seed", "profile", "git.commit", "dvc.stage", "params_hash", "cpu.isa",
+        "cpu.capability", "cpu.onednn_isa", "cpu.mkl_cbwr", "cpu.vendor")
 
 
 def start_toy_stage(root: Path, stage: str = "train@0", **env) -> subprocess.Popen:
@@ -77,6 +79,8 @@ def test_toy_stage_run_has_every_convention(tmp_path):
     # The cell under short keys, then the settings (a settings key equal to a cell key moves under settings/).
     assert run.data.params == {"model": "toy-mlp", "method": "equitune", "group": "c4", "seed": "3",
                                "settings/seed": "3", "epochs": "3", "epoch_seconds": "0.0", "fail_at_epoch": "None"}
+    # The kernels the run used (the suite runs stages with EQUITUNE_CPU_ISA=native, see conftest).
+    assert (tags["cpu.isa"], tags["cpu.capability"]) == ("native", torch.backends.cpu.get_cpu_capability())
 
     import mlflow
     client = mlflow.MlflowClient(f"sqlite:///{store}")

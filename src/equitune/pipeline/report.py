@@ -2,7 +2,9 @@
 
 Each experiment's own report stage writes its section (aggregated from the grid in params, never from a glob of
 result folders) and its figures; this module stitches the sections, in the order given, under a header that
-records the profile, the git commit, library versions, the device and the determinism flags.
+records the profile, the git commit, library versions, the device, the determinism flags and the CPU kernels
+(the environment record of :mod:`equitune.pipeline.reproducibility`, also committed as
+``metrics/environment.json``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def environment_table(profile: str, base: BaseParams) -> str:
+def environment_table(profile: str, base: BaseParams, record: dict) -> str:
+    """The table at the top of the report; ``record`` is :func:`~equitune.pipeline.reproducibility.environment_record`."""
     flags = determinism_flags()
+    cpu, kernels, versions = record["cpu"], record["kernels"], record["versions"]
+    source = "" if kernels["cpu_isa_source"] == "params" else f" (set by {kernels['cpu_isa_source']})"
     rows = [
         ("profile", profile),
         ("git commit of the code", f"{_git('rev-parse', '--short', 'HEAD')}"),
@@ -38,12 +43,18 @@ def environment_table(profile: str, base: BaseParams) -> str:
         ("deterministic algorithms", str(base.deterministic)),
         ("python / platform", f"{platform.python_version()} / {platform.machine()}"),
         ("tf32 matmul in this process", str(flags["tf32_matmul"])),
+        ("CPU", f"{cpu['vendor']} {cpu['model']} (family {cpu['family']}); vector units: {cpu['vector_flags']}"),
+        ("CPU kernels (base.cpu_isa)", f"{kernels['cpu_isa']}{source}"),
+        ("torch CPU capability in use (ATen)", kernels["aten_cpu_capability"]),
+        ("oneDNN instruction set (derived)", f"{kernels['onednn_isa']} (ONEDNN_MAX_CPU_ISA={kernels['env_ONEDNN_MAX_CPU_ISA']})"),
+        ("MKL conditional reproducibility (MKL_CBWR)", kernels["mkl_cbwr"]),
+        ("MKL / oneDNN / numpy", f"{versions['mkl']} / {versions['onednn']} / {versions['numpy']}"),
     ]
     lines = ["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
 
 
-def build_report(profile: str, base: BaseParams, sections: list[Path]) -> str:
+def build_report(profile: str, base: BaseParams, sections: list[Path], record: dict) -> str:
     parts = [
         "# equitune: reproduction report",
         "",
@@ -52,7 +63,7 @@ def build_report(profile: str, base: BaseParams, sections: list[Path]) -> str:
         "",
         "## How these results were made",
         "",
-        environment_table(profile, base),
+        environment_table(profile, base, record),
         "",
     ]
     for section in sections:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..core.errors import ConfigError
+from .reproducibility import CpuIsa
 
 __all__ = ["BaseParams", "PROFILE_PATTERN", "ParamsError", "SectionParams", "StrictModel", "format_validation_error",
            "load_section", "read_params_file"]
@@ -119,6 +120,9 @@ class BaseParams(StrictModel):
     threads: int = Field(2, ge=1, description="torch intra-op threads (fixed, for reproducible CPU results)")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     deterministic: bool = True
+    cpu_isa: CpuIsa = Field(
+        "avx2", description="instruction set of torch's CPU kernels (ATen, oneDNN, MKL), pinned before a stage starts "
+                            "so that CPUs with wider vector units give the same digits; see pipeline/reproducibility.py")
 
 
 class _Header(StrictModel):

@@ -3,6 +3,8 @@
 A stage script is ``main(argv)`` wrapped by :func:`run_stage`: any :class:`~equitune.core.errors.EquituneError`
 (bad params, a grid cell that is not in params, a missing input, an unknown group) prints one readable message
 and exits 2. Scripts validate their params and inputs before writing anything, so such an exit leaves no output.
+Before ``main`` runs, :func:`run_stage` pins torch's CPU kernels to ``base.cpu_isa`` of the params file
+(:mod:`equitune.pipeline.reproducibility`): a stage script must not run a torch operation at import time.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
+from pydantic import ValidationError
 
 from ..core.errors import ConfigError, EquituneError
-from .schema import BaseParams, ParamsError
+from .reproducibility import apply_cpu_isa
+from .schema import BaseParams, ParamsError, read_params_file
 
 __all__ = ["argument_parser", "check_in_grid", "resolve_device", "run_stage", "select_device"]
 
 
 def run_stage(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     try:
+        _pin_cpu_kernels(argv)
         main(argv)
     except EquituneError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -67,6 +72,19 @@ def resolve_device(base: BaseParams, environ: Mapping[str, str] | None = None) -
     environ = os.environ if environ is None else environ
     cuda_count = torch.cuda.device_count() if base.device != "cpu" else 0
     return torch.device(select_device(base.device, environ, cuda_count))
+
+
+def _pin_cpu_kernels(argv: Sequence[str] | None) -> None:
+    """Apply ``base.cpu_isa`` of the stage's params file before ``main`` touches torch. A params file that cannot
+    be read or validated is left to ``main``, which reports it (exit 2) before doing any work."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--params", default="params.yaml")
+    known, _ = options.parse_known_args(argv)
+    try:
+        base = BaseParams.model_validate(read_params_file(known.params).get("base") or {})
+    except (ParamsError, ValidationError):
+        return
+    apply_cpu_isa(base.cpu_isa)
 
 
 def check_in_grid(name: str, value: object, allowed: Iterable[object]) -> None:

@@ -18,6 +18,8 @@
 - Per-step values go to MLflow's metric history and, for a stage with a curve file, to that DVC plots file
   (:mod:`.curves`); figures and reports are artifacts; checkpoints and data are referenced by their DVC hash
   (a tag), never copied. System metrics (CPU, memory, disk, network) are sampled every 10 s.
+- Tags also name the CPU kernels the run used (``cpu.isa``, ``cpu.capability``, ``cpu.onednn_isa``, ``cpu.mkl_cbwr``,
+  ``cpu.vendor``, ``cpu.model``; see :mod:`equitune.pipeline.reproducibility`).
 - A run that raises ends FAILED; SIGTERM or Ctrl-C ends it KILLED (and the process still exits non-zero).
   A run left RUNNING by a process that died without a word (SIGKILL, OOM) is closed as KILLED by the next
   run of the same task on the same host.
@@ -45,6 +47,7 @@ from ..core.errors import ConfigError
 from .curves import Curve
 from .io import pid_alive
 from .mlflow_views import experiment_tags
+from .reproducibility import mlflow_tags
 
 __all__ = ["TrackedRun", "TrackingServerError", "tracked_run", "tracking_uri", "ensure_store", "check_tracking_server",
            "params_hash", "repo_root", "dvc_md5", "settings_params", "EXPERIMENT_PREFIX", "TASKS"]
@@ -397,6 +400,7 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         # Which GPUs the process saw (one per queue worker or torchrun rank): runs of a grid spread over GPUs.
         **{f"env.{name}": os.environ[name] for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK") if name in os.environ},
         **_git_state(),
+        **mlflow_tags(),
         **cell,
     }
     previous = signal.getsignal(signal.SIGTERM)
