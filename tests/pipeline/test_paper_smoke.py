@@ -54,7 +54,7 @@ def test_paper_profile_smoke_run_offline_with_fixtures(tmp_path):
     scores = json.loads((clone / "metrics" / "nlg" / "scores.json").read_text())
     assert scores["scorer"] == "regard"  # the regard classifier ran, not the offline sentiment proxy
     perplexity = json.loads((clone / "metrics" / "nlg" / "perplexity.json").read_text())
-    assert perplexity["source"] == "wikitext"
+    assert perplexity["text"]["source"] == "wikitext"
 
 
 def _dead_proxy() -> str:
