@@ -44,6 +44,16 @@ def test_the_paper_profile_composes_and_validates():
     assert paper["scan"]["pretrain"]["lr_schedule"] == "constant"  # the paper's; not inherited from the default
 
 
+def test_the_paper_smoke_overlay_composes_and_validates(tmp_path, monkeypatch):
+    """The CI smoke run composes paper + paper-smoke; a schema change that the overlay misses (a scalar where a
+    mapping is now expected) fails here in seconds, not after minutes of the slow smoke test."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "params.yaml"
+    assert main(["compose", "profiles/paper.yaml", "profiles/paper-smoke.yaml", "-o", str(out)]) == 0
+    written = yaml.safe_load(out.read_text())
+    assert written["profile"] == "paper" and written["scan"]["grid"]["seeds"] == [0]
+
+
 def test_compose_command_writes_the_validated_params(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "params.yaml"
