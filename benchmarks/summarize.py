@@ -83,6 +83,21 @@ BENCHMARKS = {
         ["workload", "setting", "capability", "wall_s", "ratio_wall", "cpu_s", "ratio_cpu", "same_digits_as_native",
          "deterministic"],
     ),
+    "scan_training": (
+        "10. SCAN pretraining throughput: fused teacher-forced decoder versus input feeding",
+        "Training examples/s of the same LSTM seq2seq on the same batches: attention after the RNN (one fused RNN call "
+        "per teacher-forced batch; packed or fixed-length encoder) versus the reference's input feeding. Ratio = "
+        "contender / baseline examples/s.",
+        ["contender", "baseline", "batch", "hidden", "contender_examples_per_s", "baseline_examples_per_s", "ratio"],
+    ),
+    "scan_evaluation": (
+        "11. SCAN equituned evaluation of the whole Add-Jump test split versus the reference's order of work",
+        "The project's batched, group-batched greedy decoding versus a faithful re-implementation of the reference "
+        "(one command at a time, one forward per group element per step); same sequences checked. Ratio = reference "
+        "seconds / project seconds; target >= 20.",
+        ["group", "group_order", "commands", "project_batch", "project_s", "reference_s", "reference_extrapolated",
+         "exact_match_accuracy", "ratio", "target"],
+    ),
 }
 
 
