@@ -44,6 +44,7 @@ def main(argv=None) -> None:
         if params.train.trainable_depth != "all":
             orbits = load_cache(args.cache, cell_cache_description(params, cell.backbone))
         generator = seed_everything(cell.seed, loaded.base.threads, loaded.base.deterministic)
+        context.reseed_stochastic_layers(cell.seed)
         tags = {"model": cell.backbone, "method": cell.method, "group": cell.group, "seed": cell.seed,
                 "dataset": cell.dataset, "stage_kind": "tune"}
         curve = Curve(args.curve, x="epoch", y=("train_loss", "val_accuracy")) if context.is_main else None

@@ -36,6 +36,7 @@ def main(argv=None) -> None:
         context.check_batches(params.pretrain.batch_size, what="scan.pretrain.batch_size")
         data = load_split_files(args.data)
         generator = seed_everything(cell.seed, params.threads, loaded.base.deterministic)
+        context.reseed_stochastic_layers(cell.seed)
         tags = {"model": f"seq2seq-{cell.cell}", "method": "pretrain", "group": "trivial", "seed": cell.seed,
                 "split": cell.split}
         curve = Curve(args.curve, x="examples", y=("train_loss", "validation_accuracy")) if context.is_main else None

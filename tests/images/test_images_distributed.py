@@ -27,7 +27,6 @@ from equitune.images.experiment import check_distributed
 from equitune.images.training import load_share
 from equitune.pipeline.distributed import DistributedContext
 from helpers.paths import ROOT
-from helpers.toy_project import temp_files
 from helpers.torchrun import (
     check_ran,
     load_state,
@@ -36,6 +35,7 @@ from helpers.torchrun import (
     run_script,
     world_sizes_logged,
 )
+from helpers.toy_project import temp_files
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 WEIGHTS_TOLERANCE = 1e-6

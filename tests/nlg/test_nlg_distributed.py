@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from helpers.paths import ROOT
-from helpers.toy_project import temp_files
 from helpers.torchrun import check_ran, read_json, run_script, world_sizes_logged
+from helpers.toy_project import temp_files
 
 
 @pytest.mark.slow  # three processes that load the 135M-parameter LM

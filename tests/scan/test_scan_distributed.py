@@ -21,7 +21,6 @@ from equitune.core.errors import ConfigError
 from equitune.pipeline.distributed import DistributedContext
 from equitune.scan.training import global_batch_denominator, sequence_loss, shard_loss
 from helpers.paths import ROOT
-from helpers.toy_project import temp_files
 from helpers.torchrun import (
     check_ran,
     load_state,
@@ -30,6 +29,7 @@ from helpers.torchrun import (
     run_script,
     world_sizes_logged,
 )
+from helpers.toy_project import temp_files
 
 WEIGHTS_TOLERANCE = 1e-5
 LOSS_RELATIVE_TOLERANCE = 1e-6

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -135,6 +136,16 @@ class DistributedContext:
         box = [value if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def reseed_stochastic_layers(self, seed: int) -> None:
+        """Give ranks other than 0 their own stream of torch's global generator (dropout, drop-connect masks).
+
+        Seeded alike, every rank would draw the same masks for its share, so the i-th example of each share would
+        get the same mask. Shared draws (batch order, teacher forcing, augmentation) come from the stage's explicit
+        generator, which stays the same on every rank; rank 0 and a single process keep ``seed``."""
+        if self.is_distributed and self.rank:
+            # torch's CPU generator keeps 32 bits of a seed: mix (seed, rank) into 32 well-spread bits.
+            torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
 
     def check_batches(self, batch_size: int, num_examples: int | None = None, what: str = "batch_size") -> None:
         """A :class:`ConfigError` before any work when a global batch (or the epoch's last, shorter one, when
