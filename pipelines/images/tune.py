@@ -68,6 +68,5 @@ def main(argv=None) -> None:
           f"invariance error {metrics['invariance_error']}")
 
 
-
 if __name__ == "__main__":
     run_stage(main)

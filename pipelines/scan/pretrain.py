@@ -53,5 +53,6 @@ def main(argv=None) -> None:
             write_json(args.metrics, metrics)
             run.log_final({k: v for k, v in metrics.items() if k != "history"})
 
+
 if __name__ == "__main__":
     run_stage(main)
