@@ -25,11 +25,11 @@ from equitune.nlg.config import NlgParams
 from equitune.nlg.lm import load_lm, load_tokenizer
 from equitune.nlg.records import read_prompts, write_records
 from equitune.nlg.sampling import generate_all
+from equitune.pipeline.distributed import distributed, tracked_run_on_main
 from equitune.pipeline.io import write_json
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.seeding import seed_everything
-from equitune.pipeline.stage import argument_parser, resolve_device, run_stage
-from equitune.pipeline.tracking import tracked_run
+from equitune.pipeline.stage import argument_parser, run_stage
 
 
 def main(argv=None) -> None:
@@ -40,21 +40,25 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "nlg", NlgParams)
     nlg = loaded.section
-    device = resolve_device(loaded.base)
-    prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
-    seed_everything(0, loaded.base.threads, loaded.base.deterministic)
-    tokenizer = load_tokenizer(nlg.model)
-    lm = load_lm(nlg.model, device)
-    draws = sum(len(a["prompts"]) for a in prompts["axes"].values()) * len(nlg.seeds) * nlg.samples_per_prompt
-    tags = {"model": nlg.model, "method": ",".join(nlg.methods), "group": ",".join(nlg.axes),
-            "backbones": ",".join(nlg.models)}
-    with tracked_run("nlg", profile=loaded.profile, params=nlg, tags=tags) as run:
-        total = draws * len(nlg.methods) * len(nlg.models)
-        with tqdm(total=total, desc="samples", disable=not sys.stderr.isatty()) as bar:
-            records, metrics = generate_all(lm, tokenizer, prompts, nlg, device, run.log_metrics, bar.update)
-        write_records(args.samples, records)
-        write_json(args.metrics, metrics)
-        run.log_final(metrics)
+    with distributed(loaded.base) as context:
+        prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
+        seed_everything(0, loaded.base.threads, loaded.base.deterministic)
+        tokenizer = load_tokenizer(nlg.model)
+        lm = load_lm(nlg.model, context.device)
+        draws = sum(len(a["prompts"]) for a in prompts["axes"].values()) * len(nlg.seeds) * nlg.samples_per_prompt
+        tags = {"model": nlg.model, "method": ",".join(nlg.methods), "group": ",".join(nlg.axes),
+                "backbones": ",".join(nlg.models)}
+        with tracked_run_on_main(context, "nlg", profile=loaded.profile, params=nlg, tags=tags) as run:
+            # Under torchrun the bar counts rank 0's share of the samples.
+            total = draws * len(nlg.methods) * len(nlg.models) // context.world_size
+            with tqdm(total=total, desc="samples", disable=not (sys.stderr.isatty() and context.is_main)) as bar:
+                records, metrics = generate_all(lm, tokenizer, prompts, nlg, context.device, run.log_metrics,
+                                                bar.update, context)
+            if not context.is_main:
+                return  # rank 0 alone writes outputs
+            write_records(args.samples, records)
+            write_json(args.metrics, metrics)
+            run.log_final(metrics)
     print(json.dumps(metrics, indent=1))
 
 

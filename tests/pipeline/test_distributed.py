@@ -95,6 +95,21 @@ def test_one_process_context_without_torchrun():
         assert context.mean(torch.tensor(2.5)) == 2.5
 
 
+def test_ranks_draw_their_own_dropout_masks_but_rank_0_keeps_the_seed():
+    from equitune.pipeline.distributed import DistributedContext
+    draws = []
+    for rank in (0, 1, 2):
+        torch.manual_seed(5)
+        DistributedContext(rank, 3, rank, torch.device("cpu"), "gloo").reseed_stochastic_layers(5)
+        draws.append(torch.rand(4))
+    torch.manual_seed(5)
+    assert torch.equal(draws[0], torch.rand(4))  # rank 0: what one process draws
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    torch.manual_seed(5)
+    DistributedContext(0, 1, 0, torch.device("cpu"), None).reseed_stochastic_layers(5)
+    assert torch.equal(draws[0], torch.rand(4))
+
+
 # ----- the sampler -----
 
 def test_shards_partition_every_global_batch_in_one_seeded_order():

@@ -24,6 +24,7 @@ from torch import nn
 from ..core.checks import equivariance_error
 from ..core.errors import ConfigError
 from ..core.groups import image_action
+from ..pipeline.distributed import DistributedContext
 from .backbones import ImageClassifier, build_classifier, split_features
 from .cached import OrbitAction, build_cache, cache_description
 from .cells import Cell
@@ -45,7 +46,7 @@ from .training import (
     predict,
 )
 
-__all__ = ["CHECKPOINT", "CURVES", "CellResult", "cache_for", "cell_cache_description", "orbit_logits",
+__all__ = ["CHECKPOINT", "CURVES", "CellResult", "cache_for", "check_distributed", "cell_cache_description", "orbit_logits",
            "image_logits", "run_cell"]
 
 CHECKPOINT = "model.pt"
@@ -113,12 +114,37 @@ def _invariance_errors(model: nn.Module, inputs: torch.Tensor, actions: dict[str
         return {name: equivariance_error(model, action, inputs) for name, action in actions.items()}
 
 
+def check_distributed(params: ImagesParams, context: DistributedContext) -> None:
+    """A :class:`ConfigError` before any work for a torchrun job that could not train as one process does.
+
+    Batch norm that trains on batch statistics (``freeze_batchnorm: false``) must see the global batch's
+    statistics, not each rank's share: that is SyncBatchNorm, which torch implements for CUDA devices only."""
+    if context.is_distributed and not params.train.freeze_batchnorm and context.device.type != "cuda":
+        raise ConfigError(f"images.train.freeze_batchnorm=false under torchrun on {context.device.type} needs "
+                          "synchronised batch statistics (SyncBatchNorm), which torch supports on CUDA devices "
+                          "only: set images.train.freeze_batchnorm: true, run on GPUs, or run one process")
+
+
+def _place(model: nn.Module, device: torch.device, freeze_batchnorm: bool, context: DistributedContext | None
+           ) -> nn.Module:
+    """``model`` on ``device``; under torchrun inside DistributedDataParallel, with batch norm that trains on batch
+    statistics made synchronous (statistics of the global batch, as in one process; frozen batch norm needs none)."""
+    if context is None or not context.is_distributed:
+        return model.to(device)
+    if not freeze_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return context.wrap(model)
+
+
 def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], classes: tuple[str, ...],
              orbits: dict[str, torch.Tensor] | None, generator: torch.Generator, device: torch.device,
-             on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False) -> CellResult:
+             on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False,
+             context: DistributedContext | None = None) -> CellResult | None:
     """Fine-tune the cell's model (best epoch by upright validation accuracy), then evaluate it on the test split.
 
-    ``orbits``: the cached orbits of each split (None when ``trainable_depth`` is ``all``)."""
+    ``orbits``: the cached orbits of each split (None when ``trainable_depth`` is ``all``). Under torchrun
+    (``context``) the ranks train one model with DistributedDataParallel on shares of the same global batches;
+    rank 0 alone evaluates it and gets the result, the others None."""
     group = method_group(cell.method, cell.group)
     settings, evaluation = params.train, params.evaluation
     depth = settings.trainable_depth
@@ -132,14 +158,14 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
     if cached:
         _, trainable = split_features(classifier, depth)
         upper = ImageClassifier(trainable, classifier.head)
-        model = build_method(cell.method, cell.group, upper, on_orbits=True, **lambda_args).to(device)
+        model = build_method(cell.method, cell.group, upper, on_orbits=True, **lambda_args)
         load_batch = OrbitBatches(orbits["train"], data["train_y"], device, augment)
 
         def validate(m: nn.Module) -> float:
             return accuracy(predict(m, orbits["val"], evaluation.batch_size, device=device), data["val_y"])
     else:
         upper = classifier
-        model = build_method(cell.method, cell.group, classifier, **lambda_args).to(device)
+        model = build_method(cell.method, cell.group, classifier, **lambda_args)
         load_batch = ImageBatches(data["train_x"], data["train_y"], params.resolution, device, augment)
 
         def validate(m: nn.Module) -> float:
@@ -147,12 +173,16 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
                              prepare=lambda x: to_model_input(x, params.resolution))
             return accuracy(logits, data["val_y"])
 
+    trained = _place(model, device, settings.freeze_batchnorm, context)
+    # Every rank draws the same global batches from the same seeded generator (one process: the batches themselves).
     batches = ShuffledBatches(len(data["train_y"]), settings.batch_size, generator)
     optimiser = make_optimiser(model, settings, new_parameters(model, upper))
     scheduler = make_scheduler(optimiser, settings, settings.epochs * len(batches))
-    result = fit(model, optimiser, batches, load_batch, epochs=settings.epochs, validate=validate,
+    result = fit(trained, optimiser, batches, load_batch, epochs=settings.epochs, validate=validate,
                  freeze_batchnorm=settings.freeze_batchnorm, scheduler=scheduler, autocast=autocast,
-                 on_epoch=on_epoch, progress=progress)
+                 on_epoch=on_epoch, progress=progress, context=context)
+    if context is not None and not context.is_main:
+        return None
 
     model.eval()
     probe = slice(0, evaluation.invariance_batch)

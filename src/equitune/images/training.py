@@ -27,13 +27,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..pipeline.distributed import DistributedContext, unwrapped
 from .config import ImagesTrain
 from .data import to_model_input
 from .methods import augment_batch, augment_orbits
 from .modes import eval_mode
 
 __all__ = ["EpochRecord", "ImageBatches", "OrbitBatches", "ShuffledBatches", "TrainingResult", "accuracy",
-           "autocast_dtype", "fit", "make_optimiser", "make_scheduler", "predict", "set_training_mode"]
+           "autocast_dtype", "fit", "load_share", "make_optimiser", "make_scheduler", "predict", "set_training_mode"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -84,6 +85,7 @@ class ImageBatches:
                  augment: torch.Generator | None = None):
         self.images, self.labels = images, torch.as_tensor(labels)
         self.resolution, self.device, self.augment = resolution, device, augment
+        self.draws_randoms = augment is not None  # per example: a distributed rank must load the whole batch
 
     def __call__(self, index: torch.Tensor) -> Batch:
         x = to_model_input(self.images[index.numpy()], self.resolution)
@@ -100,6 +102,7 @@ class OrbitBatches:
                  augment: torch.Generator | None = None):
         self.orbits, self.labels = orbits, torch.as_tensor(labels)
         self.device, self.augment = device, augment
+        self.draws_randoms = augment is not None  # per example: a distributed rank must load the whole batch
 
     def __call__(self, index: torch.Tensor) -> Batch:
         z = self.orbits[index]
@@ -156,14 +159,34 @@ def accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
     return float((logits.argmax(dim=-1) == torch.as_tensor(labels)).float().mean())
 
 
+def load_share(load_batch: Callable[[torch.Tensor], Batch], index: torch.Tensor, context: DistributedContext
+               ) -> tuple[Batch, float]:
+    """This rank's share of the global batch ``index`` and the weight of its mean loss
+    (:meth:`DistributedContext.local_share`). A loader that draws random numbers per example (the augmentation
+    baseline) loads the whole global batch, so that every rank draws what one process would, and keeps its share."""
+    positions, weight = context.local_share(torch.arange(len(index)))
+    if getattr(load_batch, "draws_randoms", False):
+        x, y = load_batch(index)
+        return (x[positions.to(x.device)], y[positions.to(y.device)]), weight
+    return load_batch(index[positions]), weight
+
+
 def fit(model: nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
         load_batch: Callable[[torch.Tensor], Batch], *, epochs: int, validate: Callable[[nn.Module], float],
         freeze_batchnorm: bool = True, scheduler=None, autocast: torch.dtype | None = None,
-        on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False) -> TrainingResult:
+        on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False,
+        context: DistributedContext | None = None) -> TrainingResult:
     """Train ``model`` in place for ``epochs`` passes over ``batches``; keep the weights of the epoch with the best
-    ``validate(model)`` (ties: the earlier epoch) and return them with the curves. ``scheduler`` steps per batch."""
+    ``validate(model)`` (ties: the earlier epoch) and return them with the curves. ``scheduler`` steps per batch.
+
+    Under torchrun (``context`` distributed, ``model`` inside DistributedDataParallel) ``batches`` yields the same
+    global batches on every rank; each rank trains on its share (:func:`load_share`), rank 0 alone validates the
+    unwrapped model and tells the others the score, so every rank keeps the same best epoch; the recorded train
+    loss is the global one."""
     from tqdm import tqdm
 
+    sharded = context is not None and context.is_distributed
+    net = unwrapped(model)  # validation and the kept weights: the model itself, not the DDP wrapper
     best: TrainingResult | None = None
     history: list[EpochRecord] = []
     for epoch in range(1, epochs + 1):
@@ -171,25 +194,35 @@ def fit(model: nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[to
         total = torch.zeros(())
         seen = 0
         for index in tqdm(batches, desc=f"epoch {epoch}/{epochs}", disable=None if progress else True, leave=False):
-            x, y = load_batch(index)
+            weight = None
+            if sharded:
+                (x, y), weight = load_share(load_batch, index, context)
+            else:
+                x, y = load_batch(index)
             device_type = x.device.type
             with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
                 loss = F.cross_entropy(model(x).float(), y)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if weight is None else loss * weight).backward()
             optimiser.step()
             if scheduler is not None:
                 scheduler.step()
             total += loss.detach().cpu() * len(y)
             seen += len(y)
-        record = EpochRecord(epoch, float(total) / seen, validate(model))
+        train_loss = _global_sum(total, context) / _global_sum(seen, context) if sharded else float(total) / seen
+        score = validate(net) if context is None or context.is_main else None
+        record = EpochRecord(epoch, train_loss, context.from_main(score) if sharded else score)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
         if best is None or record.val_accuracy > history[best.best_epoch - 1].val_accuracy:
-            best = TrainingResult(copy.deepcopy(model.state_dict()), epoch)
+            best = TrainingResult(copy.deepcopy(net.state_dict()), epoch)
     if best is None:
         raise ValueError("epochs must be at least 1")
     best.history = history
-    model.load_state_dict(best.best_state)
+    net.load_state_dict(best.best_state)
     return best
+
+
+def _global_sum(value: float | torch.Tensor, context: DistributedContext) -> float:
+    return context.mean(value) * context.world_size

@@ -17,19 +17,21 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import torch
 
+from ..pipeline.distributed import DistributedContext
 from .backbone import CausalLM
 from .config import NlgParams
 from .control import axis_control
-from .decoding import Stream, decode
+from .decoding import DecodeStats, Stream, decode
 from .equilm import stop_token_mask
 from .prompts import row_seed, row_uniforms
 from .words import AxisWords
 
-__all__ = ["continuation_text", "generate_all", "group_image_fraction", "left_pad", "plan_streams"]
+__all__ = ["continuation_text", "decode_shared", "generate_all", "group_image_fraction", "left_pad", "plan_streams"]
 
 
 def continuation_text(tokenizer, tokens: list[int]) -> str:
@@ -84,12 +86,29 @@ def group_image_fraction(records: list[dict[str, Any]], words: AxisWords, vocab_
     return matches / len(by_key)
 
 
+def decode_shared(context: DistributedContext | None, backbone, streams: list[Stream], **options: Any
+                  ) -> tuple[list[list[int]], DecodeStats]:
+    """:func:`decode` of ``streams``; under torchrun each rank decodes a contiguous share and every rank gets all
+    tokens back in the original order, with the ranks' stats added up. A sample's random numbers travel with its
+    stream, so a sample does not depend on the rank it lands on; only the sharing of rows between streams split
+    across ranks is lost (the stats count it)."""
+    if context is None or not context.is_distributed:
+        return decode(backbone, streams, **options)
+    tokens, stats = decode(backbone, context.shard(streams), **options)
+    every = context.gather([stats])
+    total = DecodeStats(**{f.name: sum(getattr(s, f.name) for s in every) for f in fields(DecodeStats)
+                           if f.name != "log_probs"})
+    return context.gather(tokens), total
+
+
 def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device: torch.device | str,
-                 log: Callable[[dict[str, float]], None], progress: Callable[[int], None] | None = None
-                 ) -> tuple[list[dict[str, Any]], dict]:
+                 log: Callable[[dict[str, float]], None], progress: Callable[[int], None] | None = None,
+                 context: DistributedContext | None = None) -> tuple[list[dict[str, Any]], dict]:
     """Every sample of every backbone, axis and method (one model load), and the generation metrics: per backbone,
     method and axis the fraction of paired samples that are exact group images and the mean sample length, and per
-    backbone what the decoder computed. Speed goes to ``log`` only (it is not deterministic)."""
+    backbone what the decoder computed. Speed goes to ``log`` only (it is not deterministic). Under torchrun
+    (``context``) the samples are split across the ranks and gathered (:func:`decode_shared`): every rank returns
+    all records."""
     base = CausalLM(lm)
     vocab_size = base.vocab_size
     stop_mask = stop_token_mask(tokenizer, vocab_size)
@@ -108,8 +127,9 @@ def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device:
             streams += axis_streams
             planned += axis_records
         start = time.perf_counter()
-        tokens, stats = decode(backbone, streams, top_k=nlg.top_k, stop_mask=stop_mask, pad_id=prompts["pad_id"],
-                               batch_rows=nlg.batch_size, device=device, progress=progress)
+        tokens, stats = decode_shared(context, backbone, streams, top_k=nlg.top_k, stop_mask=stop_mask,
+                                      pad_id=prompts["pad_id"], batch_rows=nlg.batch_size, device=device,
+                                      progress=progress)
         seconds = time.perf_counter() - start
         name = model if model == "lm" else f"control/{axes[0]}"
         log({f"{name}/tokens_per_second": stats.generated_tokens / seconds, f"{name}/seconds": seconds,

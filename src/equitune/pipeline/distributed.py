@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -35,7 +36,7 @@ from .schema import BaseParams
 from .stage import resolve_device
 
 __all__ = ["DistributedContext", "NullRun", "ShardedBatchSampler", "distributed", "torchrun_ranks",
-           "tracked_run_on_main"]
+           "tracked_run_on_main", "unwrapped"]
 
 T = TypeVar("T")
 
@@ -127,6 +128,37 @@ class DistributedContext:
         dist.all_gather_object(parts, list(shard))
         return [item for part in parts for item in part]
 
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (a validation score measured on rank 0 alone, so that every rank keeps
+        the same best step); ``value`` itself in a single process."""
+        if not self.is_distributed:
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def reseed_stochastic_layers(self, seed: int) -> None:
+        """Give ranks other than 0 their own stream of torch's global generator (dropout, drop-connect masks).
+
+        Seeded alike, every rank would draw the same masks for its share, so the i-th example of each share would
+        get the same mask. Shared draws (batch order, teacher forcing, augmentation) come from the stage's explicit
+        generator, which stays the same on every rank; rank 0 and a single process keep ``seed``."""
+        if self.is_distributed and self.rank:
+            # torch's CPU generator keeps 32 bits of a seed: mix (seed, rank) into 32 well-spread bits.
+            torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
+
+    def check_batches(self, batch_size: int, num_examples: int | None = None, what: str = "batch_size") -> None:
+        """A :class:`ConfigError` before any work when a global batch (or the epoch's last, shorter one, when
+        ``num_examples`` is given) has fewer examples than there are processes: some rank would get none."""
+        smallest = batch_size
+        if num_examples is not None and num_examples % batch_size:
+            smallest = min(batch_size, num_examples % batch_size)
+        if smallest < self.world_size:
+            last = "" if smallest == batch_size else f" (the last batch of an epoch of {num_examples} has {smallest})"
+            raise ConfigError(f"{what}={batch_size}{last} cannot give each of the {self.world_size} processes "
+                              f"(WORLD_SIZE) an example: use a batch size of at least {self.world_size} whose "
+                              "last batch is not smaller, or fewer processes (torchrun --nproc_per_node)")
+
     def mean(self, value: float | torch.Tensor) -> float:
         """The average of a per-rank scalar over the ranks (the global-batch loss, from equal shards' losses)."""
         tensor = torch.as_tensor(value, dtype=torch.float64, device=self.device).detach().clone()
@@ -144,6 +176,13 @@ class DistributedContext:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         return bool(torch.equal(low, high))
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise): what validation decodes
+    and checkpoints save. A type check, not ``getattr(model, "module")``: wrapped models of this package have
+    submodules named ``module``."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:

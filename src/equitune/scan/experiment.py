@@ -20,6 +20,7 @@ from ..core.errors import DataError
 from ..core.groups import VocabPermutation
 from ..core.proxies import ProxyScore
 from ..core.wrappers import EquiTune, EquiZero
+from ..pipeline.distributed import DistributedContext
 from .cells import ScanCell, TuneCell
 from .config import ScanParams, bind_scan_group
 from .data import (
@@ -155,13 +156,16 @@ class _Clock:
 
 
 def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPairs], generator: torch.Generator,
-                  device: torch.device, log: Log) -> tuple[dict, dict]:
+                  device: torch.device, log: Log, context: DistributedContext | None = None
+                  ) -> tuple[dict, dict] | None:
     """Train the cell's plain seq2seq model; (checkpoint to save, metrics: the validation curve, the selected
     checkpoint's validation and test accuracy, the cost).
 
     The checkpoint is chosen on validation accuracy alone; its test accuracy is measured once, afterwards, for the
-    report's "pretrained" column."""
-    model = build_model(params, cell.cell).to(device)
+    report's "pretrained" column. Under torchrun (``context``) the ranks train one model with
+    DistributedDataParallel; rank 0 alone measures the test accuracy and gets the result, the others None."""
+    model = build_model(params, cell.cell)
+    wrapped = context.wrap(model) if context is not None else model.to(device)
     history = []
 
     def on_validation(seen: int, loss: float, val_accuracy: float) -> None:
@@ -170,9 +174,11 @@ def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPai
 
     clock = _Clock()
     best_state, best_accuracy, best_at = pretrain(
-        model, data["train"], lambda m: accuracy(m, data["validation"], params, "greedy"), params.pretrain,
-        generator=generator, on_validation=on_validation, device=device)
+        wrapped, data["train"], lambda m: accuracy(m, data["validation"], params, "greedy"), params.pretrain,
+        generator=generator, on_validation=on_validation, device=device, context=context)
     cost = {f"pretrain_{key}": value for key, value in clock.seconds().items()}
+    if context is not None and not context.is_main:
+        return None
     model.load_state_dict(best_state)
     test_accuracy = accuracy(model, data["test"], params, "greedy")
     log({**cost, "test_accuracy": test_accuracy}, 0)

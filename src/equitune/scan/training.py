@@ -23,13 +23,14 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..core.proxies import ProxyScore
+from ..pipeline.distributed import DistributedContext, unwrapped
 from .config import ScanPretrain, ScanTune
 from .data import Pair, input_vocabulary, output_vocabulary
 from .decoding import EOS_ID, SOS_ID
 from .model import PAD_ID
 
-__all__ = ["EncodedPairs", "batch_order", "encode_pairs", "lr_scheduler", "make_batch", "mean_target_length", "pretrain",
-           "sequence_loss", "train_steps", "tune"]
+__all__ = ["EncodedPairs", "batch_order", "encode_pairs", "global_batch_denominator", "lr_scheduler", "make_batch",
+           "mean_target_length", "pretrain", "sequence_loss", "shard_loss", "train_steps", "tune"]
 
 
 @dataclass(frozen=True)
@@ -169,43 +170,89 @@ def mean_target_length(data: EncodedPairs) -> float:
     return float(data.target_lengths.float().mean())
 
 
+def global_batch_denominator(train: EncodedPairs, index: torch.Tensor, weighting: str,
+                             mean_target_length: float) -> float:
+    """What :func:`sequence_loss` divides the global batch ``index``'s summed token loss by (the same on every
+    rank, since every rank knows the whole global batch)."""
+    if weighting == "token":
+        return len(index) * mean_target_length
+    if weighting == "batch_mean":
+        return float((train.targets[index] != PAD_ID).sum())
+    raise ValueError(f"unknown loss weighting {weighting!r}; allowed: batch_mean, token")
+
+
+def shard_loss(log_probs: torch.Tensor, targets: torch.Tensor, denominator: float, world_size: int) -> torch.Tensor:
+    """One rank's share of the global batch's loss, scaled so that DDP's average of the ranks' gradients is the
+    gradient of the global batch's loss: the shard's summed token loss over the *global* denominator, times the
+    number of ranks. A shard's own mean would weight a token by its shard's length (wrong for ``batch_mean``, and
+    for uneven shards)."""
+    flat_log_probs, flat_targets = log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1)
+    total = F.nll_loss(flat_log_probs, flat_targets, ignore_index=PAD_ID, reduction="sum")
+    return total * (world_size / denominator)
+
+
 def pretrain(model: nn.Module, train: EncodedPairs, evaluate: Callable[[nn.Module], float], settings: ScanPretrain, *,
              generator: torch.Generator, on_validation: Callable[[int, float, float], None] | None = None,
-             device: torch.device | None = None) -> tuple[dict, float, int]:
+             device: torch.device | None = None, context: DistributedContext | None = None
+             ) -> tuple[dict, float, int]:
     """Train; returns (best-validation state dict, its validation accuracy, examples seen when it was reached).
 
     Validation (``evaluate(model)``, exact-match accuracy) runs every ``validate_every_examples`` and after the
-    last step; the weights of the best validation so far are kept (validation only, never the test split)."""
+    last step; the weights of the best validation so far are kept (validation only, never the test split).
+
+    Under torchrun (``context`` distributed, ``model`` inside DistributedDataParallel) every rank draws the same
+    global batches and teacher-forcing decisions from ``generator`` and trains on its share of each; rank 0 alone
+    validates (on the unwrapped model) and tells the others the score, so every rank keeps the same best step.
+    Dropout masks are drawn per rank, so only a model without dropout trains exactly as one process does."""
     device = torch.device("cpu") if device is None else device
+    sharded = context is not None and context.is_distributed
+    net = unwrapped(model)  # validation and the kept weights: the model itself, not the DDP wrapper
     batch_size = settings.batch_size
     steps = math.ceil(settings.examples / batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = lr_scheduler(optimizer, settings.lr_schedule, settings.lr, steps, settings.warmup_fraction)
     validate_every = max(1, round(settings.validate_every_examples / batch_size))
     mean_length = mean_target_length(train)
-    best = {"state": copy.deepcopy(model.state_dict()), "accuracy": -1.0, "at": 0}
+    best = {"state": copy.deepcopy(net.state_dict()), "accuracy": -1.0, "at": 0}
     running = {"loss": 0.0, "steps": 0, "seen": 0}
 
-    def loss_of(net: nn.Module, index: torch.Tensor) -> torch.Tensor:
+    def loss_of(wrapped: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        if sharded:
+            return shard_loss_of(wrapped, index)
         src, decoder_inputs, targets = (t.to(device) for t in make_batch(train, index))
         forcing = None
         if settings.teacher_forcing < 1:
             forcing = (torch.rand(len(index), generator=generator) < settings.teacher_forcing).to(device)
         running["seen"] += len(index)
-        return sequence_loss(net(src, decoder_inputs, forcing), targets, settings.loss_weighting, mean_length)
+        return sequence_loss(wrapped(src, decoder_inputs, forcing), targets, settings.loss_weighting, mean_length)
+
+    def shard_loss_of(wrapped: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        # The random draws are made for the whole global batch on every rank, then cut like the batch itself.
+        forcing = None
+        if settings.teacher_forcing < 1:
+            forcing = torch.rand(len(index), generator=generator) < settings.teacher_forcing
+        positions, _ = context.local_share(torch.arange(len(index)))
+        src, decoder_inputs, targets = (t.to(device) for t in make_batch(train, index[positions]))
+        if forcing is not None:
+            forcing = forcing[positions].to(device)
+        running["seen"] += len(index)
+        denominator = global_batch_denominator(train, index, settings.loss_weighting, mean_length)
+        return shard_loss(wrapped(src, decoder_inputs, forcing), targets, denominator, context.world_size)
 
     def after_step(step: int, loss: float) -> None:
-        running["loss"] += loss
+        running["loss"] += context.mean(loss) if sharded else loss  # the global batch's loss
         running["steps"] += 1
         if step % validate_every == 0 or step == steps:
-            model.eval()
-            accuracy = evaluate(model)
+            net.eval()
+            accuracy = evaluate(net) if context is None or context.is_main else None
+            if sharded:
+                accuracy = context.from_main(accuracy)
             mean_loss = running["loss"] / running["steps"]
             running.update(loss=0.0, steps=0)
             if on_validation:
                 on_validation(running["seen"], mean_loss, accuracy)
             if accuracy > best["accuracy"]:
-                best.update(state=copy.deepcopy(model.state_dict()), accuracy=accuracy, at=running["seen"])
+                best.update(state=copy.deepcopy(net.state_dict()), accuracy=accuracy, at=running["seen"])
 
     batches = batch_order(train.target_lengths, batch_size, steps, generator, settings.bucket_batches)
     train_steps(model, optimizer, batches, loss_of, grad_clip=settings.grad_clip, scheduler=scheduler,
