@@ -69,11 +69,12 @@ VIEWS: dict[str, ExperimentView] = {
     "nlg": ExperimentView(
         description=("**Fairness in language generation** (paper section 3.3): EquiLM and R-EquiLM against the base "
                      "model. `generate_nlg`, `score_nlg` and `perplexity_nlg` each cover every method and axis; the "
-                     "bias gaps are negative minus positive label fractions between the demographics of an axis; "
+                     "bias gaps (with 95% bootstrap intervals) are negative minus positive label fractions between the "
+                     "demographics of an axis, for the LM and the planted-bias control; "
                      "`nlg_report` logs the label figure. " + _COMMON),
         tags=("model", "method", "group"),
-        metrics=("base/gender/bias_gap_fraction", "equilm/gender/bias_gap_fraction",
-                 "r_equilm/gender/bias_gap_fraction")),
+        metrics=("lm/base/gender/bias_gap/value", "lm/equilm/gender/bias_gap/value", "lm/r_equilm/gender/bias_gap/value",
+                 "control/base/gender/bias_gap/value", "control/equilm/gender/bias_gap/value")),
     "report": ExperimentView(
         description=("**The report**: the `report` stage stitches the experiments' sections into reports/report.md, "
                      "logged as an artifact of its run. " + _COMMON),
