@@ -393,22 +393,18 @@ os.makedirs("metrics", exist_ok=True)
 record = {"kernels": {"aten_cpu_capability": os.environ.get("TOY_CAPABILITY", "AVX2")}}
 json.dump(record, open("metrics/environment.json", "w"))
 """
-TOY_ENVIRONMENT_STAGE = """
-  environment:
-    cmd: python toy_environment.py
-    deps:
-      - toy_environment.py
-    metrics:
-      - metrics/environment.json:
-          cache: false
-"""
+TOY_ENVIRONMENT_STAGE = {"cmd": "python toy_environment.py", "deps": ["toy_environment.py"],
+                         "metrics": [{"metrics/environment.json": {"cache": False}}]}
 
 
 @pytest.mark.slow
 def test_end_to_end_on_the_toy_project(tmp_path):
     root = make_toy_project(tmp_path / "toy", seed=2, epochs=2)
     (root / "reproduce.yaml").write_text(yaml.safe_dump(TOY_REPRODUCE))
-    (root / "dvc.yaml").write_text((root / "dvc.yaml").read_text() + TOY_ENVIRONMENT_STAGE)
+    # Added to the parsed file: text appended at the end would land under the file's last top-level key (plots).
+    dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
+    dvc_yaml["stages"]["environment"] = TOY_ENVIRONMENT_STAGE
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     (root / "toy_environment.py").write_text(TOY_ENVIRONMENT_SCRIPT)
     run(["dvc", "repro"], root)
     run(["git", "add", "-A"], root)
