@@ -2,7 +2,10 @@
 
 A stage script is ``main(argv)`` wrapped by :func:`run_stage`: any :class:`~equitune.core.errors.EquituneError`
 (bad params, a grid cell that is not in params, a missing input, an unknown group) prints one readable message
-and exits 2. Scripts validate their params and inputs before writing anything, so such an exit leaves no output.
+and exits 2. Scripts validate their params and inputs before writing anything. DVC has deleted the stage's outputs before the
+script starts; when a stage run by DVC fails (a refusal, a crash, an interrupt), :func:`run_stage` puts back the
+outputs ``dvc.lock`` still records (:func:`equitune.pipeline.lockfile.restore_outputs`), so a bad params edit
+reaching ``dvc repro -s STAGE`` loses no committed metric, curve or report.
 Before ``main`` runs, :func:`run_stage` pins torch's CPU kernels to ``base.cpu_isa`` of the params file
 (:mod:`equitune.pipeline.reproducibility`): a stage script must not run a torch operation at import time.
 """
@@ -13,24 +16,58 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from pydantic import ValidationError
 
 from ..core.errors import ConfigError, EquituneError
+from .lockfile import restore_outputs
 from .reproducibility import apply_cpu_isa
 from .schema import BaseParams, ParamsError, read_params_file
 
-__all__ = ["argument_parser", "check_in_grid", "resolve_device", "run_stage", "select_device"]
+__all__ = ["argument_parser", "check_in_grid", "keep_previous_outputs", "resolve_device", "run_stage", "select_device"]
 
 
 def run_stage(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     try:
-        _pin_cpu_kernels(argv)
-        main(argv)
+        try:
+            _pin_cpu_kernels(argv)
+            main(argv)
+        except BaseException as failure:
+            if not (isinstance(failure, SystemExit) and failure.code in (0, None)):
+                keep_previous_outputs()
+            raise
     except EquituneError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def keep_previous_outputs(environ: Mapping[str, str] | None = None, root: Path | None = None) -> None:
+    """After a failed stage that DVC started, put back the outputs DVC deleted and the lock still records.
+
+    Only under DVC (``DVC_STAGE`` names the stage) and only once per run (rank 0 of a torchrun group). The stage's
+    working directory is the repository DVC runs in (under ``dvc exp run --temp`` a copy, which is where the
+    outputs were deleted, unlike ``DVC_ROOT``). A problem while restoring is reported and never hides the stage's
+    own failure.
+    """
+    environ = os.environ if environ is None else environ
+    stage = environ.get("DVC_STAGE")
+    if not stage or environ.get("RANK", "0") != "0":
+        return
+    root = Path.cwd() if root is None else root
+    try:
+        restored, missing = restore_outputs(root, stage)
+    except Exception as error:  # noqa: BLE001 - the stage's own error is the one to raise
+        print(f"note: {stage} failed and its previous outputs could not be put back ({error}); "
+              "`git checkout -- <path>` or `dvc checkout` restores them", file=sys.stderr)
+        return
+    if restored:
+        print(f"note: {stage} failed; its previous outputs recorded in dvc.lock are back in place: "
+              f"{', '.join(restored)}", file=sys.stderr)
+    if missing:
+        print(f"note: {stage} failed; no copy of {', '.join(missing)} with the md5 dvc.lock records was found in "
+              "DVC's cache or git's HEAD", file=sys.stderr)
 
 
 def select_device(requested: str, environ: Mapping[str, str], cuda_count: int) -> str:
