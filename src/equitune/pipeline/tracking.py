@@ -55,10 +55,12 @@ from .reproducibility import mlflow_tags
 
 __all__ = ["TrackedRun", "TrackingServerError", "tracked_run", "tracking_uri", "ensure_store", "check_tracking_server",
            "params_hash", "repo_root", "dvc_md5", "settings_params", "EXPERIMENT_PREFIX", "TASKS",
-           "SERVER_RETRY_DEFAULTS"]
+           "SERVER_RETRY_DEFAULTS", "TEAM_TASKS"]
 
 EXPERIMENT_PREFIX = "equitune-"
 TASKS = ("scan", "images", "nlg")
+TEAM_TASKS = (*TASKS, "report")
+"""Every task a pipeline stage logs to: a team's writer needs EDIT on each of these experiments."""
 
 SERVER_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",     # 4 attempts ...
@@ -188,10 +190,13 @@ def _permission_denied(error: Exception, uri: str, experiment: str) -> TrackingS
     if not (isinstance(error, MlflowException) and error.error_code == "PERMISSION_DENIED"):
         return None
     username = get_default_host_creds(uri).username
+    who = username or "NAME"
     return TrackingServerError(
         f"the MLflow tracking server at {uri} lets {_account(username)} read but not write to experiment "
-        f"{experiment!r}: ask the team's admin to grant it (scripts/team_server.py add-user --role writer, or "
-        "grant), or log with a writer's credentials")
+        f"{experiment!r}: writing needs the writer role, EDIT on every pipeline experiment "
+        f"({', '.join(EXPERIMENT_PREFIX + task for task in TEAM_TASKS)}); ask the team's admin to run "
+        f"`python scripts/team_server.py grant {who} --permission EDIT` (an account made before the report "
+        "experiment was shared lacks it; a new account: add-user --role writer), or log with a writer's credentials")
 
 
 def params_hash(params: Any) -> str:
