@@ -175,3 +175,43 @@ def test_store_creation_is_safe_from_parallel_processes(tmp_path):
     import mlflow
     names = sorted(e.name for e in mlflow.MlflowClient(f"sqlite:///{store}").search_experiments())
     assert names == sorted(["Default", "equitune-images", "equitune-nlg", "equitune-scan", "equitune-toy"])
+
+
+@pytest.mark.slow
+def test_a_copied_checkout_writes_artifacts_into_its_own_store(tmp_path):
+    """MLflow stores an experiment's artifact location as an absolute file:// URI: a copied (or moved) checkout's
+    store still names the original's mlartifacts/. A run in the copy must write there, not into the original."""
+    import shutil
+
+    def stage(root: Path) -> None:
+        process = subprocess.Popen([sys.executable, str(ASSETS / "toy_stage.py"), "--figure", "figures/loss.png"],
+                                   cwd=root, env=clean_env(DVC_ROOT=str(root), DVC_STAGE="train"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, stderr
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    write_params(original, seed=1, epochs=1)
+    copy_empty_store(original / "mlflow.db")
+    stage(original)
+    shutil.copytree(original, copy)
+    stage(copy)
+
+    def figures(root: Path) -> list[str]:
+        return sorted(p.relative_to(root / "mlartifacts").as_posix()
+                      for p in (root / "mlartifacts").rglob("loss.png"))
+
+    assert len(figures(original)) == 1, "the copy's run wrote into the original checkout"
+    assert len(figures(copy)) == 2  # the copied run's figure and the new one
+    runs = mlflow_runs(copy / "mlflow.db")
+    assert len(runs) == 2
+    for run in runs:  # the copied run too: its artifacts came along with the copy
+        assert run.info.artifact_uri.startswith((copy / "mlartifacts" / "equitune-toy").as_uri() + "/"), run
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    assert client.get_experiment_by_name("equitune-toy").artifact_location == (
+        copy / "mlartifacts" / "equitune-toy").as_uri()
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "figures")] == ["figures/loss.png"]
+    assert [r.info.artifact_uri for r in mlflow_runs(original / "mlflow.db")] == [runs[0].info.artifact_uri.replace(
+        copy.as_uri(), original.as_uri())]

@@ -28,7 +28,10 @@
   A run left RUNNING by a process that died without a word (SIGKILL, OOM) is closed as KILLED by the next
   run of the same task on the same host.
 - Artifacts of a local SQLite store go to ``mlartifacts/`` beside the database (never to the stage's working
-  directory, which is a throw-away copy under ``dvc exp run --queue``).
+  directory, which is a throw-away copy under ``dvc exp run --queue``). MLflow stores an experiment's artifact
+  location as an absolute ``file://`` URI; a store copied or moved with its checkout still names the original
+  folder, so :func:`ensure_store` points it (and the runs' artifact URIs) back at ``mlartifacts/`` beside the
+  database in use.
 - The pipeline only writes here. DVC's metrics files are the source of truth; :meth:`TrackedRun.log_final`
   logs the very dict that the stage writes to its metrics file.
 """
@@ -260,6 +263,8 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
                     if client.get_experiment_by_name(name) is None:
                         raise
                 experiment = client.get_experiment_by_name(name)
+            if database is not None:
+                _relocate_artifacts(database, experiment)
             for key, value in experiment_tags(task, experiment.tags).items():
                 if experiment.tags.get(key) != value:
                     try:
@@ -268,6 +273,30 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
                         if (denied := _permission_denied(error, uri, name)) is not None:
                             raise denied from None
                         raise
+
+
+def _relocate_artifacts(database: Path, experiment) -> None:
+    """Point a local store's experiment (and its runs) at ``mlartifacts/<name>`` beside ``database`` when it names
+    that folder of another checkout: the store was copied or moved, and new runs would write their artifacts into
+    the original. A location of another form (a user's own choice, an S3 URI) is left alone."""
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    expected = (database.parent / "mlartifacts" / experiment.name).as_uri()
+    current = experiment.artifact_location or ""
+    if current == expected or not current.startswith("file://"):
+        return
+    if Path(unquote(urlparse(current).path)).parts[-2:] != ("mlartifacts", experiment.name):
+        return
+    with sqlite3.connect(database, timeout=60) as connection:
+        connection.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                           (expected, int(experiment.experiment_id)))
+        # Runs copied or moved with the store: their artifacts came along under mlartifacts/ too.
+        prefix = current.rstrip("/") + "/"
+        connection.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                           "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                           (expected + "/", len(prefix) + 1, int(experiment.experiment_id), len(prefix), prefix))
+    connection.close()
 
 
 def _close_orphaned_runs(client, experiment_id: str, task: str) -> None:
