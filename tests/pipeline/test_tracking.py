@@ -55,6 +55,34 @@ def test_params_hash_is_stable_and_order_free():
     assert tracking.params_hash({"a": 1}) != tracking.params_hash({"a": 2})
 
 
+def test_server_retries_are_bounded_unless_the_environment_sets_them(monkeypatch):
+    for name in tracking.SERVER_RETRY_DEFAULTS:
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)  # restored (removed) after the test
+    tracking.bound_server_retries("sqlite:////tmp/mlflow.db")
+    assert not any(name in os.environ for name in tracking.SERVER_RETRY_DEFAULTS)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")
+    tracking.bound_server_retries("http://127.0.0.1:5000")
+    assert {name: os.environ[name] for name in tracking.SERVER_RETRY_DEFAULTS} == {
+        **tracking.SERVER_RETRY_DEFAULTS, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"}
+
+
+def test_a_server_failure_is_told_from_a_refused_request():
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
+    url = "http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch"
+    exhausted = MlflowException(f"API request to {url} failed with exception HTTPConnectionPool(host='127.0.0.1', "
+                                "port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/log-batch (Caused by "
+                                "ResponseError('too many 503 error responses'))")
+    assert tracking._is_server_failure(exhausted)
+    assert tracking._failure_reason(exhausted) == "too many 503 error responses from /api/2.0/mlflow/runs/log-batch"
+    assert tracking._is_server_failure(requests.exceptions.ConnectionError("refused"))
+    assert not tracking._is_server_failure(MlflowException("param changed", error_code=INVALID_PARAMETER_VALUE))
+    assert not tracking._is_server_failure(MlflowException("no", error_code=PERMISSION_DENIED))
+    assert not tracking._is_server_failure(RuntimeError("a bug in the stage"))
+
+
 @pytest.mark.slow
 def test_toy_stage_run_has_every_convention(tmp_path):
     """One stage run: experiment, run name = DVC stage, tags, params, per-epoch metrics, final = metrics file."""

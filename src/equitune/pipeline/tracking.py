@@ -131,11 +131,16 @@ def _is_server_failure(error: BaseException) -> bool:
 
 
 def _failure_reason(error: BaseException) -> str:
-    """The short cause of a server failure: urllib3's 'Caused by ...' when there is one, else the first line."""
-    text = str(error)
-    if "Caused by" in text:
-        text = text.split("Caused by", 1)[1]
-    return " ".join(text.split())[:200].strip(" ()\"'.")
+    """The short cause of a server failure: urllib3's 'Caused by ...' and the request's path when there are, else
+    the first 200 characters."""
+    import re
+
+    text = " ".join(str(error).split())
+    caused = re.search(r"Caused by \w+\((['\"])(.*?)\1\)", text)
+    path = re.search(r"/api/[\w./-]+", text)
+    if caused:
+        return caused.group(2)[:200] + (f" from {path.group(0)}" if path else "")
+    return text[:200].strip(" ()\"'.")
 
 
 def _server_failed(uri: str, error: BaseException, run_id: str | None, closed: bool) -> TrackingServerError:
