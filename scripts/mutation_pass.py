@@ -11,7 +11,8 @@ another package's tests counts as a survivor: the rate is a lower bound for the 
 
 Usage (from the repository root):
 
-    PYTHONPATH=$PWD/src:$PWD python scripts/mutation_pass.py --label after
+    python scripts/mutation_pass.py --label after                 # the working tree
+    python scripts/mutation_pass.py --label before --rev <commit>  # a committed tree (git archive)
     python scripts/mutation_pass.py --check            # every original snippet occurs exactly once
     python scripts/mutation_pass.py --only scan-select-on-test --label try
 
@@ -83,6 +84,16 @@ def check(mutants: list[dict], root: Path) -> list[str]:
     return problems
 
 
+def _ignored(folder: str, names: list[str]) -> set[str]:
+    skipped = {".git", "__pycache__", ".venv", ".pytest_cache"}
+    here = Path(folder).resolve()
+    if here == ROOT:
+        skipped |= {"data"}
+    if here == ROOT / ".dvc":
+        skipped |= {"cache", "tmp"}
+    return skipped & set(names)
+
+
 def _first_failure(output: str) -> str:
     for pattern in (r"^FAILED (\S+)", r"^ERROR (\S+)"):
         found = re.search(pattern, output, re.MULTILINE)
@@ -91,20 +102,26 @@ def _first_failure(output: str) -> str:
     return ""
 
 
+def run_tests(paths: list[str], copy: Path, timeout: float, python: str) -> tuple[int | None, str]:
+    """Fast tests of ``paths`` on the copy (its code first on the import path): (exit status or None, output)."""
+    env = {**os.environ, "PYTHONPATH": f"{copy / 'src'}{os.pathsep}{copy}", "PYTHONDONTWRITEBYTECODE": "1",
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_WAIT_POLICY": "PASSIVE"}
+    command = [python, "-m", "pytest", *paths, "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
+               "-rf", "--timeout", str(int(timeout))]
+    try:
+        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout + 30)
+        return done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired:
+        return None, "timeout"
+
+
 def run_mutant(mutant: dict, copy: Path, timeout: float, python: str) -> dict:
     target = copy / "src" / "equitune" / mutant["file"]
     original = target.read_text()
     target.write_text(original.replace(mutant["original"], mutant["replacement"], 1))
-    env = {**os.environ, "PYTHONPATH": f"{copy / 'src'}{os.pathsep}{copy}", "PYTHONDONTWRITEBYTECODE": "1",
-           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_WAIT_POLICY": "PASSIVE"}
-    command = [python, "-m", "pytest", *tests_for(mutant), "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
-               "-rf", "--timeout", str(int(timeout))]
     start = time.monotonic()
     try:
-        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout + 30)
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired:
-        code, output = None, "timeout"
+        code, output = run_tests(tests_for(mutant), copy, timeout, python)
     finally:
         target.write_text(original)
     seconds = round(time.monotonic() - start, 1)
@@ -120,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="run", help="names the result file benchmarks/results/mutation_<label>.json")
     parser.add_argument("--only", nargs="*", help="mutant ids to run (default: all)")
     parser.add_argument("--check", action="store_true", help="only check that every original occurs exactly once")
+    parser.add_argument("--rev", help="run the tests of this git revision (default: the working tree)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant's test run")
     args = parser.parse_args(argv)
     mutants = load_mutants()
@@ -138,7 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mutation_pass_") as tmp:
         copy = Path(tmp) / "repo"
-        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", ".venv", "data", ".dvc"))
+        if args.rev:  # the committed tree of a revision (e.g. the tests before the right-answer tests)
+            copy.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.rev], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(copy)], input=archive.stdout, check=True)
+        else:  # the working tree; .dvc stays (stages look for the DVC root), .git and the data do not travel
+            shutil.copytree(ROOT, copy, ignore=_ignored)
+        # Baseline: every test set must pass on the unmutated copy, else a "catch" would mean nothing.
+        for paths in sorted({tuple(tests_for(m)) for m in mutants}):
+            code, output = run_tests(list(paths), copy, args.timeout, sys.executable)
+            print(f"baseline {'ok' if code == 0 else 'FAILED'}: {' '.join(paths)}", flush=True)
+            if code != 0:
+                print(output[-3000:])
+                return 3
         for i, mutant in enumerate(mutants, 1):
             row = run_mutant(mutant, copy, args.timeout, sys.executable)
             rows.append(row)
@@ -148,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"label": args.label, "mutants": len(rows), "caught": caught,
                "rate": round(caught / len(rows), 4) if rows else None,
                "note": "tests of the mutated package only: a lower bound for the whole fast suite",
-               "command": "PYTHONPATH=$PWD/src:$PWD python scripts/mutation_pass.py --label " + args.label,
+               "command": "python scripts/mutation_pass.py --label " + args.label + (f" --rev {args.rev}" if args.rev else ""),
+               "rev": args.rev or "working tree",
                "results": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"mutation_{args.label}.json"
