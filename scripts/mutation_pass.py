@@ -162,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["tar", "-x", "-C", str(copy)], input=archive.stdout, check=True)
         else:  # the working tree; .dvc stays (stages look for the DVC root), .git and the data do not travel
             shutil.copytree(ROOT, copy, ignore=_ignored)
+        # Stage tests open the copy as a DVC repository, which needs git: a fresh one-commit repository.
+        git_env = {**os.environ, "GIT_AUTHOR_NAME": "mutation", "GIT_AUTHOR_EMAIL": "m@m",
+                   "GIT_COMMITTER_NAME": "mutation", "GIT_COMMITTER_EMAIL": "m@m"}
+        for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+            subprocess.run(["git", *command], cwd=copy, env=git_env, check=True, capture_output=True)
         # Baseline: every test set must pass on the unmutated copy, else a "catch" would mean nothing.
         for paths in sorted({tuple(tests_for(m)) for m in mutants}):
             code, output = run_tests(list(paths), copy, args.timeout, sys.executable)
