@@ -249,3 +249,63 @@ def test_tuned_models_report_validation_from_the_validation_split(monkeypatch):
             assert value["validation_accuracy"] == 0.25 and value["test_accuracy"] == 0.75
             found += 1
     assert found >= 2
+
+
+# ------------------------------------------------------------------------------------------ equizero decoding
+def _equizero_by_the_rule(model, src, max_length, input_perm, output_perm):
+    """The documented rule, one copy at a time: copy g decodes g . src greedily on its own; its score is the mean of
+    -max log-prob over its steps up to and including its <eos>; the lowest score wins (lowest g on ties); the
+    winner's sequence is mapped back by g^-1."""
+    from equitune.scan.decoding import SOS_ID, greedy_decode
+    group = input_perm.group
+    sequences, scores = [], []
+    for g in group:
+        moved = input_perm.on_ids.apply(src, g)
+        seq = greedy_decode(model, moved, max_length)
+        inputs = torch.cat([torch.full_like(seq[:, :1], SOS_ID), seq[:, :-1]], dim=1)
+        with torch.no_grad():
+            per_step = -model(moved, inputs).amax(dim=-1)  # [B, L]
+        row_scores = []
+        for b in range(src.shape[0]):
+            row = seq[b].tolist()
+            steps = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
+            row_scores.append(float(per_step[b, :steps].mean()))
+        sequences.append(output_perm.on_ids.apply(seq, group.inverse(g)))
+        scores.append(row_scores)
+    result = []
+    for b in range(src.shape[0]):
+        column = [scores[g][b] for g in group]
+        best = column.index(min(column))
+        result.append([t for t in sequences[best][b].tolist() if t != 0])
+    return result, scores
+
+
+def test_equizero_decoding_follows_the_documented_rule():
+    from equitune.core.groups import WordCycles
+    from equitune.scan.data import input_vocabulary, output_vocabulary
+    from equitune.scan.decoding import equizero_decode
+    cycles = WordCycles([["walk", "look", "run", "jump"]], [["WALK", "LOOK", "RUN", "JUMP"]])
+    input_perm, output_perm = cycles.bind(input_vocabulary()), cycles.bind_output(output_vocabulary())
+    torch.manual_seed(3)
+    model = Seq2Seq("gru", len(input_vocabulary()), len(output_vocabulary()), hidden_size=8, dropout=0.0,
+                    attention="input_feeding").double().eval()
+    words = {w: i for i, w in enumerate(input_vocabulary())}
+    commands = ["jump twice", "walk left", "run around right thrice", "look opposite left and jump", "turn left",
+                "walk after run twice", "jump around left", "look thrice and walk right"]
+    rows = [[words[w] for w in c.split()] for c in commands]
+    src = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for i, r in enumerate(rows):
+        src[i, : len(r)] = torch.tensor(r)
+    expected, scores = _equizero_by_the_rule(model, src, 10, input_perm, output_perm)
+    got = [[t for t in row if t != 0] for row in equizero_decode(model, src, 10, input_perm, output_perm).tolist()]
+    assert got == expected
+    # the case must exercise the rule: the copies' decodings differ (so the choice matters), they stop at different
+    # steps (so the <eos> mask matters) and the winner is not always the same element
+    from equitune.scan.decoding import greedy_decode
+    copies = [output_perm.on_ids.apply(greedy_decode(model, input_perm.on_ids.apply(src, g), 10), g2).tolist()
+              for g, g2 in ((g, input_perm.group.inverse(g)) for g in input_perm.group)]
+    assert sum(len({str(c[b]) for c in copies}) > 1 for b in range(len(commands))) >= 5
+    lengths = [{c[b].index(EOS_ID) if EOS_ID in c[b] else 10 for c in copies} for b in range(len(commands))]
+    assert sum(len(s) > 1 for s in lengths) >= 3
+    winners = {min(range(4), key=lambda g, b=b: scores[g][b]) for b in range(len(commands))}
+    assert len(winners) > 1
