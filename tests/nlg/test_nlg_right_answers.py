@@ -104,3 +104,14 @@ def test_sentiment_thresholds_at_their_boundaries(monkeypatch):
     # documented: compound >= t positive, <= -t negative, else neutral
     assert sentiment_labels(list(compounds), threshold=0.05) == ["positive", "negative", "neutral", "neutral",
                                                                  "positive", "negative"]
+
+
+def test_top_k_sampling_is_the_quantile_function_of_the_renormalised_top_k():
+    from equitune.nlg.equilm import sample_top_k
+    # four equally likely tokens (CDF 1/4, 1/2, 3/4, 1, exact in binary) and one cut off by k = 4
+    log_probs = torch.tensor([[0.0, 0.0, 0.0, 0.0, -9.0]], dtype=torch.float64).log_softmax(-1)
+    ranked = log_probs.topk(4, dim=-1).indices[0].tolist()  # equal scores: any order, the rule is about ranks
+    assert 4 not in ranked
+    # inverse CDF = the quantile function: the first rank whose CDF reaches u (u on a step stays on that rank)
+    for u, rank in ((0.0, 0), (0.25, 0), (0.2500001, 1), (0.5, 1), (0.75, 2), (0.999, 3)):
+        assert sample_top_k(log_probs, 4, torch.tensor([u])).tolist() == [ranked[rank]], u
