@@ -134,14 +134,31 @@ def run_mutant(mutant: dict, copy: Path, timeout: float, python: str) -> dict:
             **({"output_tail": output[-1500:]} if outcome not in ("caught", "survived") else {})}
 
 
+def markdown(summary: dict) -> str:
+    """The result file as a table: one row per mutant, what caught it or that it survived."""
+    lines = [f"# Mutation pass `{summary['label']}` ({summary.get('rev', 'working tree')})", "",
+             f"{summary['caught']}/{summary['mutants']} mutants caught ({summary['rate']:.0%}) by the fast tests of "
+             "the mutated package (a lower bound for the whole fast suite).", "",
+             f"Command: `{summary['command']}`", "",
+             "| mutant | file | category | outcome | caught by |", "|---|---|---|---|---|"]
+    for r in summary["results"]:
+        lines.append(f"| {r['id']} | {r['file']} | {r['category']} | {r['outcome']} | {r['caught_by'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", default="run", help="names the result file benchmarks/results/mutation_<label>.json")
     parser.add_argument("--only", nargs="*", help="mutant ids to run (default: all)")
+    parser.add_argument("--render", metavar="LABEL", help="only write the markdown table of an existing result file")
     parser.add_argument("--check", action="store_true", help="only check that every original occurs exactly once")
     parser.add_argument("--rev", help="run the tests of this git revision (default: the working tree)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant's test run")
     args = parser.parse_args(argv)
+    if args.render:
+        source = RESULTS / f"mutation_{args.render}.json"
+        source.with_suffix(".md").write_text(markdown(json.loads(source.read_text())))
+        return 0
     mutants = load_mutants()
     problems = check(mutants, ROOT)
     if problems:
@@ -191,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"mutation_{args.label}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(summary))
     print(f"\n{caught}/{len(rows)} caught ({summary['rate']:.0%}); written to {out.relative_to(ROOT)}")
     for r in rows:
         if r["outcome"] != "caught":
