@@ -23,8 +23,8 @@ def main(argv=None) -> None:
     record = environment_record(loaded.base.threads, loaded.base.deterministic)
     with tracked_run("report", profile=loaded.profile, params=loaded.base, tags={"profile": loaded.profile}) as run:
         write_text(args.out, build_report(loaded.profile, loaded.base, args.sections, record))
-        write_json(args.environment, record)
         run.log_artifact(args.out)
+    write_json(args.environment, record)  # the metrics file, last: a run that fails to close leaves none
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ What runs where:
   stand-in for tests and trials: it keeps objects in memory, so artifacts are gone when it stops);
 - accounts: MLflow's basic-auth app with its user store in the same PostgreSQL; ``default_permission = READ``: a
   new account can read everything and write nowhere until it is granted EDIT (``add-user --role writer`` grants
-  it on the team's experiments, equitune-<task>); MLflow lets any account create experiments of its own.
+  it on the team's experiments: every one a pipeline stage logs to, equitune-scan, -images, -nlg and -report,
+  created by the admin when missing, so that every writer shares them and can run every stage, the report
+  included; ``grant NAME`` gives an existing account the same); MLflow lets any account create experiments of its
+  own.
 The server binds to 127.0.0.1 unless ``--host`` says otherwise (then give ``--allowed-hosts`` too, and put TLS in
 front of it: basic auth sends passwords in every request).
 """
@@ -316,8 +319,8 @@ def team_experiments(names: list[str] | None) -> list[str]:
     if names:
         return names
     sys.path.insert(0, str(REPO / "src"))
-    from equitune.pipeline.tracking import EXPERIMENT_PREFIX, TASKS
-    return [EXPERIMENT_PREFIX + task for task in TASKS]
+    from equitune.pipeline.tracking import EXPERIMENT_PREFIX, TEAM_TASKS
+    return [EXPERIMENT_PREFIX + task for task in TEAM_TASKS]
 
 
 def grant(base: str, admin: tuple[str, str], username: str, permission: str, experiments: list[str]) -> None:
@@ -496,7 +499,8 @@ def main(argv=None) -> None:
     add_user.add_argument("--role", choices=("reader", "writer"), required=True,
                           help="reader: read only (the server's default permission); writer: EDIT on the team's "
                                "experiments")
-    add_user.add_argument("--experiments", nargs="+", help="experiments a writer may edit (default: equitune-<task>)")
+    add_user.add_argument("--experiments", nargs="+", help="experiments a writer may edit (default: every pipeline "
+                          "experiment, equitune-scan, -images, -nlg, -report)")
     add_user.add_argument("--url", help="server URL (default: the one started from --dir)")
     add_user.set_defaults(func=command_add_user)
 
@@ -504,7 +508,8 @@ def main(argv=None) -> None:
     grant_parser.add_argument("username")
     grant_parser.add_argument("--permission", choices=("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"),
                               default="EDIT")
-    grant_parser.add_argument("--experiments", nargs="+", help="default: equitune-<task>")
+    grant_parser.add_argument("--experiments", nargs="+", help="default: every pipeline experiment, equitune-scan, "
+                              "-images, -nlg, -report")
     grant_parser.add_argument("--url", help="server URL (default: the one started from --dir)")
     grant_parser.set_defaults(func=command_grant)
 

@@ -61,7 +61,7 @@ def main(argv=None) -> None:
             write_json(args.out / CURVES, result.curves)
             run.reference_output(args.out, "checkpoint")
             run.log_final(result.metrics)
-            write_json(args.metrics, result.metrics)
+        write_json(args.metrics, result.metrics)  # last (rank 0 only): a run that fails to close leaves none
     metrics = result.metrics
     print(f"{cell.name}: best epoch {result.curves['best_epoch']}, upright {metrics['test_accuracy_upright']:.4f}, "
           f"random C4 {metrics['test_accuracy_random']['c4']:.4f}, random D4 {metrics['test_accuracy_random']['d4']:.4f}, "

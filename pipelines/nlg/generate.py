@@ -57,8 +57,8 @@ def main(argv=None) -> None:
             if not context.is_main:
                 return  # rank 0 alone writes outputs
             write_records(args.samples, records)
-            write_json(args.metrics, metrics)
             run.log_final(metrics)
+        write_json(args.metrics, metrics)  # last (rank 0 only): a run that fails to close leaves no metrics file
     print(json.dumps(metrics, indent=1))
 
 

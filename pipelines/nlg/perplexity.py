@@ -51,8 +51,8 @@ def main(argv=None) -> None:
     lm = load_lm(nlg.model, device)
     with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"stage": "perplexity"}) as run:
         metrics = evaluate_perplexity(lm, scored, description, prompts, nlg, device, partial(print, flush=True))
-        write_json(args.metrics, metrics)
         run.log_final(metrics)
+    write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     print(json.dumps(metrics, indent=1))
 
 

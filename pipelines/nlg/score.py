@@ -35,8 +35,8 @@ def main(argv=None) -> None:
         labels = score_records(records, equality, nlg, resolve_device(loaded.base))
         metrics = summarise(records, labels, nlg, LABELS[nlg.scorer])
         write_records(args.labels, [{**r, nlg.scorer: label} for r, label in zip(records, labels, strict=True)])
-        write_json(args.metrics, metrics)
         run.log_final(metrics)
+    write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     for model in nlg.models:
         for method in nlg.methods:
             print(model, method, json.dumps({axis: metrics[model][method][axis]["bias_gap"] for axis in nlg.axes}))

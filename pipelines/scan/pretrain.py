@@ -50,8 +50,8 @@ def main(argv=None) -> None:
             with atomic_path(args.out / CHECKPOINT) as tmp:
                 torch.save(checkpoint, tmp)
             run.reference_output(args.out, "checkpoint")
-            write_json(args.metrics, metrics)
             run.log_final({k: v for k, v in metrics.items() if k != "history"})
+        write_json(args.metrics, metrics)  # last (rank 0 only): a run that fails to close leaves no metrics file
 
 
 if __name__ == "__main__":

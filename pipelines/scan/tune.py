@@ -44,8 +44,8 @@ def main(argv=None) -> None:
         metrics = tune_cell(params, cell, data, pretrained,
                             lambda: seed_everything(cell.seed, params.threads, loaded.base.deterministic), device,
                             lambda values, step: run.log_metrics(values, step=step))
-        write_json(args.metrics, metrics)
         run.log_final(metrics)
+    write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     print(metrics)
 
 

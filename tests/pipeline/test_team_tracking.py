@@ -22,7 +22,16 @@ from pathlib import Path
 import pytest
 
 from equitune.pipeline import tracking
-from helpers.toy_project import ASSETS, clean_env, make_toy_project, mlflow_runs, temp_files
+from helpers.toy_project import (
+    ASSETS,
+    clean_env,
+    make_toy_project,
+    mlflow_runs,
+    progress_lines,
+    temp_files,
+    wait_for,
+    write_params,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TEAM_SERVER = REPO / "scripts" / "team_server.py"
@@ -242,3 +251,129 @@ def test_admin_credentials_come_from_outside_the_repository(tmp_path, monkeypatc
     args.admin_credentials = str(REPO / "README.md")
     with pytest.raises(module.TeamServerError, match="inside the repository"):
         module.admin_credentials(args)
+
+
+def postgres_ctl(state_dir: Path, action: str) -> None:
+    """Stop or start the PostgreSQL cluster that `team_server.py start` created in ``state_dir`` (the test's own)."""
+    module = load_team_server()
+    if action == "stop":
+        module.stop_postgres(state_dir)
+        assert not (state_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL did not stop"
+    else:
+        state = json.loads((state_dir / "state.json").read_text())
+        password = json.loads((state_dir / "secrets.json").read_text())["postgres_password"]
+        module.start_postgres(state_dir, state["postgres_port"], password)
+
+
+@pytest.mark.slow
+def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_dir):
+    """The team server's PostgreSQL stops while a stage logs to it: the stage ends within seconds with exit 2 and
+    one message (no traceback), leaves no metrics file and no half-written file, and once PostgreSQL is back the
+    run is not left RUNNING and the stage runs again."""
+    import time
+
+    import mlflow
+    admin = ("admin", secrets.token_urlsafe(16))
+    env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
+    started = team_server(state_dir, "start", "--port", str(tracking_port()), "--workers", "1", env=env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        url = json.loads((state_dir / "state.json").read_text())["url"]
+        client = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": admin[0],
+                  "MLFLOW_TRACKING_PASSWORD": admin[1]}
+        root = make_toy_project(tmp_path / "toy", seed=0, epochs=400, epoch_seconds=0.25)
+        progress = tmp_path / "progress.txt"
+        stage = toy_stage(root, TOY_PROGRESS=str(progress), **client)
+        try:
+            wait_for(lambda: "epoch 1" in progress_lines(progress), timeout=240, what="the stage to log epochs")
+            postgres_ctl(state_dir, "stop")
+            stopped_at = time.monotonic()
+            _, stderr = stage.communicate(timeout=300)
+            seconds = time.monotonic() - stopped_at
+        finally:
+            if stage.poll() is None:
+                stage.kill()
+                stage.wait()
+        print(f"\ntime from PostgreSQL stopped to the stage's exit: {seconds:.1f} s; stderr:\n{stderr}")
+        (tmp_path / "time_to_error.txt").write_text(f"{seconds:.1f}\n")
+        assert stage.returncode == 2, stderr
+        assert stderr.startswith(f"error: the MLflow tracking server at {url} (MLFLOW_TRACKING_URI) failed during run "
+                                 ), stderr
+        assert "make team-server" in stderr and "unset MLFLOW_TRACKING_URI" in stderr, stderr
+        assert "Traceback" not in stderr and stderr.count("\n") <= 2, stderr  # one message
+        assert seconds < 60, f"the stage took {seconds:.0f} s to give up"
+        assert not (root / "metrics").exists() and not temp_files(root)  # the metrics file is written last
+
+        postgres_ctl(state_dir, "start")
+        os.environ.update(client)
+        try:
+            store = mlflow.MlflowClient(url)
+            experiment = store.get_experiment_by_name("equitune-toy")
+            [failed] = store.search_runs([experiment.experiment_id])
+            assert failed.info.status in ("RUNNING", "FAILED"), failed.info.status
+            print(f"the failed run after PostgreSQL came back: {failed.info.status}")
+            write_params(root, seed=0, epochs=2)
+            rerun = toy_stage(root, **client)
+            out, err = rerun.communicate(timeout=240)
+            assert rerun.returncode == 0, err
+            runs = {run.info.run_id: run.info.status for run in store.search_runs([experiment.experiment_id])}
+            assert runs.pop(failed.info.run_id) in ("FAILED", "KILLED")  # closed by the rerun when left RUNNING
+            assert list(runs.values()) == ["FINISHED"]
+        finally:
+            for name in client:
+                os.environ.pop(name, None)
+        assert json.loads((root / "metrics" / "toy.json").read_text())["epochs"] == 2
+    finally:
+        stopped = team_server(state_dir, "stop", env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.mark.slow
+def test_every_writer_can_run_every_stage_the_report_included(tmp_path, state_dir, monkeypatch):
+    """Two writers made with the defaults both log to every pipeline experiment, equitune-report included (shared
+    experiments, created by the admin); a reader is refused with the role and the command that grants it."""
+    import mlflow
+    admin = ("admin", secrets.token_urlsafe(16))
+    env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
+    started = team_server(state_dir, "start", "--port", str(tracking_port()), "--workers", "1", env=env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        url = json.loads((state_dir / "state.json").read_text())["url"]
+        accounts = {name: secrets.token_urlsafe(16) for name in ("ann", "ben", "reader")}
+        for name, password in accounts.items():
+            role = "reader" if name == "reader" else "writer"
+            added = team_server(state_dir, "add-user", name, "--role", role,
+                                env={**env, "EQUITUNE_NEW_USER_PASSWORD": password}, timeout=300)
+            assert added.returncode == 0, added.stdout + added.stderr
+            if role == "writer":
+                assert f"{name}: EDIT on equitune-report" in added.stdout, added.stdout
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.delenv("DVC_STAGE", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials
+        for name, value in tracking.SERVER_RETRY_DEFAULTS.items():
+            monkeypatch.setenv(name, value)
+        for writer in ("ann", "ben"):
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", writer)
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts[writer])
+            for task in tracking.TEAM_TASKS:
+                with tracking.tracked_run(task, profile="default", params={"seed": 0}, run_name=f"{writer}-{task}",
+                                          system_metrics=False) as run:
+                    run.log_metrics({"loss": 1.0})
+        store = mlflow.MlflowClient(url)
+        for task in tracking.TEAM_TASKS:
+            experiment = store.get_experiment_by_name(f"equitune-{task}")
+            runs = store.search_runs([experiment.experiment_id])
+            assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+                (f"ann-{task}", "FINISHED"), (f"ben-{task}", "FINISHED")]
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts["reader"])
+        with pytest.raises(tracking.TrackingServerError) as refused:
+            with tracking.tracked_run("report", profile="default", params={}, system_metrics=False):
+                raise AssertionError("a reader's run must not open")
+        message = str(refused.value)
+        assert "lets user 'reader' read but not write to experiment 'equitune-report'" in message, message
+        assert "writer role" in message and "`python scripts/team_server.py grant reader --permission EDIT`" in message
+    finally:
+        mlflow.set_tracking_uri(None)
+        stopped = team_server(state_dir, "stop", env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr

@@ -55,6 +55,34 @@ def test_params_hash_is_stable_and_order_free():
     assert tracking.params_hash({"a": 1}) != tracking.params_hash({"a": 2})
 
 
+def test_server_retries_are_bounded_unless_the_environment_sets_them(monkeypatch):
+    for name in tracking.SERVER_RETRY_DEFAULTS:
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)  # restored (removed) after the test
+    tracking.bound_server_retries("sqlite:////tmp/mlflow.db")
+    assert not any(name in os.environ for name in tracking.SERVER_RETRY_DEFAULTS)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")
+    tracking.bound_server_retries("http://127.0.0.1:5000")
+    assert {name: os.environ[name] for name in tracking.SERVER_RETRY_DEFAULTS} == {
+        **tracking.SERVER_RETRY_DEFAULTS, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"}
+
+
+def test_a_server_failure_is_told_from_a_refused_request():
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
+    url = "http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch"
+    exhausted = MlflowException(f"API request to {url} failed with exception HTTPConnectionPool(host='127.0.0.1', "
+                                "port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/log-batch (Caused by "
+                                "ResponseError('too many 503 error responses'))")
+    assert tracking._is_server_failure(exhausted)
+    assert tracking._failure_reason(exhausted) == "too many 503 error responses from /api/2.0/mlflow/runs/log-batch"
+    assert tracking._is_server_failure(requests.exceptions.ConnectionError("refused"))
+    assert not tracking._is_server_failure(MlflowException("param changed", error_code=INVALID_PARAMETER_VALUE))
+    assert not tracking._is_server_failure(MlflowException("no", error_code=PERMISSION_DENIED))
+    assert not tracking._is_server_failure(RuntimeError("a bug in the stage"))
+
+
 @pytest.mark.slow
 def test_toy_stage_run_has_every_convention(tmp_path):
     """One stage run: experiment, run name = DVC stage, tags, params, per-epoch metrics, final = metrics file."""
@@ -175,3 +203,43 @@ def test_store_creation_is_safe_from_parallel_processes(tmp_path):
     import mlflow
     names = sorted(e.name for e in mlflow.MlflowClient(f"sqlite:///{store}").search_experiments())
     assert names == sorted(["Default", "equitune-images", "equitune-nlg", "equitune-scan", "equitune-toy"])
+
+
+@pytest.mark.slow
+def test_a_copied_checkout_writes_artifacts_into_its_own_store(tmp_path):
+    """MLflow stores an experiment's artifact location as an absolute file:// URI: a copied (or moved) checkout's
+    store still names the original's mlartifacts/. A run in the copy must write there, not into the original."""
+    import shutil
+
+    def stage(root: Path) -> None:
+        process = subprocess.Popen([sys.executable, str(ASSETS / "toy_stage.py"), "--figure", "figures/loss.png"],
+                                   cwd=root, env=clean_env(DVC_ROOT=str(root), DVC_STAGE="train"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, stderr
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    write_params(original, seed=1, epochs=1)
+    copy_empty_store(original / "mlflow.db")
+    stage(original)
+    shutil.copytree(original, copy)
+    stage(copy)
+
+    def figures(root: Path) -> list[str]:
+        return sorted(p.relative_to(root / "mlartifacts").as_posix()
+                      for p in (root / "mlartifacts").rglob("loss.png"))
+
+    assert len(figures(original)) == 1, "the copy's run wrote into the original checkout"
+    assert len(figures(copy)) == 2  # the copied run's figure and the new one
+    runs = mlflow_runs(copy / "mlflow.db")
+    assert len(runs) == 2
+    for run in runs:  # the copied run too: its artifacts came along with the copy
+        assert run.info.artifact_uri.startswith((copy / "mlartifacts" / "equitune-toy").as_uri() + "/"), run
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    assert client.get_experiment_by_name("equitune-toy").artifact_location == (
+        copy / "mlartifacts" / "equitune-toy").as_uri()
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "figures")] == ["figures/loss.png"]
+    assert [r.info.artifact_uri for r in mlflow_runs(original / "mlflow.db")] == [runs[0].info.artifact_uri.replace(
+        copy.as_uri(), original.as_uri())]

@@ -64,7 +64,19 @@ class FiniteGroup:
             found = [b for b in range(n) if self.table[a][b] == 0]
             if len(found) != 1:
                 raise GroupSpecError(f"group {self.name!r}: element {self.element_names[a]} has no unique inverse")
+            if self.table[found[0]][a] != 0:  # a right inverse that is not a left inverse: not a group
+                raise GroupSpecError(f"group {self.name!r}: element {self.element_names[a]} has no two-sided inverse "
+                                     f"({self.element_names[a]} * {self.element_names[found[0]]} is the identity but "
+                                     f"{self.element_names[found[0]]} * {self.element_names[a]} is not)")
             inverses.append(found[0])
+        t = self.table
+        for a in range(n):
+            for b in range(n):
+                for c in range(n):
+                    if t[t[a][b]][c] != t[a][t[b][c]]:
+                        names = self.element_names
+                        raise GroupSpecError(f"group {self.name!r}: the table is not associative: "
+                                             f"({names[a]} {names[b]}) {names[c]} != {names[a]} ({names[b]} {names[c]})")
         object.__setattr__(self, "inverses", tuple(inverses))
 
     @property

@@ -6,8 +6,12 @@
   from ``DVC_ROOT`` (set by DVC for every stage, and pointing at the real repo even under ``dvc exp run
   --queue``, whose stages run in a temporary copy), else from the current git checkout.
 - A server is checked before anything else (one request, no retries): unreachable, credentials refused or no
-  permission to write is a :class:`TrackingServerError` naming what to fix, raised before the stage does any work
-  (MLflow's own client would retry for minutes, then fail half-way).
+  permission to write is a :class:`TrackingServerError` naming what to fix, raised before the stage does any work.
+- MLflow's client retries a failing server for minutes (7 retries, backoff factor 2, 120 s timeout). For a server
+  URI the project bounds that to seconds (:data:`SERVER_RETRY_DEFAULTS`, each overridable by setting the variable):
+  a server that fails mid-run (its database down, the process gone) ends the stage with a
+  :class:`TrackingServerError` (one message, exit 2) naming the server and what to do; the run is closed FAILED
+  when the server still answers, else as KILLED by the next attempt (below).
 - The database and the experiments are created once, under a file lock, before any run writes: several
   processes creating a fresh SQLite store at once crash on the schema migration.
 - One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``, ``equitune-report``), each with
@@ -24,7 +28,10 @@
   A run left RUNNING by a process that died without a word (SIGKILL, OOM) is closed as KILLED by the next
   run of the same task on the same host.
 - Artifacts of a local SQLite store go to ``mlartifacts/`` beside the database (never to the stage's working
-  directory, which is a throw-away copy under ``dvc exp run --queue``).
+  directory, which is a throw-away copy under ``dvc exp run --queue``). MLflow stores an experiment's artifact
+  location as an absolute ``file://`` URI; a store copied or moved with its checkout still names the original
+  folder, so :func:`ensure_store` points it (and the runs' artifact URIs) back at ``mlartifacts/`` beside the
+  database in use.
 - The pipeline only writes here. DVC's metrics files are the source of truth; :meth:`TrackedRun.log_final`
   logs the very dict that the stage writes to its metrics file.
 """
@@ -50,10 +57,22 @@ from .mlflow_views import experiment_tags
 from .reproducibility import mlflow_tags
 
 __all__ = ["TrackedRun", "TrackingServerError", "tracked_run", "tracking_uri", "ensure_store", "check_tracking_server",
-           "params_hash", "repo_root", "dvc_md5", "settings_params", "EXPERIMENT_PREFIX", "TASKS"]
+           "params_hash", "repo_root", "dvc_md5", "settings_params", "EXPERIMENT_PREFIX", "TASKS",
+           "SERVER_RETRY_DEFAULTS", "TEAM_TASKS"]
 
 EXPERIMENT_PREFIX = "equitune-"
 TASKS = ("scan", "images", "nlg")
+TEAM_TASKS = (*TASKS, "report")
+"""Every task a pipeline stage logs to: a team's writer needs EDIT on each of these experiments."""
+
+SERVER_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",     # 4 attempts ...
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # ... 0, 2 and 4 s apart (urllib3: factor * 2 ** (n - 1), first 0)
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",        # seconds a request may wait for an answer
+}
+"""MLflow's client settings for a tracking server, unless the environment sets them: a dead server or database is
+reported in seconds, not after MLflow's default of minutes of retries."""
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -86,6 +105,58 @@ _START_OR_FIX = ("start it (`make team-server`, see the README's 'Scaling out'),
 
 def _is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
+
+
+def bound_server_retries(uri: str) -> None:
+    """For a server ``uri``, MLflow's retry settings from :data:`SERVER_RETRY_DEFAULTS` where the environment does
+    not set them (MLflow reads them at every request)."""
+    if _is_server(uri):
+        for name, value in SERVER_RETRY_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+
+
+def _is_server_failure(error: BaseException) -> bool:
+    """An error of the tracking server itself (unreachable, 5xx after the retries, a timeout), as opposed to a
+    request it refused (bad parameter, permission) or an error of the stage."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, requests.exceptions.RequestException):
+        return True
+    if not isinstance(error, MlflowException):
+        return False
+    if error.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):
+        return True
+    return error.get_http_status_code() >= 500
+
+
+def _failure_reason(error: BaseException) -> str:
+    """The short cause of a server failure: urllib3's 'Caused by ...' and the request's path when there are, else
+    the first 200 characters."""
+    import re
+
+    text = " ".join(str(error).split())
+    caused = re.search(r"Caused by \w+\((['\"])(.*?)\1\)", text)
+    path = re.search(r"/api/[\w./-]+", text)
+    if caused:
+        return caused.group(2)[:200] + (f" from {path.group(0)}" if path else "")
+    return text[:200].strip(" ()\"'.")
+
+
+def _server_failed(uri: str, error: BaseException, run_id: str | None, closed: bool) -> TrackingServerError:
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+    if run_id is None:
+        run = "before the stage's run was opened"
+    elif closed:
+        run = f"during run {run_id}, which it then closed as FAILED"
+    else:
+        run = (f"during run {run_id}, which stays RUNNING there until the next attempt of this task on this host "
+               "closes it as KILLED")
+    return TrackingServerError(
+        f"the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI) failed {run} ({_failure_reason(error)}; "
+        f"{retries} retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES); the stage stopped and DVC recorded nothing: restart "
+        "the server and its database (a team server of scripts/team_server.py: `make team-server-stop && make "
+        "team-server`) and run the stage again, or unset MLFLOW_TRACKING_URI to log to the local store mlflow.db")
 
 
 def _account(username: str | None) -> str:
@@ -127,10 +198,13 @@ def _permission_denied(error: Exception, uri: str, experiment: str) -> TrackingS
     if not (isinstance(error, MlflowException) and error.error_code == "PERMISSION_DENIED"):
         return None
     username = get_default_host_creds(uri).username
+    who = username or "NAME"
     return TrackingServerError(
         f"the MLflow tracking server at {uri} lets {_account(username)} read but not write to experiment "
-        f"{experiment!r}: ask the team's admin to grant it (scripts/team_server.py add-user --role writer, or "
-        "grant), or log with a writer's credentials")
+        f"{experiment!r}: writing needs the writer role, EDIT on every pipeline experiment "
+        f"({', '.join(EXPERIMENT_PREFIX + task for task in TEAM_TASKS)}); ask the team's admin to run "
+        f"`python scripts/team_server.py grant {who} --permission EDIT` (an account made before the report "
+        "experiment was shared lacks it; a new account: add-user --role writer), or log with a writer's credentials")
 
 
 def params_hash(params: Any) -> str:
@@ -169,6 +243,7 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
+    bound_server_retries(uri)
     if _is_server(uri):
         check_tracking_server(uri)
     database = _sqlite_path(uri)
@@ -193,6 +268,8 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
                     if client.get_experiment_by_name(name) is None:
                         raise
                 experiment = client.get_experiment_by_name(name)
+            if database is not None:
+                _relocate_artifacts(database, experiment)
             for key, value in experiment_tags(task, experiment.tags).items():
                 if experiment.tags.get(key) != value:
                     try:
@@ -201,6 +278,30 @@ def ensure_store(tasks: list[str] | tuple[str, ...] = TASKS) -> None:
                         if (denied := _permission_denied(error, uri, name)) is not None:
                             raise denied from None
                         raise
+
+
+def _relocate_artifacts(database: Path, experiment) -> None:
+    """Point a local store's experiment (and its runs) at ``mlartifacts/<name>`` beside ``database`` when it names
+    that folder of another checkout: the store was copied or moved, and new runs would write their artifacts into
+    the original. A location of another form (a user's own choice, an S3 URI) is left alone."""
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    expected = (database.parent / "mlartifacts" / experiment.name).as_uri()
+    current = experiment.artifact_location or ""
+    if current == expected or not current.startswith("file://"):
+        return
+    if Path(unquote(urlparse(current).path)).parts[-2:] != ("mlartifacts", experiment.name):
+        return
+    with sqlite3.connect(database, timeout=60) as connection:
+        connection.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                           (expected, int(experiment.experiment_id)))
+        # Runs copied or moved with the store: their artifacts came along under mlartifacts/ too.
+        prefix = current.rstrip("/") + "/"
+        connection.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                           "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                           (expected + "/", len(prefix) + 1, int(experiment.experiment_id), len(prefix), prefix))
+    connection.close()
 
 
 def _close_orphaned_runs(client, experiment_id: str, task: str) -> None:
@@ -375,67 +476,111 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    ensure_store((*TASKS, task))
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(EXPERIMENT_PREFIX + task)
-    try:
-        _close_orphaned_runs(mlflow.MlflowClient(uri), experiment.experiment_id, task)
-    except MlflowException as error:
-        if (denied := _permission_denied(error, uri, experiment.name)) is not None:
-            raise denied from None
-        raise
-    # The system-metrics thread announces its start and stop at INFO on every stage's stderr.
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    stage = os.environ.get("DVC_STAGE", "")
-    cell = {k: str(v) for k, v in (tags or {}).items()}
-    all_tags = {
-        "task": task,
-        "profile": profile,
-        "dvc.stage": stage or "(not run by dvc)",
-        "dvc.exp": os.environ.get("DVC_EXP_NAME", ""),
-        "params_hash": params_hash(params),
-        "host": socket.gethostname(),
-        "pid": str(os.getpid()),
-        # Which GPUs the process saw (one per queue worker or torchrun rank): runs of a grid spread over GPUs.
-        **{f"env.{name}": os.environ[name] for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK") if name in os.environ},
-        **_git_state(),
-        **mlflow_tags(),
-        **cell,
-    }
+    bound_server_retries(uri)
+    server = _is_server(uri)
+    # The system-metrics thread announces its start and stop at INFO on every stage's stderr. Against a server, a
+    # failure is reported once, by the stage (below): not also by that thread and by urllib3's retry warnings.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR if server else logging.WARNING)
+    if server:
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    run_id: str | None = None
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
         raise _Interrupted()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        ensure_store((*TASKS, task))
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.set_experiment(EXPERIMENT_PREFIX + task)
         try:
-            run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags,
-                                   log_system_metrics=system_metrics)
+            _close_orphaned_runs(mlflow.MlflowClient(uri), experiment.experiment_id, task)
         except MlflowException as error:
             if (denied := _permission_denied(error, uri, experiment.name)) is not None:
                 raise denied from None
             raise
+        stage = os.environ.get("DVC_STAGE", "")
+        cell = {k: str(v) for k, v in (tags or {}).items()}
+        all_tags = {
+            "task": task,
+            "profile": profile,
+            "dvc.stage": stage or "(not run by dvc)",
+            "dvc.exp": os.environ.get("DVC_EXP_NAME", ""),
+            "params_hash": params_hash(params),
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            # Which GPUs the process saw (one per queue worker or torchrun rank): runs of a grid spread over GPUs.
+            **{f"env.{name}": os.environ[name] for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK")
+               if name in os.environ},
+            **_git_state(),
+            **mlflow_tags(),
+            **cell,
+        }
+        signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            handle = TrackedRun(run, curve)
-            data = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
-            handle.log_params(settings_params(data, cell))
-            yield handle
-            if curve is not None:
-                handle.log_artifact(curve.write(), "curves")
-        except _Interrupted:
-            mlflow.end_run(status="KILLED")
+            try:
+                run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags,
+                                       log_system_metrics=system_metrics)
+            except MlflowException as error:
+                if (denied := _permission_denied(error, uri, experiment.name)) is not None:
+                    raise denied from None
+                raise
+            run_id = run.info.run_id
+            try:
+                handle = TrackedRun(run, curve)
+                data = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
+                handle.log_params(settings_params(data, cell))
+                yield handle
+                if curve is not None:
+                    handle.log_artifact(curve.write(), "curves")
+            except _Interrupted:
+                mlflow.end_run(status="KILLED")
+                raise SystemExit(128 + signal.SIGTERM) from None
+            except KeyboardInterrupt:
+                mlflow.end_run(status="KILLED")
+                raise
+            except BaseException as error:
+                if not (server and _is_server_failure(error)):  # a failed server: closed once, below
+                    mlflow.end_run(status="FAILED")
+                raise
+            else:
+                mlflow.end_run(status="FINISHED")
+        except _Interrupted:  # SIGTERM before the run was open: nothing to close, still exit as terminated
             raise SystemExit(128 + signal.SIGTERM) from None
-        except KeyboardInterrupt:
-            mlflow.end_run(status="KILLED")
+    except BaseException as error:
+        if not (server and _is_server_failure(error)):
             raise
-        except BaseException:
-            mlflow.end_run(status="FAILED")
-            raise
-        else:
-            mlflow.end_run(status="FINISHED")
-    except _Interrupted:  # SIGTERM before the run was open: nothing to close, still exit as terminated
-        raise SystemExit(128 + signal.SIGTERM) from None
+        closed = run_id is not None and _close_after_failure(uri, run_id, "FAILED")
+        raise _server_failed(uri, error, run_id, closed) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _close_after_failure(uri: str, run_id: str, status: str) -> bool:
+    """After the server failed: stop the run's system-metrics thread (without its last flush, which would retry),
+    leave MLflow's active run, and try once, for 5 s, to close the run as ``status``. True when the server took it."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    monitor = fluent.run_id_to_system_metrics_monitor.pop(run_id, None)
+    if monitor is not None and hasattr(monitor, "_shutdown_event"):
+        monitor._shutdown_event.set()  # a daemon thread: it ends at its next check, or with the process
+    once = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {name: os.environ.get(name) for name in once}
+    os.environ.update(once)
+    try:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)  # leaves the active run before its request, which may fail
+        else:
+            mlflow.MlflowClient(uri).set_terminated(run_id, status=status)
+        return True
+    except Exception:
+        return False
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
