@@ -27,16 +27,18 @@ def test_a_fresh_clone_that_writes_bytecode_sees_no_changed_code_or_params(tmp_p
 
 def test_the_status_check_sees_a_stale_stage():
     """The check itself: a modified code folder, a changed param and a changed command are reported; a missing
-    upstream output and outputs not in the cache are not."""
+    upstream output (or a folder inside one) and outputs not in the cache are not."""
     status = {
         "a": [{"changed deps": {"data/x": "deleted"}}, {"changed outs": {"models/a": "not in cache"}}],
         "b": [{"changed deps": {"src/equitune/core": "modified"}}],
         "c": [{"changed deps": {"params.yaml": {"scan.tune": "modified"}}}],
         "d": ["changed command"],
         "e": [{"changed deps": {"data/never-an-output": "deleted"}}],
+        "f": [{"changed deps": {"data/x/split": "deleted"}}],  # inside an upstream output folder
+        "g": [{"changed deps": {"data/xy": "deleted"}}],  # a sibling that only shares the prefix
     }
     stale = stale_code_or_params(status, {"data/x", "models/a"})
-    assert sorted(stale) == ["b", "c", "d", "e"]
+    assert sorted(stale) == ["b", "c", "d", "e", "g"]
 
 
 def _lock_stages() -> dict[str, dict]:

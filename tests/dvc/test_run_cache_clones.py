@@ -2,7 +2,8 @@
 
 Two clones of the committed repository at different paths, bytecode written in both: a stage computed in one and
 pushed (`scripts/shared_cache.py push`, a moto S3 server as the remote) is restored in the other by
-`dvc repro --pull` without running. Before .dvcignore kept bytecode out of the code folders' hashes, the run-cache
+`dvc repro --pull` without running: with the committed parameters through the committed lock, with a parameter
+edit that no lock records through the run-cache. Before .dvcignore kept bytecode out of the code folders' hashes, the run-cache
 key (the deps' hashes) differed between any two clones that had written bytecode, and the stage reran.
 """
 
@@ -30,6 +31,27 @@ def _files(folder):
     return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
+def _edit_params(clone, old, new):
+    params = clone / "params.yaml"
+    text = params.read_text()
+    assert text.count(old) == 1, old
+    params.write_text(text.replace(old, new))
+
+
+def _compute_and_push(clone, env):
+    computed = run(["dvc", "repro", STAGE], clone, env, timeout=600)
+    assert f"Running stage '{STAGE}'" in computed.stdout, computed.stdout
+    run([sys.executable, str(SHARED_CACHE), "push"], clone, env, timeout=300)
+
+
+def _fetch_and_restore(clone, env):
+    run([sys.executable, str(SHARED_CACHE), "fetch"], clone, env, timeout=300)
+    write_bytecode(clone, env)  # and once more after fetching: nothing it writes may matter
+    restored = run(["dvc", "repro", "--pull", STAGE], clone, env, timeout=600)
+    assert f"Running stage '{STAGE}'" not in restored.stdout, restored.stdout
+    return restored.stdout
+
+
 @pytest.mark.slow
 def test_a_stage_pushed_from_one_clone_is_restored_in_another_without_running(tmp_path):
     with s3_server("dvc-cache") as endpoint:
@@ -40,14 +62,17 @@ def test_a_stage_pushed_from_one_clone_is_restored_in_another_without_running(tm
             write_bytecode(clone, env)
             _with_remote(clone, endpoint, env)
 
-        computed = run(["dvc", "repro", STAGE], first, first_env, timeout=600)
-        assert f"Running stage '{STAGE}'" in computed.stdout, computed.stdout
-        run([sys.executable, str(SHARED_CACHE), "push"], first, first_env, timeout=300)
+        # The committed parameters: the second clone's committed lock already names the outputs, it pulls them.
+        _compute_and_push(first, first_env)
+        _fetch_and_restore(second, second_env)
+        assert _files(second / "data" / "scan") == _files(first / "data" / "scan")
+        assert dvc_status(second, second_env, STAGE) == {}
 
-        run([sys.executable, str(SHARED_CACHE), "fetch"], second, second_env, timeout=300)
-        write_bytecode(second, second_env)  # and once more after fetching: nothing it writes may matter
-        restored = run(["dvc", "repro", "--pull", STAGE], second, second_env, timeout=600)
-        assert f"Stage '{STAGE}' is cached - skipping run" in restored.stdout, restored.stdout
-        assert f"Running stage '{STAGE}'" not in restored.stdout, restored.stdout
+        # A parameter neither lock knows (an experiment both make): only the run-cache can restore it.
+        for clone in (first, second):
+            _edit_params(clone, "validation_seed: 0", "validation_seed: 1")
+        _compute_and_push(first, first_env)
+        restored = _fetch_and_restore(second, second_env)
+        assert f"Stage '{STAGE}' is cached - skipping run" in restored, restored
         assert _files(second / "data" / "scan") == _files(first / "data" / "scan")
         assert dvc_status(second, second_env, STAGE) == {}

@@ -55,7 +55,8 @@ def stale_code_or_params(status: dict, outputs: set[str]) -> dict[str, list[str]
     """From ``dvc status --json``: per stage, every change other than outputs that this clone never computed.
 
     Allowed: outputs missing from the cache or the workspace, and deps that are such outputs of another stage
-    (``deleted``). Anything else (a modified code folder, a changed params key, a changed command) is stale.
+    (``deleted``) or lie inside one (``data/scan/add_jump`` of ``data/scan``). Anything else (a modified code
+    folder, a changed params key, a changed command) is stale.
     """
     stale: dict[str, list[str]] = {}
     for stage, changes in status.items():
@@ -68,9 +69,13 @@ def stale_code_or_params(status: dict, outputs: set[str]) -> dict[str, list[str]
                 for path, state in paths.items():
                     if kind == "changed outs" and state in ("not in cache", "deleted"):
                         continue
-                    if kind == "changed deps" and state == "deleted" and path in outputs:
+                    if kind == "changed deps" and state == "deleted" and _within(path, outputs):
                         continue
                     problems.append(f"{kind}: {path}: {state}")
         if problems:
             stale[stage] = problems
     return stale
+
+
+def _within(path: str, outputs: set[str]) -> bool:
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in outputs)

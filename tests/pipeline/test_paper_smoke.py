@@ -73,7 +73,8 @@ def test_paper_profile_without_network_stops_at_the_download_before_training(tmp
     result, info = dvc_repro(clone, env, 600)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert info["stages"] == ["scan_prepare"], info["stages"]  # the first stage is a download, and it stops there
+    # the params check passes, the first working stage is a download, and it stops there
+    assert info["stages"] == ["params_check", "scan_prepare"], info["stages"]
     assert "could not download" in output and "github.com/brendenlake/SCAN" in output
     assert "scan.data.official_base_url" in output  # how to point the stage at a local copy
     assert not any((clone / folder).exists() for folder in ("models", "outputs", "metrics")), "nothing trained"

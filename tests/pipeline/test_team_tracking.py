@@ -7,6 +7,7 @@ Every server binds to 127.0.0.1 and is stopped by the test that started it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -265,6 +267,21 @@ def postgres_ctl(state_dir: Path, action: str) -> None:
         module.start_postgres(state_dir, state["postgres_port"], password)
 
 
+@contextlib.contextmanager
+def running_team_server(state_dir: Path) -> Iterator[tuple[str, tuple[str, str], dict[str, str]]]:
+    """A team server (PostgreSQL, moto S3, mlflow server) with a fresh admin; yields its URL, the admin's
+    credentials and the environment that started it; stopped at the end, which must succeed."""
+    admin = ("admin", secrets.token_urlsafe(16))
+    env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
+    started = team_server(state_dir, "start", "--port", str(tracking_port()), "--workers", "1", env=env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield json.loads((state_dir / "state.json").read_text())["url"], admin, env
+    finally:
+        stopped = team_server(state_dir, "stop", env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+
+
 @pytest.mark.slow
 def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_dir):
     """The team server's PostgreSQL stops while a stage logs to it: the stage ends within seconds with exit 2 and
@@ -273,12 +290,7 @@ def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_di
     import time
 
     import mlflow
-    admin = ("admin", secrets.token_urlsafe(16))
-    env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
-    started = team_server(state_dir, "start", "--port", str(tracking_port()), "--workers", "1", env=env)
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        url = json.loads((state_dir / "state.json").read_text())["url"]
+    with running_team_server(state_dir) as (url, admin, _):
         client = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": admin[0],
                   "MLFLOW_TRACKING_PASSWORD": admin[1]}
         root = make_toy_project(tmp_path / "toy", seed=0, epochs=400, epoch_seconds=0.25)
@@ -323,9 +335,6 @@ def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_di
             for name in client:
                 os.environ.pop(name, None)
         assert json.loads((root / "metrics" / "toy.json").read_text())["epochs"] == 2
-    finally:
-        stopped = team_server(state_dir, "stop", env=env, timeout=120)
-    assert stopped.returncode == 0, stopped.stderr
 
 
 @pytest.mark.slow
@@ -333,47 +342,41 @@ def test_every_writer_can_run_every_stage_the_report_included(tmp_path, state_di
     """Two writers made with the defaults both log to every pipeline experiment, equitune-report included (shared
     experiments, created by the admin); a reader is refused with the role and the command that grants it."""
     import mlflow
-    admin = ("admin", secrets.token_urlsafe(16))
-    env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
-    started = team_server(state_dir, "start", "--port", str(tracking_port()), "--workers", "1", env=env)
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        url = json.loads((state_dir / "state.json").read_text())["url"]
-        accounts = {name: secrets.token_urlsafe(16) for name in ("ann", "ben", "reader")}
-        for name, password in accounts.items():
-            role = "reader" if name == "reader" else "writer"
-            added = team_server(state_dir, "add-user", name, "--role", role,
-                                env={**env, "EQUITUNE_NEW_USER_PASSWORD": password}, timeout=300)
-            assert added.returncode == 0, added.stdout + added.stderr
-            if role == "writer":
-                assert f"{name}: EDIT on equitune-report" in added.stdout, added.stdout
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.delenv("DVC_STAGE", raising=False)
-        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials
-        for name, value in tracking.SERVER_RETRY_DEFAULTS.items():
-            monkeypatch.setenv(name, value)
-        for writer in ("ann", "ben"):
-            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", writer)
-            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts[writer])
+    with running_team_server(state_dir) as (url, _, env):
+        try:
+            accounts = {name: secrets.token_urlsafe(16) for name in ("ann", "ben", "reader")}
+            for name, password in accounts.items():
+                role = "reader" if name == "reader" else "writer"
+                added = team_server(state_dir, "add-user", name, "--role", role,
+                                    env={**env, "EQUITUNE_NEW_USER_PASSWORD": password}, timeout=300)
+                assert added.returncode == 0, added.stdout + added.stderr
+                if role == "writer":
+                    assert f"{name}: EDIT on equitune-report" in added.stdout, added.stdout
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+            monkeypatch.delenv("DVC_STAGE", raising=False)
+            monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials
+            for name, value in tracking.SERVER_RETRY_DEFAULTS.items():
+                monkeypatch.setenv(name, value)
+            for writer in ("ann", "ben"):
+                monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", writer)
+                monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts[writer])
+                for task in tracking.TEAM_TASKS:
+                    with tracking.tracked_run(task, profile="default", params={"seed": 0}, run_name=f"{writer}-{task}",
+                                              system_metrics=False) as run:
+                        run.log_metrics({"loss": 1.0})
+            store = mlflow.MlflowClient(url)
             for task in tracking.TEAM_TASKS:
-                with tracking.tracked_run(task, profile="default", params={"seed": 0}, run_name=f"{writer}-{task}",
-                                          system_metrics=False) as run:
-                    run.log_metrics({"loss": 1.0})
-        store = mlflow.MlflowClient(url)
-        for task in tracking.TEAM_TASKS:
-            experiment = store.get_experiment_by_name(f"equitune-{task}")
-            runs = store.search_runs([experiment.experiment_id])
-            assert sorted((r.info.run_name, r.info.status) for r in runs) == [
-                (f"ann-{task}", "FINISHED"), (f"ben-{task}", "FINISHED")]
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts["reader"])
-        with pytest.raises(tracking.TrackingServerError) as refused:
-            with tracking.tracked_run("report", profile="default", params={}, system_metrics=False):
-                raise AssertionError("a reader's run must not open")
-        message = str(refused.value)
-        assert "lets user 'reader' read but not write to experiment 'equitune-report'" in message, message
-        assert "writer role" in message and "`python scripts/team_server.py grant reader --permission EDIT`" in message
-    finally:
-        mlflow.set_tracking_uri(None)
-        stopped = team_server(state_dir, "stop", env=env, timeout=120)
-    assert stopped.returncode == 0, stopped.stderr
+                experiment = store.get_experiment_by_name(f"equitune-{task}")
+                runs = store.search_runs([experiment.experiment_id])
+                assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+                    (f"ann-{task}", "FINISHED"), (f"ben-{task}", "FINISHED")]
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts["reader"])
+            with pytest.raises(tracking.TrackingServerError) as refused:
+                with tracking.tracked_run("report", profile="default", params={}, system_metrics=False):
+                    raise AssertionError("a reader's run must not open")
+            message = str(refused.value)
+            assert "lets user 'reader' read but not write to experiment 'equitune-report'" in message, message
+            assert "writer role" in message and "`python scripts/team_server.py grant reader --permission EDIT`" in message
+        finally:
+            mlflow.set_tracking_uri(None)
