@@ -7,36 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from equitune.images.backbones import build_classifier
 from equitune.images.cells import Cell
-from equitune.images.config import ImagesParams
 from equitune.images.evaluation import D4_ELEMENTS, metrics_from_logits
 from equitune.images.experiment import cache_for, image_logits, run_cell
 from equitune.images.methods import build_method
-from helpers.paths import ROOT
+from helpers.images_tiny import random_images, tiny_params
 
 CLASSES = tuple("abcd")
 
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    sizes = {"train": 12, "val": 6, "test": 6}
-    arrays = {}
-    for split, n in sizes.items():
-        arrays[f"{split}_x"] = rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8)
-        arrays[f"{split}_y"] = rng.integers(0, len(CLASSES), size=n).astype(np.int64)
-    return arrays
-
-
-def tiny_params(depth) -> ImagesParams:
-    section = yaml.safe_load((ROOT / "params.yaml").read_text())["images"]
-    section["resolution"] = 32
-    section["train"].update(epochs=2, batch_size=4, trainable_depth=depth, lambda_hidden=8)
-    section["evaluation"].update(invariance_batch=3, batch_size=4)
-    return ImagesParams.model_validate(section)
+    return random_images({"train": 12, "val": 6, "test": 6}, len(CLASSES))
 
 
 SLOW = pytest.mark.slow  # the whole network on images, |G| copies: ~10 s each under load

@@ -11,17 +11,15 @@ import zlib
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from equitune.core.groups import IMAGE_GROUPS, image_action
 from equitune.images import experiment
 from equitune.images.cached import IdentitySlot, OrbitAction
 from equitune.images.cells import Cell
-from equitune.images.config import ImagesParams
 from equitune.images.evaluation import D4_ELEMENTS, metrics_from_logits, random_elements
 from equitune.images.training import fit
-from helpers.paths import ROOT
+from helpers.images_tiny import random_images, tiny_params
 
 D4_INDEX = {name: i for i, name in enumerate(D4_ELEMENTS)}
 
@@ -125,26 +123,9 @@ def test_fit_keeps_the_best_epoch_ties_to_the_earlier_and_returns_with_its_weigh
     assert not torch.equal(weights[0]["w"], weights[2]["w"])
 
 
-def _tiny_params(depth) -> ImagesParams:
-    section = yaml.safe_load((ROOT / "params.yaml").read_text())["images"]
-    section["resolution"] = 32
-    section["train"].update(epochs=2, batch_size=4, trainable_depth=depth, lambda_hidden=8)
-    section["evaluation"].update(invariance_batch=3, batch_size=4)
-    return ImagesParams.model_validate(section)
-
-
-def _data() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in {"train": 8, "val": 6, "test": 5}.items():
-        arrays[f"{split}_x"] = rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8)
-        arrays[f"{split}_y"] = rng.integers(0, 4, size=n).astype(np.int64)
-    return arrays
-
-
 @pytest.mark.parametrize("depth", [2, "all"])
 def test_selection_reads_the_validation_split_only(depth, monkeypatch):
-    params, data = _tiny_params(depth), _data()
+    params, data = tiny_params(depth), random_images({"train": 8, "val": 6, "test": 5}, 4)
     cell = Cell("fashion_mnist", "efficientnet_lite0", "finetune", "trivial", 0)
     seen = []
     real_accuracy = experiment.accuracy
