@@ -98,6 +98,14 @@ BENCHMARKS = {
         ["group", "group_order", "commands", "project_batch", "project_s", "reference_s", "reference_extrapolated",
          "exact_match_accuracy", "ratio", "target"],
     ),
+    "compile_speed": (
+        "12. torch.compile of the EquiTune wrapper versus eager",
+        "`torch.compile(EquiTune(backbone, G))` (inductor, default mode) versus the same wrapper eager, forward in eval "
+        "mode; outputs checked within float32 round-off first. compile_s is the first compiled call in a fresh inductor "
+        "cache, not part of the timing. Ratio = eager / compiled time per forward; break-even = compile_s / time saved.",
+        ["backbone", "group", "image_size", "batch", "compile_s", "eager_ms", "compiled_ms", "ratio", "break_even_calls",
+         "met"],
+    ),
 }
 
 

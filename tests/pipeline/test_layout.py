@@ -23,6 +23,10 @@ LAYERS = {
     "scan": {"core", "pipeline"},
     "nlg": {"core", "pipeline"},
     "params": {"core", "pipeline", "images", "scan", "nlg"},
+    # Tools for users of the library, beside the experiments: none of them is a stage dependency.
+    "export": {"core"},  # torch.export / ONNX of a wrapped model
+    "diagnose": {"core"},  # where a model stops being equivariant
+    "hf": {"core", "nlg"},  # EquiLM as a transformers model that generate() drives
 }
 """Package -> the project packages it may import."""
 
@@ -70,7 +74,7 @@ def _loaded_after_import(package: str, submodules: bool = True) -> list[str]:
     """Every module in sys.modules after importing ``package`` (and all its submodules) in a fresh interpreter."""
     code = ("import importlib, json, pkgutil, sys\n"
             f"pkg = importlib.import_module({package!r})\n"
-            f"for info in pkgutil.walk_packages(pkg.__path__ if {submodules} else [], pkg.__name__ + '.'):\n"
+            f"for info in pkgutil.walk_packages(getattr(pkg, '__path__', []) if {submodules} else [], pkg.__name__ + '.'):\n"
             "    importlib.import_module(info.name)\n"
             "print(json.dumps(sorted(sys.modules)))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -79,7 +83,7 @@ def _loaded_after_import(package: str, submodules: bool = True) -> list[str]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("package", ["core", "pipeline", "images", "scan", "nlg"])
+@pytest.mark.parametrize("package", ["core", "pipeline", "images", "scan", "nlg", "export", "diagnose", "hf"])
 def test_importing_a_package_loads_nothing_unrelated(package):
     loaded = _loaded_after_import(f"equitune.{package}")
     project = {m.split(".")[1] for m in loaded if m.startswith("equitune.")}
