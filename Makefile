@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made 2-thread torch 8-10x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup repro test unit reproduce lint paper ui team-server team-server-stop
+.PHONY: setup repro test unit reproduce lint paper ui screenshot docs team-server team-server-stop
 
 setup:
 	bash scripts/setup.sh
@@ -31,6 +31,14 @@ reproduce: setup
 
 lint: setup
 	ruff check src pipelines tests scripts
+
+# docs/mlflow-ui.png from this checkout's MLflow store (on a copy of it: the store is never written).
+screenshot: setup
+	python scripts/screenshot_ui.py
+
+# The documentation site into site/ (what the tests build); `mkdocs serve` serves it on 127.0.0.1:8000.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
 
 # Switch params.yaml to the paper-scale profile (GPU + internet): the default with the profiles/paper.yaml overlay.
 # `git checkout params.yaml` switches back.

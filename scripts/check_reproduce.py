@@ -1,6 +1,6 @@
 """Check that the committed results reproduce: `dvc repro` in a fresh clone, then compare by reproduce.yaml's rules.
 
-What "reproduces" means here (README, "What reproduces means"): the paper's claims hold and the headline aggregates
+What "reproduces" means here (docs/testing.md, "What reproduces means"): the paper's claims hold and the headline aggregates
 agree within their statistical band on any machine; the exact digits are compared too when the machine's CPU
 kernels and libraries match the ones recorded with the committed results (pinned by ``base.cpu_isa``).
 

@@ -3,9 +3,9 @@
     python scripts/screenshot_ui.py [--experiment equitune-scan] [--out docs/mlflow-ui.png] [--size 1800x1000]
                                     [--tracking-uri sqlite:///mlflow.db] [--page-text FILE]
 
-This script owns the README's picture of the UI. It never writes to the store it shows: it copies the SQLite file
-(SQLite's online backup from a read-only connection, so a stage writing at the same time is no problem) into a
-temporary folder and runs everything on the copy. On the copy it runs `python -m equitune.pipeline.ui`, what
+This script owns the documentation's picture of the UI (docs/mlflow.md). It never writes to the store it shows:
+it copies the SQLite file (SQLite's online backup from a read-only connection, so a stage writing at the same time
+is no problem) into a temporary folder and runs everything on the copy. On the copy it runs `python -m equitune.pipeline.ui`, what
 `make ui` runs: that gives the experiments the project's "Cells" view and starts `mlflow ui` on a free port.
 Debian's Chromium (apt packages chromium and chromium-driver; selenium drives it) then opens the experiment's
 runs table with that view, closes the MLflow Assistant panel and collapses the sidebar (both hide metric columns),

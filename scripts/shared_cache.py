@@ -40,8 +40,8 @@ def remote_settings(repo, name: str | None) -> tuple[str, dict]:
     name = name or repo.config.get("core", {}).get("remote")
     if not name:
         raise SharedCacheError("no DVC remote is configured: dvc remote add -d team s3://BUCKET/PREFIX (and, for "
-                               "a non-AWS S3, dvc remote modify team endpointurl https://HOST:PORT); see the README, "
-                               "'Scaling out'")
+                               "a non-AWS S3, dvc remote modify team endpointurl https://HOST:PORT); see "
+                               "docs/scaling-out.md")
     if name not in remotes:
         raise SharedCacheError(f"there is no DVC remote {name!r}; configured: {', '.join(remotes) or 'none'}")
     return name, dict(remotes[name])

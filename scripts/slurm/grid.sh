@@ -33,7 +33,7 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
 fi
 if [ -z "${MLFLOW_TRACKING_URI:-}" ]; then
   echo "error: MLFLOW_TRACKING_URI is not set: each task runs in a temporary clone, so its MLflow runs would be" \
-       "lost; point it at the team's tracking server (README, 'Scaling out')" >&2
+       "lost; point it at the team's tracking server (docs/scaling-out.md)" >&2
   exit 2
 fi
 "$VENV/bin/python" "$SCRIPTS/shared_cache.py" check
