@@ -7,7 +7,8 @@
 #   - Jane Austen's novels (the NLG perplexity text) from Debian's r-cran-janeaustenr, likewise;
 #   - Chromium and chromedriver from Debian for the MLflow UI browser test, where apt is available and we are root;
 #   - for the scale-out tests and the team server: PostgreSQL, and SLURM with munge (Debian packages, same rule);
-#   - DVC with analytics and update checks off.
+#   - DVC with analytics and update checks off, and a plots template with Vega inlined (npm packages, through npm's
+#     registry; npm from Debian where apt is available), so that `dvc plots show` pages draw without internet.
 # A stamp of requirements.txt makes a second call a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,4 +88,15 @@ fi
 export DVC_NO_ANALYTICS=1
 "$VENV/bin/dvc" config --local core.check_update false >/dev/null 2>&1 || true
 "$VENV/bin/dvc" config --local core.analytics false >/dev/null 2>&1 || true
+
+# dvc plots show: Vega, Vega-Lite and Vega-Embed from npm, inlined into DVC's HTML template (scripts/offline_plots.py;
+# a second run with the template in place is instant).
+if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing Debian package npm (for the offline plots template)"
+  (apt-get install -y -qq --no-install-recommends npm >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends npm >/dev/null 2>&1; }) ||
+    echo "[setup] warning: could not install npm; dvc plots show pages will load Vega from a CDN"
+fi
+"$VENV/bin/python" scripts/offline_plots.py ||
+  echo "[setup] warning: no offline plots template; dvc plots show pages will load Vega from a CDN"
 echo "[setup] ready: $($VENV/bin/python -c 'import torch; print("torch", torch.__version__)')"

@@ -30,15 +30,19 @@ def missing_browser() -> str | None:
     return None
 
 
+OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND",)
+"""Flags that make every host name unresolvable: a page that needs the internet fails as it would offline."""
+
+
 @contextmanager
-def chromium() -> Iterator:
+def chromium(extra_flags: tuple[str, ...] = ()) -> Iterator:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     profile = tempfile.mkdtemp(prefix="equitune-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+    for flag in (*FLAGS, *extra_flags, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
