@@ -1,4 +1,4 @@
-"""Benchmark 6: what pinning torch's CPU kernels costs, and which knob moves which result.
+"""Benchmark 9: what pinning torch's CPU kernels costs, and which knob moves which result.
 
 Contenders: the ``base.cpu_isa`` settings of :mod:`equitune.pipeline.reproducibility` (``native``, ``avx2``,
 ``avx512``, ``baseline``) and each knob alone (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``,

@@ -1,4 +1,4 @@
-"""Benchmark 6: fine-tuning EfficientNet-Lite0 on cached features vs fine-tuning the whole network (images/s).
+"""Benchmark 8: fine-tuning EfficientNet-Lite0 on cached features vs fine-tuning the whole network (images/s).
 
 Today's scheme (``trainable_depth: all``) runs every training image through the whole network, forward and
 backward, every epoch, for every method and seed. The cached scheme (``trainable_depth: n``) runs the frozen lower

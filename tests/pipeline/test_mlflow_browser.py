@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from helpers.browser import chromium, missing_browser, save_page
+from helpers.servers import free_port
 from helpers.toy_project import clean_env, make_toy_project, mlflow_runs, run
 
 pytestmark = pytest.mark.slow
@@ -102,13 +103,6 @@ class _Launcher:
         return self.process.wait(timeout=60)
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_researcher_compares_runs_in_the_mlflow_ui(toy, tmp_path):
     why = missing_browser()
     if why:
@@ -118,7 +112,7 @@ def test_a_researcher_compares_runs_in_the_mlflow_ui(toy, tmp_path):
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = _free_port()
+    port = free_port()
     launcher = _Launcher(toy, port)
     try:
         links = launcher.wait_for_links()

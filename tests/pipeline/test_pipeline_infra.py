@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from helpers.servers import free_port
 from helpers.toy_project import clean_env, make_toy_project, mlflow_runs, progress_lines, run, wait_for
 
 
@@ -72,12 +72,6 @@ def test_queued_experiments_run_in_parallel_into_one_store(tmp_path):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
     names = {exp.get("name") for entry in shown for exp in (entry.get("experiments") or [])}
     assert {"seed1", "seed2"} <= names
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:
