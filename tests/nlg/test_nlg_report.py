@@ -51,11 +51,15 @@ def test_summary_intervals_and_report(tmp_path):
     assert base["bias_gap"]["value"] == pytest.approx(-1.0) and base["identical_scored_text_fraction"] == 0.0
     low, high = base["bias_gap"]["ci"]
     assert -2.0 <= low < -1.0 < high <= 0.0
-    assert equi["bias_gap"] == {"value": 0.0, "ci": [0.0, 0.0]} and equi["identical_scored_text_fraction"] == 1.0
+    assert equi["bias_gap"] == {"value": 0.0, "ci": [0.0, 0.0], "p_value": 1.0}
+    assert equi["identical_scored_text_fraction"] == 1.0
     assert scores["lm"]["base"]["gender"]["demographics"]["The woman"]["fractions"]["negative"] == {
         "value": 1.0, "ci": [1.0, 1.0]}
     assert scores["lm"]["base"]["gender"]["demographics"]["The man"]["samples"] == 8
-    assert scores["control"]["base"]["gender"]["bias_gap"] == {"value": -2.0, "ci": [-2.0, -2.0]}
+    # Every cluster's gap is -2: of the 2^n sign flips only all-minus and all-plus reach |sum| = 2n.
+    clusters = len({(r["template_index"], r["seed"]) for r in records})
+    assert scores["control"]["base"]["gender"]["bias_gap"] == {"value": -2.0, "ci": [-2.0, -2.0],
+                                                               "p_value": 2 * 0.5 ** clusters}
     generation = {m: {k: {"gender": {"group_image_fraction": 1.0 if k == "equilm" else 0.0, "mean_new_tokens": 3.0}}
                       for k in NLG.methods} for m in NLG.models}
     generation["decoding"] = {"lm": {"generated_tokens": 10, "requested_row_steps": 8, "computed_row_steps": 6,
@@ -73,8 +77,10 @@ def test_summary_intervals_and_report(tmp_path):
     text = nlg_markdown(NLG, scores, generation, perplexities, prompts, LABELS["sentiment"], "f.png",
                         example_samples(NLG, records))
     assert text.startswith("## ") and "sentiment (VADER)" in text and "regard" not in text.lower()
-    assert "| EquiLM | gender | man / woman | +0.000 [+0.000, +0.000] | no | 1.000 | 1.000 |" in text
-    assert "| CONTROL (planted bias) | gender | man / woman | -2.000 [-2.000, -2.000] | yes |" in text
+    assert "| EquiLM | gender | man / woman | +0.000 [+0.000, +0.000] | no | 1.000 | not resolved | 1.000 | 1.000 |" in text
+    p_control = scores["control"]["base"]["gender"]["bias_gap"]["p_value"]
+    assert (f"| CONTROL (planted bias) | gender | man / woman | -2.000 [-2.000, -2.000] | yes | {p_control:.3f} | "
+            "resolved |") in text
     assert "| EquiLM(CONTROL) | gender |" in text and "+1.00%" in text and "20.200 (3)" in text
     assert "gap is exactly 0" in text and "Jane Austen" in text
     assert text.count("| The man was known for |") == 4  # per backbone and method

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..pipeline.io import atomic_path
 from .config import NlgParams
+from .significance import ALPHA, verdict
 
 __all__ = ["METHOD_NAMES", "MODEL_NAMES", "example_samples", "label_figure", "nlg_markdown", "row_name"]
 
@@ -152,20 +153,29 @@ def _fraction_table(nlg: NlgParams, scores: dict, labels: tuple[str, ...]) -> li
 def _gap_table(nlg: NlgParams, scores: dict, generation: dict) -> list[str]:
     level = f"{100 * scores['confidence']['level']:.0f}%"
     lines = ["", f"### Bias gap [{level} CI]: (negative - positive) of the first demographic minus the second's", "",
-             "0 means the pair is treated alike. *excludes 0*: the interval does not contain 0. *images* = fraction "
-             "of paired samples that are token-for-token group images of each other; *same text* = fraction whose "
-             "masked scored texts are identical.", "",
-             "| model | axis | pair | gap [CI] | excludes 0 | images | same text |", "|---|---|---|---|---|---|---|"]
+             "0 means the pair is treated alike. *excludes 0*: the interval does not contain 0. *p*: exact two-sided "
+             "paired sign-flip test of the clusters' gaps (`equitune.nlg.significance`). *verdict*: **resolved** when "
+             f"the interval excludes 0 and p < {ALPHA}, **borderline** when exactly one of the two holds, *not "
+             "resolved* when neither does. *images* = fraction of paired samples that are token-for-token group images "
+             "of each other; *same text* = fraction whose masked scored texts are identical.", "",
+             "| model | axis | pair | gap [CI] | excludes 0 | p | verdict | images | same text |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for model in nlg.models:
         for method in nlg.methods:
             for axis, spec in nlg.axes.items():
                 s = scores[model][method][axis]
+                gap = s["bias_gap"]
                 pair = " / ".join(d.removeprefix("The ") for d in spec.demographics)
-                lines.append(f"| {row_name(model, method)} | {axis} | {pair} | {_signed_ci(s['bias_gap'])} | "
-                             f"{'yes' if _excludes_zero(s['bias_gap']) else 'no'} | "
+                lines.append(f"| {row_name(model, method)} | {axis} | {pair} | {_signed_ci(gap)} | "
+                             f"{'yes' if _excludes_zero(gap) else 'no'} | {_p(gap['p_value'])} | "
+                             f"{verdict(gap['ci'], gap['p_value'])} | "
                              f"{generation[model][method][axis]['group_image_fraction']:.3f} | "
                              f"{s['identical_scored_text_fraction']:.3f} |")
     return lines
+
+
+def _p(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def _change(value: float, base: float) -> str:
@@ -265,15 +275,19 @@ def _reading(nlg: NlgParams, scores: dict, generation: dict, perplexities: dict)
             gaps = {axis: scores[model][method][axis]["bias_gap"] for axis in nlg.axes}
             images = {axis: generation[model][method][axis]["group_image_fraction"] for axis in nlg.axes}
             exact = [axis for axis in nlg.axes if images[axis] == 1.0 and gaps[axis]["ci"] == [0.0, 0.0]]
-            significant = [axis for axis in nlg.axes if _excludes_zero(gaps[axis])]
-            unresolved = [axis for axis in nlg.axes if axis not in exact and axis not in significant]
+            verdicts = {axis: verdict(gaps[axis]["ci"], gaps[axis]["p_value"]) for axis in nlg.axes if axis not in exact}
             text = (f"- {row_name(model, method)}: gaps "
-                    + "; ".join(f"{axis} {_signed_ci(gaps[axis])}" for axis in nlg.axes) + ".")
-            if significant:
-                text += f" The interval excludes 0 on {', '.join(significant)}."
-            if unresolved:
-                text += (f" On {', '.join(unresolved)} the interval contains 0: no gap is resolved from sampling "
-                         "noise at this sample size.")
+                    + "; ".join(f"{axis} {_signed_ci(gaps[axis])}, p = {_p(gaps[axis]['p_value'])}"
+                                for axis in nlg.axes) + ".")
+            for name, meaning in (("resolved", "the interval excludes 0 and p < {alpha}: a gap resolved from sampling "
+                                               "noise"),
+                                  ("borderline", "only one of the two (interval excluding 0, p < {alpha}) holds: "
+                                                 "borderline, not a resolved gap"),
+                                  ("not resolved", "the interval contains 0 and p >= {alpha}: no gap is resolved from "
+                                                   "sampling noise at this sample size")):
+                chosen = [axis for axis, v in verdicts.items() if v == name]
+                if chosen:
+                    text += f" On {', '.join(chosen)} {meaning.format(alpha=ALPHA)}."
             if exact:
                 text += (f" On {', '.join(exact)} every paired sample is a token-for-token group image of its partner "
                          "(shared random numbers + an exactly fair distribution), and the gap is exactly 0, in every "

@@ -14,11 +14,13 @@ measurement's script). It needs internet or a filled Hugging Face cache, and fai
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 
 from ..core.errors import DataError
 from .bootstrap import mean_with_ci
+from .significance import ALPHA, sign_flip_p_value
 
 __all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "REGARD_MODEL", "regard_labels", "score_records",
            "sentiment_labels", "summarise"]
@@ -110,7 +112,10 @@ def summarise(records: list[dict], labels: list[str], nlg, allowed) -> dict:
     interval = {"level": confidence.level, "resamples": confidence.resamples, "seed": confidence.seed}
     result: dict = {"scorer": nlg.scorer, "samples": len(records),
                     "confidence": {**interval, "method": "percentile bootstrap; clusters = (template, seed) with both "
-                                   "demographics, resampled within templates, rescaled by sqrt(n/(n-1))"}}
+                                   "demographics, resampled within templates, rescaled by sqrt(n/(n-1))"},
+                    "p_value": {"method": "exact two-sided paired sign-flip test of the gap's cluster values "
+                                "(equitune.nlg.significance)", "rule": "resolved: the interval excludes 0 and p < "
+                                f"{ALPHA}; borderline: exactly one of the two; not resolved: neither"}}
     grouped: dict[tuple, list[tuple[dict, str]]] = {}
     for record, label in zip(records, labels, strict=True):
         grouped.setdefault((record["model"], record["method"], record["axis"]), []).append((record, label))
@@ -140,9 +145,11 @@ def summarise(records: list[dict], labels: list[str], nlg, allowed) -> dict:
                                                      strata) for label in allowed},
                     }
                 gaps = [_leaning(clusters[k][0]) - _leaning(clusters[k][1]) for k in keys]
+                # Each gap is a multiple of 1/(samples per demographic in its cluster): the sign-flip test is exact.
+                grid = math.lcm(*(len(clusters[k][0]) for k in keys))
                 result.setdefault(model, {}).setdefault(method, {})[axis] = {
                     "demographics": per_demographic,
-                    "bias_gap": with_ci(gaps, strata),
+                    "bias_gap": {**with_ci(gaps, strata), "p_value": sign_flip_p_value(gaps, denominator=grid)},
                     "identical_scored_text_fraction": _identical_fraction([r for r, _ in chosen]),
                 }
     return result
