@@ -11,7 +11,7 @@ from equitune.core.errors import DataError
 from equitune.images.cells import grid_cells
 from equitune.images.config import ImagesParams
 from equitune.images.evaluation import D4_ELEMENTS
-from equitune.images.report import build_images_report
+from equitune.images.report import build_images_report, expected_accuracy
 from equitune.pipeline.io import write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,8 +59,11 @@ def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
     assert report.startswith("## ")
     assert "(figures/images/results/learning_curves.png)" in report and "(figures/images/features-fashion_mnist.png)" in report
     finetune_row = next(line for line in report.splitlines() if line.startswith("| finetune |"))
-    # upright 90/80 -> 85.0 ± 7.1; random C4 (0.9+0.9)/4=0.45 and (0.8+1.5)/4=0.575 -> 51.2 ± 8.8; C4 error max 0.5
-    assert finetune_row.startswith("| finetune | 85.0 ± 7.1 | 51.2 ± 8.8 |") and "5.0e-01 | 1.0e+00 |" in finetune_row
+    # upright 90/80 -> 85.0 ± 7.1; expected C4 = mean of the 4 rotations, (0.9+0.9)/4=0.45 and (0.8+1.5)/4=0.575
+    # -> 51.2 ± 8.8 (the one-draw column of these fakes is the same); expected D4 (0.9+2.1)/8=0.375 and
+    # (0.8+3.5)/8=0.5375 -> 45.6 ± 11.5; C4 error max 0.5
+    assert finetune_row.startswith("| finetune | 85.0 ± 7.1 | 51.2 ± 8.8 | 51.2 ± 8.8 | 45.6 ± 11.5 | 45.6 ± 11.5 |")
+    assert "5.0e-01 | 1.0e+00 |" in finetune_row
     equitune_row = next(line for line in report.splitlines() if line.startswith("| equitune (c4) |"))
     assert equitune_row.startswith("| equitune (c4) | 65.0 ± 7.1 |") and "1.0e-07 | 2.0e-07 |" in equitune_row
     rotation_row = [line for line in report.splitlines() if line.startswith("| finetune |")][1]  # the C4 table
@@ -102,3 +105,10 @@ def test_report_gives_each_dataset_its_own_classes(tmp_path, monkeypatch, params
     lines = report.splitlines()
     assert "| method | a | b |" in lines and "| method | ants | bees |" in lines
     assert "| finetune | 50 | - |" in lines and "| equitune (c4) | 25 | 75 |" in lines
+
+
+def test_expected_accuracy_is_the_mean_over_the_elements_not_the_one_draw():
+    metrics = fake_metrics(0.8, 0.2, 0.0)
+    metrics["test_accuracy_random"]["c4"] = 0.99  # a lucky draw must not leak into the expectation
+    assert expected_accuracy(metrics, ("identity", "rot90", "rot180", "rot270")) == pytest.approx((0.8 + 3 * 0.2) / 4)
+    assert expected_accuracy(metrics, D4_ELEMENTS) == pytest.approx((0.8 + 7 * 0.2) / 8)
