@@ -305,3 +305,23 @@ def test_decodes_above_the_row_cap_run_in_parts_with_the_same_result(group, comm
     assert torch.equal(equituned_decode(model, commands.src, MAX_LENGTH, input_perm, output_perm), whole["equitune"])
     assert torch.equal(equizero_decode(model, commands.src, MAX_LENGTH, input_perm, output_perm), whole["equizero"])
     assert max(calls) <= 8 and len(calls) >= 3 * 2  # every call within the cap; each decode in parts
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("cell, dtype", [("gru", torch.float64), ("lstm", torch.float32)])
+def test_equizero_decodes_a_command_the_group_fixes_as_the_plain_model_in_any_batch(attention, cell, dtype,
+                                                                                    commands):
+    """A command without jump or run is fixed by the swap: both copies tie exactly, and the identity wins (the
+    lowest group element), whatever rows share the batch; mapped back by the swap, the other copy would exchange
+    JUMP and RUN in the answer."""
+    model = _model(cell, seed=3, dtype=dtype, attention=attention)
+    perms = bind_scan_group(GROUPS["jump_run"])
+    copies = perms[0].on_ids.transform_all(commands.src)  # [|G|, B, L]
+    fixed = [i for i in range(commands.src.shape[0]) if bool((copies[:, i] == copies[0, i]).all())]
+    assert 0 < len(fixed) < commands.src.shape[0], fixed  # commands with and without jump or run
+    greedy = decode_batched(lambda s: greedy_decode(model, s, MAX_LENGTH), commands.src, batch_size=1)
+    for batch_size in (1, 4, 64):
+        decoded = decode_batched(lambda s: equizero_decode(model, s, MAX_LENGTH, *perms, proxy="entropy"),
+                                 commands.src, batch_size=batch_size)
+        for i in fixed:
+            assert decoded[i] == greedy[i], (batch_size, i)

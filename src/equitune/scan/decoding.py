@@ -107,8 +107,22 @@ def _decode_rows(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm:
     sequences = sequences.view(order, batch, -1)
     if output_perm is not None:
         sequences = output_perm.on_ids.untransform_all(sequences)
-    best = per_copy.argmin(dim=0)
+    best = _first_of_tied_copies(sources, per_copy).argmin(dim=0)
     return sequences[best, torch.arange(batch, device=src.device)]
+
+
+def _first_of_tied_copies(sources: torch.Tensor, per_copy: torch.Tensor) -> torch.Tensor:
+    """``per_copy`` [|G|, B] with each copy's score replaced by that of the first copy with the same command.
+
+    A group element that fixes a command (``g x = x``: a command without any group word) gives a copy that decodes
+    the same sequence with the same score in exact arithmetic, and a different answer once mapped back by ``g^-1``.
+    In floating point the two rows of one batch can differ in the last bit (measured: float64 GRU, one command in
+    eleven), so argmin would pick among them by the batch's layout. With equal scores argmin takes the lowest
+    group element, whatever the batch.
+    """
+    same = (sources.unsqueeze(0) == sources.unsqueeze(1)).all(dim=-1)  # [|G| (j), |G| (k), B]: copy j == copy k
+    first = same.int().argmax(dim=0)  # for each copy k, the first copy j with the same command
+    return per_copy.gather(0, first)
 
 
 def greedy_decode(model: Seq2Seq, src: torch.Tensor, max_length: int) -> torch.Tensor:
