@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make repro   set up (first time: a few minutes), then `dvc repro` of params.yaml (the default profile)
+#   make repro   set up (first time: a few minutes), then `dvc repro` of params.yaml (the default profile), with
+#                independent stages side by side
 #   make test    set up, unit tests, then check that a fresh `dvc repro` reproduces the committed metrics
 SHELL := /bin/bash
 VENV := .venv
@@ -15,15 +16,20 @@ export OMP_WAIT_POLICY := PASSIVE
 setup:
 	bash scripts/setup.sh
 
+# Independent stages side by side, one per core (JOBS=1: one at a time, as plain `dvc repro`; scripts/repro.py).
+JOBS ?=
 repro: setup
 	python -m equitune.params check params.yaml
-	dvc repro
+	python scripts/repro.py $(if $(JOBS),--jobs $(JOBS))
 
+# The tests on every core, at most 4 (pytest-xdist; worksteal: an idle worker takes queued tests from a busy one).
+# TEST_JOBS=0 runs them in this process, one at a time.
+TEST_JOBS ?= $(shell python3 -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
 unit: setup
-	python -m pytest -q -m "not slow" --durations=10
+	python -m pytest -q -m "not slow" -n $(TEST_JOBS) --dist worksteal --durations=10
 
 test: setup
-	python -m pytest -q -m "" --durations=15
+	python -m pytest -q -m "" -n $(TEST_JOBS) --dist worksteal --durations=15
 	python scripts/check_reproduce.py
 
 reproduce: setup

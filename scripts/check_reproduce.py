@@ -7,8 +7,11 @@ kernels and libraries match the ones recorded with the committed results (pinned
 1. Clone HEAD into a temporary folder: the committed code, params, dvc.lock and metrics; no DVC cache and no
    run-cache, so nothing can be restored instead of computed.
 2. Delete the committed metrics files in the clone (so a file that no stage writes any more cannot pass by
-   being compared with itself), then `dvc repro --force` (every stage runs, even one whose committed outputs
-   match dvc.lock), then `dvc status`, which must report nothing stale.
+   being compared with itself), then `scripts/repro.py --force` (`dvc repro --force` with independent stages side
+   by side, one per core unless ``--jobs`` says otherwise: every stage runs, even one whose committed outputs
+   match dvc.lock), then `dvc status`, which must report nothing stale. The committed results were made one stage
+   at a time or side by side; the exact-digit comparison below holds either way, which is what shows that running
+   stages side by side changes no result.
    The clone's own code runs: PYTHONPATH=<clone>/src puts its `equitune` package ahead of any installed one
    (checked before anything runs). ``--cpu-isa X`` runs every stage with ``EQUITUNE_CPU_ISA=X`` (e.g. ``baseline``:
    a lower instruction set than the committed run's, to check the statistical path on one machine).
@@ -152,7 +155,7 @@ def run(cmd: list[str], cwd: Path, env: dict) -> None:
     subprocess.run(cmd, cwd=cwd, env=env, check=True)
 
 
-def reproduce(repo: Path, keep: bool, cpu_isa: str | None) -> int:
+def reproduce(repo: Path, keep: bool, cpu_isa: str | None, jobs: int | None = None) -> int:
     config = load_config(repo / "reproduce.yaml")
     committed = committed_metrics(repo)
     if not committed:
@@ -162,6 +165,7 @@ def reproduce(repo: Path, keep: bool, cpu_isa: str | None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="equitune-reproduce-"))
     clone = workdir / "repo"
     env = clone_environment(clone, cpu_isa)
+    jobs_option = [] if jobs is None else ["--jobs", str(jobs)]
     ok = False
     try:
         run(["git", "clone", "--quiet", str(repo), str(clone)], workdir, env)
@@ -177,7 +181,7 @@ def reproduce(repo: Path, keep: bool, cpu_isa: str | None) -> int:
         for file in committed:
             (clone / file).unlink(missing_ok=True)
         started = time.monotonic()
-        run(["dvc", "repro", "--force"], clone, env)
+        run([sys.executable, str(Path(__file__).resolve().parent / "repro.py"), "--force", *jobs_option], clone, env)
         print(f"check_reproduce: dvc repro took {time.monotonic() - started:.0f} s", flush=True)
         status = subprocess.run(["dvc", "status", "-q"], cwd=clone, env=env)
         problems = [] if status.returncode == 0 else ["`dvc status` reports stale stages after `dvc repro`"]
@@ -197,6 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repo", type=Path, default=ROOT, help="repository to check (default: this one)")
     parser.add_argument("--cpu-isa", choices=CPU_ISA_CHOICES,
                         help=f"run every stage of the clone with {CPU_ISA_VARIABLE}=this (default: base.cpu_isa)")
+    parser.add_argument("-j", "--jobs", type=int,
+                        help="stages side by side (scripts/repro.py; default: one per core this process may use)")
     parser.add_argument("--reproduced", type=Path, metavar="DIR",
                         help="compare with DIR/metrics (a run already made) instead of cloning and running")
     args = parser.parse_args(argv)
@@ -205,7 +211,7 @@ def main(argv=None) -> int:
         config = load_config(repo / "reproduce.yaml")
         print(f"check_reproduce: comparing the committed metrics of {repo} with {args.reproduced / METRICS_DIR}")
         return report(compare(committed_metrics(repo), produced_metrics(args.reproduced.resolve()), config))
-    return reproduce(repo, args.keep, args.cpu_isa)
+    return reproduce(repo, args.keep, args.cpu_isa, args.jobs)
 
 
 if __name__ == "__main__":

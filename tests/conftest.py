@@ -1,7 +1,10 @@
-"""Suite-wide settings: one torch thread per test process.
+"""Suite-wide settings: one torch thread per test process, the longest tests first.
 
 The tests use small models, where a second intra-op thread costs more in synchronisation than it saves,
-and the suite shares 2 cores with the stage subprocesses some tests start (those use params.base.threads).
+and the suite shares the cores with the stage subprocesses some tests start (those use params.base.threads).
+`make test` runs one test process per core (pytest-xdist, ``--dist worksteal``); the tests marked ``longest``
+(minutes each) are collected first, so that each starts at once on a worker of its own and the short tests fill
+the other workers around them, instead of one of them starting last and running alone.
 """
 
 import os
@@ -15,6 +18,13 @@ os.environ["EQUITUNE_CPU_ISA"] = "native"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    def seconds(item) -> float:  # longest(seconds=N): about how long it took on 2 busy cores
+        marker = item.get_closest_marker("longest")
+        return marker.kwargs.get("seconds", 60) if marker else 0
+    items.sort(key=lambda item: -seconds(item))  # stable: the other tests keep their order
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -52,6 +52,7 @@ def _fetch_and_restore(clone, env):
     return restored.stdout
 
 
+@pytest.mark.longest(seconds=140)
 @pytest.mark.slow
 def test_a_stage_pushed_from_one_clone_is_restored_in_another_without_running(tmp_path):
     with s3_server("dvc-cache") as endpoint:

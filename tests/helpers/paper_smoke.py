@@ -45,12 +45,15 @@ def stage_env(clone: Path, **extra: str) -> dict[str, str]:
     return clean_env(PYTHONPATH=str(clone / "src"), OMP_WAIT_POLICY="PASSIVE", PYTHONHASHSEED="0", **extra)
 
 
-def dvc_repro(clone: Path, env: dict[str, str], timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
-    """`dvc repro`; returns the result and the seconds each stage took (from the order the stages ran in)."""
+def dvc_repro(clone: Path, env: dict[str, str], timeout: float,
+              jobs: int | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """`dvc repro`, or with ``jobs`` scripts/repro.py (that many stages side by side, as `make repro` runs them);
+    returns the result, the stages in the order they started, the wall and CPU seconds and the load."""
+    command = ["dvc", "repro"] if jobs is None else ["python", str(ROOT / "scripts" / "repro.py"), "-j", str(jobs)]
     start, cpu_start = time.monotonic(), _children_cpu()
-    result = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
     took, cpu = time.monotonic() - start, _children_cpu() - cpu_start
-    stages = re.findall(r"^Running stage '([^']+)'", result.stdout, flags=re.MULTILINE)
+    stages = re.findall(r"^(?:\[repro [0-9:]+\] )?Running stage '([^']+)'", result.stdout, flags=re.MULTILINE)
     return result, {"stages": stages, "seconds": took, "cpu_seconds": cpu, "load": os.getloadavg()}
 
 

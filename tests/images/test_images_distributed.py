@@ -97,6 +97,7 @@ def tune_args(method: str, group: str, out: str) -> list[str]:
             "--curve", f"{out}/curve.csv"]
 
 
+@pytest.mark.longest(seconds=75)
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_two_processes_tune_the_same_model_as_one(tmp_path):

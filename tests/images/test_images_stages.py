@@ -149,6 +149,7 @@ def test_cell_names():
     assert cell.name == "fashion_mnist-efficientnet_lite0-equitune-c4-s1"
 
 
+@pytest.mark.longest(seconds=60)
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_tiny_pipeline_end_to_end(tmp_path):

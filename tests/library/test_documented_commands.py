@@ -504,7 +504,8 @@ def test_team_server_status_without_a_server_says_it_is_not_running(tmp_path):
     ("ui PORT=5001", "python -m equitune.pipeline.ui --port 5001"),
     ("team-server", "python scripts/team_server.py start"),
     ("team-server-stop", "python scripts/team_server.py stop"),
-    ("repro", "dvc repro"),
+    ("repro", "python scripts/repro.py"),
+    ("repro JOBS=1", "python scripts/repro.py --jobs 1"),
     ("test", "python scripts/check_reproduce.py"),
 ])
 def test_make_targets_run_what_the_documentation_says(arguments, recipe):

@@ -16,6 +16,7 @@ from helpers.torchrun import check_ran, read_json, run_script, world_sizes_logge
 from helpers.toy_project import temp_files
 
 
+@pytest.mark.longest(seconds=130)
 @pytest.mark.slow  # three processes that load the 135M-parameter LM
 def test_two_processes_write_the_same_samples_as_one(tmp_path):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -130,6 +130,7 @@ def run_script(name: str, *extra: str, cwd: Path = ROOT) -> list[str]:
     return lines
 
 
+@pytest.mark.longest(seconds=130)
 @pytest.mark.slow
 def test_every_script_runs_quick_and_summary_lists_them(tmp_path):
     for name in ("wrapper_overhead", "sequence_batching", "param_sharing", "memory", "nlg_generation", "image_finetuning",

@@ -397,6 +397,7 @@ TOY_ENVIRONMENT_STAGE = {"cmd": "python toy_environment.py", "deps": ["toy_envir
                          "metrics": [{"metrics/environment.json": {"cache": False}}]}
 
 
+@pytest.mark.longest(seconds=60)
 @pytest.mark.slow
 def test_end_to_end_on_the_toy_project(tmp_path):
     root = make_toy_project(tmp_path / "toy", seed=2, epochs=2)

@@ -26,6 +26,7 @@ SMOKE_TIMEOUT_S = 2400  # a hang guard only
 CI_GRID = {"images": {"grid": {"baseline_methods": ["finetune"], "group_methods": ["equizero"], "groups": ["d4"]}}}
 
 
+@pytest.mark.longest(seconds=600)
 @pytest.mark.slow
 @pytest.mark.timeout(SMOKE_TIMEOUT_S + 300)
 def test_paper_profile_smoke_run_offline_with_fixtures(tmp_path):
@@ -33,7 +34,7 @@ def test_paper_profile_smoke_run_offline_with_fixtures(tmp_path):
     clone = scratch_clone(tmp_path / "clone")
     with serve_folder(fixtures.root) as base:
         params = compose_params(clone, fixtures.params(base), CI_GRID)
-        result, info = dvc_repro(clone, stage_env(clone, **fixtures.env), SMOKE_TIMEOUT_S)
+        result, info = dvc_repro(clone, stage_env(clone, **fixtures.env), SMOKE_TIMEOUT_S, jobs=2)
     print(f"paper smoke: {len(info['stages'])} stages in {info['seconds']:.0f} s wall, {info['cpu_seconds']:.0f} "
           f"CPU-seconds, load {info['load']}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]

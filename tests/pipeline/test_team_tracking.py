@@ -84,6 +84,7 @@ def state_dir():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.longest(seconds=60)
 @pytest.mark.slow
 def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, state_dir):
     admin = ("admin", secrets.token_urlsafe(16))
@@ -282,6 +283,7 @@ def running_team_server(state_dir: Path) -> Iterator[tuple[str, tuple[str, str],
     assert stopped.returncode == 0, stopped.stderr
 
 
+@pytest.mark.longest(seconds=60)
 @pytest.mark.slow
 def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_dir):
     """The team server's PostgreSQL stops while a stage logs to it: the stage ends within seconds with exit 2 and
@@ -337,6 +339,7 @@ def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_di
         assert json.loads((root / "metrics" / "toy.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.longest(seconds=70)
 @pytest.mark.slow
 def test_every_writer_can_run_every_stage_the_report_included(tmp_path, state_dir, monkeypatch):
     """Two writers made with the defaults both log to every pipeline experiment, equitune-report included (shared
