@@ -183,6 +183,9 @@ def execute(root: Path, work: Plan, jobs: int, force: bool, keep_going: bool, he
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    # Started with SIGINT ignored (a background job of a shell, a test runner's worker), Python would ignore Ctrl-C
+    # and so would every stage it starts (exec keeps an ignored signal ignored): take it back for both.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while waiting or running:
             if not stop_starting:
@@ -237,6 +240,7 @@ def execute(root: Path, work: Plan, jobs: int, force: bool, keep_going: bool, he
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         save_times(root, times)
 
     wall = time.monotonic() - started_all

@@ -184,10 +184,12 @@ def test_targets_bring_their_upstream_and_unknown_names_are_refused(tmp_path):
     assert "a1" in wrong.stderr + wrong.stdout  # the names that exist
 
 
-def test_interrupt_stops_every_running_stage(tmp_path):
+def test_interrupt_stops_every_running_stage_even_when_started_with_sigint_ignored(tmp_path):
     root = make_project(tmp_path / "toy", seconds=60.0)
+    # Started with SIGINT ignored, as a shell starts a background job (and pytest-xdist its workers' children).
     process = subprocess.Popen([sys.executable, str(RUNNER), "-j", "2"], cwd=root, env=clean_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     wait_for(lambda: (root / "started").exists() and len(list((root / "started").iterdir())) == 2, 60,
              what="two stages to start")
     started = time.monotonic()
