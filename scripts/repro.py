@@ -54,44 +54,34 @@ class Plan:
 def plan(root: Path, targets: list[str], force: bool, times: dict[str, float]) -> Plan:
     """Read the stage graph and what `dvc status` calls changed; the stale stages and every stage downstream of one
     (within the targets' upstream closure) are to run; with ``force`` all of them."""
+    import networkx as nx
     from dvc.repo import Repo
     from dvc.repo.reproduce import get_active_graph
 
     with Repo(str(root)) as repo:
-        graph = get_active_graph(repo.index.graph)  # edges run from a stage to the stages it depends on
-        by_name = {stage.addressing: stage for stage in graph}
-        unknown = [t for t in targets if t not in by_name]
+        # Edges run from a stage to the stages it depends on: descendants are upstream, ancestors downstream.
+        graph = nx.relabel_nodes(get_active_graph(repo.index.graph), lambda stage: stage.addressing)
+        unknown = [t for t in targets if t not in graph]
         if unknown:
-            names = ", ".join(sorted(by_name))
+            names = ", ".join(sorted(graph))
             raise SystemExit(f"repro: no stage named {', '.join(unknown)} in dvc.yaml (stages: {names})")
-        chosen = set(by_name) if not targets else set()
-        for target in targets:
-            chosen |= {s.addressing for s in _reachable(graph, by_name[target])}
+        chosen = set(graph) if not targets else set().union(*({t} | nx.descendants(graph, t) for t in targets))
         # status of every stage at once: one pass over the index (per target, DVC collects the index again)
-        changed = (set(repo.status()) & chosen) if not force else chosen
-        upstream = {name: {s.addressing for s in graph.successors(by_name[name])} & chosen for name in chosen}
-    downstream: dict[str, set[str]] = {name: set() for name in chosen}
-    for name, ups in upstream.items():
-        for up in ups:
-            downstream[up].add(name)
-    stale = set()
-    for name in changed & chosen:
-        stale |= _closure(name, downstream)
-    order = [name for name in _topological(upstream) if name in stale]
-    result = Plan(order=order, upstream={n: upstream[n] & stale for n in order},
-                  downstream={n: downstream[n] & stale for n in order}, total=len(chosen))
+        changed = chosen if force else set(repo.status()) & chosen
+    within = graph.subgraph(chosen)
+    stale = changed.union(*(nx.ancestors(within, name) for name in changed))
+    work = within.subgraph(stale).reverse()  # edges now run from a stage to the stages that need it
+    order = list(nx.lexicographical_topological_sort(work))
+    result = Plan(order=order, upstream={n: set(work.predecessors(n)) for n in order},
+                  downstream={n: set(work.successors(n)) for n in order}, total=len(chosen))
     for name in reversed(order):  # downstream first: a stage's priority needs its descendants'
         tail = max((result.priority[d] for d in result.downstream[name]), default=0.0)
         result.priority[name] = times.get(name, 1.0) + tail
     return result
 
 
-def _reachable(graph, stage) -> list:
-    import networkx as nx
-    return [stage, *nx.descendants(graph, stage)]
-
-
 def _closure(name: str, downstream: dict[str, set[str]]) -> set[str]:
+    """``name`` and every stage of the plan downstream of it."""
     seen, todo = set(), [name]
     while todo:
         current = todo.pop()
@@ -99,18 +89,6 @@ def _closure(name: str, downstream: dict[str, set[str]]) -> set[str]:
             seen.add(current)
             todo.extend(downstream[current])
     return seen
-
-
-def _topological(upstream: dict[str, set[str]]) -> list[str]:
-    done: list[str] = []
-    placed: set[str] = set()
-    remaining = sorted(upstream)
-    while remaining:
-        ready = [n for n in remaining if upstream[n] <= placed]
-        done += ready
-        placed |= set(ready)
-        remaining = [n for n in remaining if n not in placed]
-    return done
 
 
 # ----- running ----------------------------------------------------------------------------------------------------
