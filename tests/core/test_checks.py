@@ -181,3 +181,23 @@ def test_assert_not_equivariant():
     assert assert_not_equivariant(Function(lambda t: t[..., 0, 0]), action, images()) > 1e-3
     with pytest.raises(AssertionError, match="expected a model that is not equivariant"):
         assert_not_equivariant(Function(lambda t: t.sum(dim=(-2, -1))), action, images())
+
+
+def test_assert_equivariant_reads_a_wrappers_own_actions():
+    from equitune.core.wrappers import EquiTune
+    c4 = image_action("c4")
+    torch.manual_seed(0)
+    features = torch.nn.Conv2d(3, 2, 3, padding=1).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    assert_equivariant(EquiTune(features, c4, output_action=c4), x)   # feature maps: the wrapper's output action
+
+    class Declared(torch.nn.Module):  # declares C4 invariance but is not invariant: must fail
+        input_actions, output_action = (c4,), None
+
+        def forward(self, images):
+            return features(images).flatten(1)
+
+    with pytest.raises(AssertionError, match="not equivariant"):
+        assert_equivariant(Declared(), x)
+    with pytest.raises(TypeError, match="does not declare its actions"):
+        assert_equivariant(features, x)

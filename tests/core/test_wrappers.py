@@ -570,3 +570,20 @@ def test_custom_proxy_with_the_wrong_shape():
 def test_group_spec_typo_fails_before_anything_is_built():
     with pytest.raises(GroupSpecError, match="unknown group 'c5'"):
         EquiTune(cnn_classifier(), parse_group_spec("c5"))
+
+
+def test_equizero_gives_an_input_fixed_by_an_element_the_first_copy_whatever_the_last_bits():
+    """A C4-symmetric image has four identical copies; scores that differ only in their last bits (as identical rows of
+    one batch can) must not decide: the copies share the first copy's score, so element 0 (identity) is chosen."""
+    corner = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64)
+    corner[..., :IMAGE_SIZE // 2, :IMAGE_SIZE // 2] = images(0, 1)[..., :IMAGE_SIZE // 2, :IMAGE_SIZE // 2]
+    symmetric = sum(corner.rot90(k, (-2, -1)) for k in range(4))  # exact: one nonzero term per pixel
+    c4 = image_action("c4")
+    backbone = seeded(cnn_features)
+
+    def last_bits_proxy(outputs):  # copy 2 looks a hair better, as round-off could make it
+        return torch.tensor([[1.0], [1.0], [1.0 - 1e-15], [1.0]], dtype=torch.float64)
+
+    model = EquiZero(backbone, c4, output_action=c4, proxy=last_bits_proxy).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(symmetric), backbone(symmetric), rtol=0, atol=0)

@@ -94,13 +94,33 @@ def _tolerance(reference: torch.Tensor, atol: float | None) -> float:
     return TOLERANCES[reference.dtype] * scale
 
 
-def assert_equivariant(model: nn.Module, input_actions, inputs, output_action=None, *,
+_OWN = object()  # "not passed": read the wrapper's own actions
+
+
+def _own_actions(model: nn.Module, input_actions, inputs, output_action):
+    """``assert_equivariant(wrapper, x)``: the inputs come second and the actions are the wrapper's own."""
+    if inputs is not _OWN:
+        return input_actions, inputs, (None if output_action is _OWN else output_action)
+    if not hasattr(model, "input_actions"):
+        raise TypeError(f"{type(model).__name__} does not declare its actions (no .input_actions); pass them: "
+                        "assert_equivariant(model, input_actions, inputs, output_action)")
+    actions = model.input_actions
+    own_output = getattr(model, "output_action", None)
+    return (actions[0] if len(actions) == 1 else actions), input_actions, \
+        (own_output if output_action is _OWN else output_action)
+
+
+def assert_equivariant(model: nn.Module, input_actions, inputs=_OWN, output_action=_OWN, *,
                        atol: float | None = None) -> dict[str, float]:
     """Assert ``f(g . x) == g . f(x)`` (``f(x)`` when ``output_action`` is None) for every element, up to round-off.
 
-    The tolerance is ``atol`` if given, else :data:`TOLERANCES` of the output dtype times ``max(1, max |f(x)|)``
-    (0 for integer outputs). Raises ``AssertionError`` listing every failing element with its error; returns the
-    errors per element when all pass."""
+    ``assert_equivariant(wrapper, x)`` checks a wrapper of this library (or any module with ``.input_actions`` and
+    ``.output_action``) against its own declared actions. The tolerance is ``atol`` if given, else
+    :data:`TOLERANCES` of the output dtype times ``max(1, max |f(x)|)`` (0 for integer outputs). Raises
+    ``AssertionError`` listing every failing element with its error (pytest shows the caller's line, not this
+    function's); returns the errors per element when all pass."""
+    __tracebackhide__ = True  # pytest: the failure points at the test that called this, as numpy's asserts do
+    input_actions, inputs, output_action = _own_actions(model, input_actions, inputs, output_action)
     errors, reference = _measure(model, input_actions, inputs, output_action)
     tolerance = _tolerance(reference, atol)
     relation = "f(g x) vs g f(x)" if output_action is not None else "f(g x) vs f(x)"
@@ -117,6 +137,7 @@ def assert_not_equivariant(model: nn.Module, input_actions, inputs, output_actio
     """Assert that some element moves the output by more than ``min_error``: the model is really not equivariant.
 
     Tests call it on the bare backbone before wrapping it, so that the wrapper's test means something."""
+    __tracebackhide__ = True
     errors, _ = _measure(model, input_actions, inputs, output_action)
     worst = max(errors.values())
     if not worst > min_error:

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from .groups import FiniteGroup, GroupAction, VocabPermutation, WordCycles
 from .proxies import PROXIES, ProxyScore
 
-__all__ = ["EquiTune", "LambdaEquiTune", "EquiZero"]
+__all__ = ["EquiTune", "LambdaEquiTune", "EquiZero", "share_scores_of_identical_copies"]
 
 InputActions = GroupAction | Sequence[GroupAction | None]
 
@@ -54,6 +54,20 @@ def _describe(group: FiniteGroup) -> str:
 def _same_group(a: FiniteGroup, b: FiniteGroup) -> bool:
     # The same abstract group with the same element numbering: what averaging g^-1 M(g x) over g needs.
     return a.order == b.order and a.table == b.table
+
+
+def share_scores_of_identical_copies(transformed: torch.Tensor | Sequence[torch.Tensor],
+                                     scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` ``[|G|, B]`` with every copy ``g . x_b`` that equals an earlier copy ``g' . x_b`` (``g' < g``, in
+    every tensor of ``transformed``, each ``[|G|, B, ...]``) given ``g'``'s score, so that an input fixed by an
+    element ties exactly with its image: a backbone may give identical rows of one batch different last bits, and
+    an argmin over such near-ties would depend on where the input sits in the batch."""
+    tensors = [transformed] if isinstance(transformed, torch.Tensor) else list(transformed)
+    order, batch = scores.shape
+    same = torch.stack([(flat.unsqueeze(0) == flat.unsqueeze(1)).all(dim=-1)  # [|G| (j), |G| (k), B]
+                        for flat in (t.reshape(order, batch, -1) for t in tensors)]).all(dim=0)
+    first = same.int().argmax(dim=0)  # for each copy k, the first copy j equal to it (k itself if none earlier)
+    return scores.gather(0, first)
 
 
 class _GroupBatched(nn.Module):
@@ -190,7 +204,8 @@ class EquiZero(_GroupBatched):
     :class:`~equitune.core.proxies.ProxyScore` (e.g. with a padding mask) or a function
     ``[|G|, B, ...] -> [|G|, B]`` where lower is better. For an equivariant model the proxy must not change when
     the output action moves an output (entropy and max-probability ignore a permutation of the vocabulary).
-    Ties go to the lowest element index. In training mode the gradient is the equitune average's
+    Ties go to the lowest element index; an input fixed by an element ties exactly with its image (equal copies share
+    the first copy's score), so the choice never depends on the batch. In training mode the gradient is the equitune average's
     (straight-through estimator), since the argmin itself has no gradient.
     """
 
@@ -207,20 +222,26 @@ class EquiZero(_GroupBatched):
         self.proxy = proxy
         self.straight_through = straight_through
 
-    def select(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chosen element per example ``[B]`` and its output ``[B, ...]`` from stacked outputs ``[|G|, B, ...]``."""
+    def select(self, outputs: torch.Tensor,
+               transformed: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen element per example ``[B]`` and its output ``[B, ...]`` from stacked outputs ``[|G|, B, ...]``.
+        ``transformed``: the acted-on inputs ``[|G|, B, ...]``; copies equal to an earlier copy take its score."""
         with torch.no_grad():
             scores = self.proxy(outputs)
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != tuple(outputs.shape[:2]):
             shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise ValueError(f"proxy must return one score per element and example {list(outputs.shape[:2])}; "
                              f"got {shape}")
+        if len(transformed):
+            scores = share_scores_of_identical_copies(transformed, scores)
         chosen = scores.argmin(dim=0)
         return chosen, outputs[chosen, torch.arange(outputs.shape[1], device=outputs.device)]
 
     def forward(self, *inputs: torch.Tensor, **kwargs) -> torch.Tensor:
-        outputs = self.group_outputs(*inputs, **kwargs)
-        _, selected = self.select(outputs)
+        stacked = self.transformed_inputs(*inputs)
+        outputs = self._map_back(self._run_backbone(self.backbone, stacked, **kwargs))
+        acted = [x for x, action in zip(stacked, self.input_actions, strict=True) if action is not None]
+        _, selected = self.select(outputs, acted)
         if self.training and self.straight_through:
             average = outputs.mean(dim=0)
             return average + (selected - average).detach()
