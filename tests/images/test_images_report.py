@@ -112,3 +112,86 @@ def test_expected_accuracy_is_the_mean_over_the_elements_not_the_one_draw():
     metrics["test_accuracy_random"]["c4"] = 0.99  # a lucky draw must not leak into the expectation
     assert expected_accuracy(metrics, ("identity", "rot90", "rot180", "rot270")) == pytest.approx((0.8 + 3 * 0.2) / 4)
     assert expected_accuracy(metrics, D4_ELEMENTS) == pytest.approx((0.8 + 7 * 0.2) / 8)
+
+
+def with_cost(metrics: dict, seconds: float, calls: float, rate: float, identity: float | None = None) -> dict:
+    metrics["training"]["seconds"] = seconds
+    metrics["inference"] = {"backbone_calls_per_image": calls, "images_per_second": rate}
+    if identity is not None:
+        metrics["inference"]["identity_weight_upright"] = identity
+    return metrics
+
+
+def cost_report(tmp_path, monkeypatch, params, canonical_rotated: float) -> str:
+    """finetune (with its post-hoc C4 model), equitune (c4) and canonicalize (c4) over 2 seeds, with costs."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    params = params.model_copy(update={"grid": params.grid.model_copy(update={
+        "group_methods": ["equitune", "canonicalize"]})})
+    for cell in grid_cells(params):
+        if cell.method == "finetune":
+            metrics = with_cost(fake_metrics(0.9, 0.3, 0.5), 10.0 + cell.seed, 1, 1000.0)
+            metrics["posthoc_equitune"] = {"c4": with_cost(fake_metrics(0.6, 0.6, 1e-7), 0.0, 4, 250.0)}
+        elif cell.method == "equitune":
+            metrics = with_cost(fake_metrics(0.8, 0.8, 1e-7), 40.0, 4, 250.0)
+        else:
+            metrics = with_cost(fake_metrics(canonical_rotated, canonical_rotated, 2e-7), 12.0, 1.5 - cell.seed, 800.0,
+                                identity=0.25 + 0.5 * cell.seed)
+        write_json(f"metrics/images/{cell.name}.json", metrics)
+    write_json("metrics/images/features-fashion_mnist.json", {
+        "backbone": "efficientnet_lite0", "image_index": 0, "label": "Trouser", "channels": [1, 2],
+        "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
+    return build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
+                               Path("reports/figures/images"), Path("reports/images.md"))
+
+
+def test_report_shows_posthoc_rows_costs_and_the_cost_figure(tmp_path, monkeypatch, params):
+    report = cost_report(tmp_path, monkeypatch, params, canonical_rotated=0.795)
+    lines = report.splitlines()
+    # post-hoc equitune rows come from the finetune cells' metrics, right after finetune in every table
+    summary = [line for line in lines if line.startswith("| posthoc_equitune (c4) |")]
+    assert summary and summary[0].startswith("| posthoc_equitune (c4) | 60.0 ± 0.0 | 60.0 ± 0.0 |")
+    table = lines[lines.index("#### Cost and what to pick"):]
+    header = next(i for i, line in enumerate(table) if line.startswith("| method | upright | expected C4"))
+    rows = {line.split(" | ")[0][2:]: line for line in table[header + 2:header + 6]}
+    assert list(rows) == ["finetune", "posthoc_equitune (c4)", "equitune (c4)", "canonicalize (c4)"]
+    # finetune: 10 and 11 s -> 10.5 ± 0.7; 1 call; C4 error 0.5 (own group C4 for a baseline)
+    assert rows["finetune"] == "| finetune | 90.0 ± 0.0 | 45.0 ± 0.0 | 37.5 ± 0.0 | 5.0e-01 | 10.5 ± 0.7 | 1.00 ± 0.00 | 1000 ± 0 | — |"
+    # posthoc: the finetune cell's training seconds, |G| = 4 calls, invariant
+    assert rows["posthoc_equitune (c4)"].endswith("| 1.0e-07 | 10.5 ± 0.7 | 4.00 ± 0.00 | 250 ± 0 | — |")
+    # canonicalize: frames of 1.5 and 0.5 (fakes) -> 1.00 ± 0.71; identity kept 25% and 75% -> 50.0 ± 35.4
+    assert rows["canonicalize (c4)"].endswith("| 2.0e-07 | 12.0 ± 0.0 | 1.00 ± 0.71 | 800 ± 0 | 50.0 ± 35.4 |")
+    assert Path("reports/figures/images/results/accuracy_vs_cost-fashion_mnist-efficientnet_lite0.png").stat().st_size > 0
+    assert "(figures/images/results/accuracy_vs_cost-fashion_mnist-efficientnet_lite0.png)" in report
+    # the learning curves figure has no duplicate post-hoc curve; the report still lists it once
+    assert report.count("learning_curves.png") == 1
+
+
+def test_practitioner_advice_follows_the_numbers(tmp_path, monkeypatch, params):
+    close = cost_report(tmp_path / "close", monkeypatch, params, canonical_rotated=0.795)
+    advice = next(line for line in close.splitlines() if line.startswith("**What a practitioner should pick**"))
+    assert "C4 (rotations), the most accurate is **equitune (c4)** (80.0%, 4.00 classifier call(s) per image)" in advice
+    assert "**canonicalize (c4)** is within 1 point(s) of it (79.5%) at 1.00 classifier call(s) per image" in advice
+    assert "On upright images only, **finetune** is the most accurate (90.0%)." in advice
+    far = cost_report(tmp_path / "far", monkeypatch, params, canonical_rotated=0.75)
+    advice = next(line for line in far.splitlines() if line.startswith("**What a practitioner should pick**"))
+    assert "is within" not in advice and "the most accurate is **equitune (c4)**" in advice
+    better = cost_report(tmp_path / "better", monkeypatch, params, canonical_rotated=0.85)
+    advice = next(line for line in better.splitlines() if line.startswith("**What a practitioner should pick**"))
+    assert "C4 (rotations), the most accurate is **canonicalize (c4)** (85.0%, 1.00 classifier call(s)" in advice
+    assert "is within" not in advice  # nothing cheaper is near it
+
+
+def test_report_tolerates_metrics_without_costs(tmp_path, monkeypatch, params):
+    """Metrics written before the costs were measured: dashes, no cost figure, advice without calls."""
+    monkeypatch.chdir(tmp_path)
+    for cell in grid_cells(params):
+        write_json(f"metrics/images/{cell.name}.json", fake_metrics(0.9, 0.5, 0.1))
+    write_json("metrics/images/features-fashion_mnist.json", {
+        "backbone": "efficientnet_lite0", "image_index": 0, "label": "x", "channels": [1, 2],
+        "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
+    report = build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
+                                 Path("reports/figures/images"), Path("reports/images.md"))
+    assert "| finetune | 90.0 ± 0.0 | 60.0 ± 0.0 | 55.0 ± 0.0 | 1.0e-01 | — | — | — | — |" in report
+    assert "accuracy_vs_cost" not in report and "| posthoc_equitune" not in report
+    assert "**What a practitioner should pick**" in report

@@ -100,8 +100,9 @@ def tiny_params(tmp_path: Path, **grid) -> Path:
     images = data["images"]
     images["resolution"] = 32
     images["data"].update(train_size=16, val_size=8, test_size=8, fashion_mnist_dir=str(DEBIAN_DIR), allow_download=False)
-    images["grid"].update(datasets=["fashion_mnist"], backbones=["efficientnet_lite0"], baseline_methods=["finetune"],
-                          group_methods=["equitune"], groups=["c4"], seeds=[0], **grid)
+    images["grid"].update({"datasets": ["fashion_mnist"], "backbones": ["efficientnet_lite0"],
+                           "baseline_methods": ["finetune"], "group_methods": ["equitune"], "groups": ["c4"],
+                           "seeds": [0], **grid})
     images["train"].update(epochs=1, batch_size=8, trainable_depth=2)
     images["evaluation"].update(invariance_batch=4, batch_size=8)
     images["figures"].update(feature_resolution=32, feature_channels=2)
@@ -153,10 +154,11 @@ def test_cell_names():
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_tiny_pipeline_end_to_end(tmp_path):
-    params = tiny_params(tmp_path)
+    params = tiny_params(tmp_path, group_methods=["equitune", "canonicalize_prior"])
     stages = ["prepare_images@fashion_mnist", "cache_images@fashion_mnist-efficientnet_lite0",
               "features_images@fashion_mnist", "tune_images_baseline@fashion_mnist-efficientnet_lite0-finetune-0",
-              f"tune_images_group@{CELL}", "images_report"]
+              f"tune_images_group@{CELL}", "tune_images_group@fashion_mnist-efficientnet_lite0-canonicalize_prior-c4-0",
+              "images_report"]
     for stage in stages:
         result = run_stage_process(stage, tmp_path, params)
         assert result.returncode == 0, result.stderr
@@ -166,9 +168,15 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert equi["invariance_error"]["c4"] < 1e-4 and base["invariance_error"]["c4"] > 1e-4
     rotations = [equi["test_accuracy_by_element"][name] for name in ("identity", "rot90", "rot180", "rot270")]
     assert max(rotations) - min(rotations) == 0  # 8 test images: any flip would show
+    canonical = json.loads((tmp_path / "metrics/images/fashion_mnist-efficientnet_lite0-canonicalize_prior-c4-s0.json")
+                           .read_text())
+    assert canonical["invariance_error"]["c4"] < 1e-4 and 1 <= canonical["inference"]["backbone_calls_per_image"] <= 4
+    assert base["posthoc_equitune"]["c4"]["invariance_error"]["c4"] < 1e-4
     report = (tmp_path / "reports/images.md").read_text()
     assert report.startswith("## ") and "equitune (c4)" in report and "finetune" in report
+    assert "| posthoc_equitune (d4) |" in report and "| canonicalize_prior (c4) |" in report
+    assert "**What a practitioner should pick**" in report
     assert (tmp_path / "reports/figures/images/features-fashion_mnist.gif").stat().st_size > 0
     for name in ("learning_curves", "accuracy_by_rotation-fashion_mnist-efficientnet_lite0",
-                 "accuracy_by_element-fashion_mnist-efficientnet_lite0"):
+                 "accuracy_by_element-fashion_mnist-efficientnet_lite0", "accuracy_vs_cost-fashion_mnist-efficientnet_lite0"):
         assert (tmp_path / f"reports/figures/images/results/{name}.png").stat().st_size > 0

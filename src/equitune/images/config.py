@@ -17,6 +17,7 @@ __all__ = [
     "BASELINE_METHODS",
     "BACKBONE_NAMES",
     "BACKBONE_UNITS",
+    "CANONICALIZATION_METHODS",
     "DATASET_NAMES",
     "GROUP_METHODS",
     "IMAGE_GROUP_NAMES",
@@ -31,7 +32,11 @@ BACKBONE_UNITS = {"efficientnet_lite0": 18, "alexnet": 1, "resnet18": 1, "vgg11_
 :mod:`equitune.images.backbones`; a test checks these counts against the built networks). Known without building a
 network, so that a depth outside the backbone is rejected when params are read, before any work."""
 BASELINE_METHODS = ("finetune", "finetune_augment")
-GROUP_METHODS = ("equitune", "lambda_equitune", "equizero")
+CANONICALIZATION_METHODS = ("frame", "canonicalize", "canonicalize_prior")
+"""Group methods that average over a frame chosen per input by scores of its transformed copies
+(:mod:`equitune.images.canonical`): a fixed score (``frame``) or a learned one (``canonicalize``, and
+``canonicalize_prior`` with Mondal et al.'s prior towards the identity)."""
+GROUP_METHODS = ("equitune", "lambda_equitune", "equizero", *CANONICALIZATION_METHODS)
 METHOD_NAMES = BASELINE_METHODS + GROUP_METHODS
 IMAGE_GROUP_NAMES = ("c4", "d4", "hflip", "vflip")
 
@@ -132,6 +137,9 @@ class ImagesTrain(StrictModel):
                                                        "or cosine decay to 0 over the run")
     lambda_hidden: int = Field(100, ge=1, description="hidden width of lambda-equitune's MLP (features -> h -> h -> 1)")
     equizero_proxy: Literal["entropy", "max_prob"] = "entropy"
+    canonicalization_prior_weight: float = Field(
+        1.0, ge=0, description="weight of Mondal et al.'s prior loss (cross-entropy of the canonicalizer's softmax "
+        "with the identity on the upright training images) in canonicalize_prior; 0 makes it canonicalize")
     mixed_precision: bool = Field(False, description="bfloat16/float16 autocast on CUDA (ignored on CPU)")
 
 

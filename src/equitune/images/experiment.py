@@ -14,6 +14,7 @@ metrics come from the logits of the test images moved by each element of D4 (:mo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,8 +28,9 @@ from ..core.groups import image_action
 from ..pipeline.distributed import DistributedContext
 from .backbones import ImageClassifier, build_classifier, split_features
 from .cached import OrbitAction, build_cache, cache_description
+from .canonical import backbone_calls, identity_weight, prior_regulariser, score_head
 from .cells import Cell
-from .config import ImagesParams
+from .config import CANONICALIZATION_METHODS, ImagesParams
 from .data import to_model_input
 from .evaluation import D4_ELEMENTS, metrics_from_logits
 from .methods import build_method, method_group, new_parameters
@@ -46,12 +48,16 @@ from .training import (
     predict,
 )
 
-__all__ = ["CHECKPOINT", "CURVES", "CellResult", "cache_for", "check_distributed", "cell_cache_description", "orbit_logits",
-           "image_logits", "run_cell"]
+__all__ = ["CHECKPOINT", "CURVES", "POSTHOC_METHOD", "CellResult", "cache_for", "check_distributed",
+           "cell_cache_description", "inference_cost", "moved_orbit_logits", "orbit_logits", "image_logits", "run_cell",
+           "slot_features"]
 
 CHECKPOINT = "model.pt"
 CURVES = "curves.json"
 INVARIANCE_GROUPS = ("c4", "d4")
+POSTHOC_METHOD = "posthoc_equitune"
+"""The fine-tuned classifier averaged over a group at test time only: evaluated inside each ``finetune`` cell, for
+every group of :data:`INVARIANCE_GROUPS`, and written to its metrics under this key (no cells of its own)."""
 
 
 @dataclass
@@ -89,23 +95,53 @@ def image_logits(model: nn.Module, images: np.ndarray, resolution: int, batch_si
     ])
 
 
+def slot_features(upper: ImageClassifier, orbits: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``[N, 8, F]``: the trained upper units' features of every slot of the orbits (eval mode)."""
+    features = predict(upper.features, orbits.flatten(0, 1), batch_size * len(D4_ELEMENTS), device=device)
+    return features.reshape(orbits.shape[0], orbits.shape[1], *features.shape[1:])
+
+
 def orbit_logits(model: nn.Module, method: str, group: str, upper: ImageClassifier, orbits: torch.Tensor,
-                 batch_size: int, device: torch.device, equizero_proxy: str = "entropy") -> torch.Tensor:
+                 batch_size: int, device: torch.device, equizero_proxy: str = "entropy",
+                 features: torch.Tensor | None = None) -> torch.Tensor:
     """``[8, N, K]`` for a model trained on cached orbits, from the test orbits ``[N, 8, ...]``.
 
     The trained upper units run once per slot (eval mode: each slot's features depend on that slot alone); the
     method is then rebuilt on those features with the same head and lambda MLP and evaluated on the features' orbit
     moved by each element of D4 (:class:`OrbitAction` acts on any per-slot tensor). This gives the same logits as
-    ``model`` on the moved orbits, at 1/|G| of the cost (a test checks the equality in float64)."""
-    flat = orbits.flatten(0, 1)
-    features = predict(upper.features, flat, batch_size * len(D4_ELEMENTS), device=device)
-    features = features.reshape(orbits.shape[0], orbits.shape[1], *features.shape[1:])
+    ``model`` on the moved orbits, at 1/|G| of the cost (a test checks the equality in float64). ``features``: those
+    slot features already computed (:func:`slot_features`: one pass serves every method built on ``upper``)."""
+    if features is None:
+        features = slot_features(upper, orbits, batch_size, device)
     on_features = build_method(method, group, ImageClassifier(nn.Sequential(), upper.head),
                                equizero_proxy=equizero_proxy, on_orbits=True,
                                lambda_net=getattr(model, "lambda_net", None))
     action = OrbitAction("d4")
     return torch.stack([predict(on_features, action.apply(features, g), batch_size, device=device)
                         for g in action.group])
+
+
+def moved_orbit_logits(model: nn.Module, orbits: torch.Tensor, batch_size: int, device: torch.device
+                       ) -> torch.Tensor:
+    """``[8, N, K]``: ``model`` on the test orbits moved by each element of D4, run as it is. For the
+    canonicalization methods, whose scorer reads the cached maps themselves, not the trained upper units' features
+    (so :func:`orbit_logits`'s shortcut does not apply)."""
+    action = OrbitAction("d4")
+    return torch.stack([predict(model, action.apply(orbits, g), batch_size, device=device) for g in action.group])
+
+
+def inference_cost(model: nn.Module, inputs, batch_size: int, device: torch.device,
+                   prepare: Callable[[object], torch.Tensor] | None = None, autocast: torch.dtype | None = None
+                   ) -> dict[str, float]:
+    """Measured test images per second of ``model`` on the upright test ``inputs`` (eval mode, ``batch_size`` at a
+    time, preparing the inputs included) and its classifier calls per image (:func:`backbone_calls`)."""
+    start = time.perf_counter()
+    predict(model, inputs, batch_size, prepare=prepare, device=device, autocast=autocast)
+    seconds = time.perf_counter() - start
+    prepared = inputs if prepare is None else prepare(inputs)
+    with eval_mode(model):
+        calls = backbone_calls(model, prepared, batch_size, device)
+    return {"images_per_second": len(inputs) / seconds, "backbone_calls_per_image": calls}
 
 
 def _invariance_errors(model: nn.Module, inputs: torch.Tensor, actions: dict[str, object]) -> dict[str, float]:
@@ -155,17 +191,22 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
     augment = generator if cell.method == "finetune_augment" else None
     autocast = autocast_dtype(settings, device)
     lambda_args = {"lambda_hidden": settings.lambda_hidden, "equizero_proxy": settings.equizero_proxy}
+    # The part a canonicalizer's score reads on images (the cached orbits hold its outputs): the frozen lower units,
+    # or the input normalisation alone when the whole network trains.
+    frozen, _ = split_features(classifier, classifier.unit_count if depth == "all" else depth)
+    scores = (score_head(cell.method, _channels(frozen, params.resolution))
+              if cell.method in CANONICALIZATION_METHODS else None)
     if cached:
         _, trainable = split_features(classifier, depth)
         upper = ImageClassifier(trainable, classifier.head)
-        model = build_method(cell.method, cell.group, upper, on_orbits=True, **lambda_args)
+        model = build_method(cell.method, cell.group, upper, on_orbits=True, score_head=scores, **lambda_args)
         load_batch = OrbitBatches(orbits["train"], data["train_y"], device, augment)
 
         def validate(m: nn.Module) -> float:
             return accuracy(predict(m, orbits["val"], evaluation.batch_size, device=device), data["val_y"])
     else:
         upper = classifier
-        model = build_method(cell.method, cell.group, classifier, **lambda_args)
+        model = build_method(cell.method, cell.group, classifier, score_head=scores, frozen=frozen, **lambda_args)
         load_batch = ImageBatches(data["train_x"], data["train_y"], params.resolution, device, augment)
 
         def validate(m: nn.Module) -> float:
@@ -178,24 +219,24 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
     batches = ShuffledBatches(len(data["train_y"]), settings.batch_size, generator)
     optimiser = make_optimiser(model, settings, new_parameters(model, upper))
     scheduler = make_scheduler(optimiser, settings, settings.epochs * len(batches))
+    regulariser = (prior_regulariser(model, settings.canonicalization_prior_weight)
+                   if cell.method == "canonicalize_prior" else None)
+    start = time.perf_counter()
     result = fit(trained, optimiser, batches, load_batch, epochs=settings.epochs, validate=validate,
                  freeze_batchnorm=settings.freeze_batchnorm, scheduler=scheduler, autocast=autocast,
-                 on_epoch=on_epoch, progress=progress, context=context)
+                 on_epoch=on_epoch, progress=progress, context=context, regulariser=regulariser)
+    training_seconds = time.perf_counter() - start  # validation after each epoch included, as for every method
     if context is not None and not context.is_main:
         return None
 
     model.eval()
-    probe = slice(0, evaluation.invariance_batch)
-    if cached:
-        logits = orbit_logits(model, cell.method, cell.group, upper, orbits["test"], evaluation.batch_size, device,
-                              settings.equizero_proxy)
-        inputs, action_of = orbits["test"][probe].to(device), OrbitAction
-    else:
-        logits = image_logits(model, data["test_x"], params.resolution, evaluation.batch_size, device, autocast)
-        inputs, action_of = to_model_input(data["test_x"][probe], params.resolution).to(device), image_action
-    metrics = metrics_from_logits(logits.float(), data["test_y"], classes, evaluation.rotation_seed)
-    groups = dict.fromkeys((*INVARIANCE_GROUPS, *(() if group == "trivial" else (group,))))
-    metrics["invariance_error"] = _invariance_errors(model, inputs, {name: action_of(name) for name in groups})
+    test = _TestInputs(params, data, classes, orbits, device, autocast)
+    metrics = test.evaluate(model, cell.method, group, upper, settings.equizero_proxy)
+    if cell.method == "finetune":
+        metrics[POSTHOC_METHOD] = {
+            g: test.evaluate(build_method("equitune", g, upper, on_orbits=cached), "equitune", g, upper,
+                             settings.equizero_proxy)
+            for g in INVARIANCE_GROUPS}
     curves = {
         "best_epoch": result.best_epoch,
         "epochs": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_accuracy": r.val_accuracy}
@@ -203,11 +244,61 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
     }
     metrics["training"] = {
         "best_epoch": result.best_epoch,
+        "seconds": training_seconds,
         "curve": {f"epoch{r['epoch']}": {"train_loss": r["train_loss"], "val_accuracy": r["val_accuracy"]}
                   for r in curves["epochs"]},
     }
     # The whole model on images (the frozen units included), sharing the trained modules.
     whole = build_method(cell.method, cell.group, classifier, lambda_net=getattr(model, "lambda_net", None),
-                         **lambda_args)
+                         score_head=scores, frozen=frozen, **lambda_args)
     state = {k: v.detach().cpu().clone() for k, v in whole.state_dict().items()}
     return CellResult(state, curves, metrics)
+
+
+def _channels(frozen: nn.Module, resolution: int) -> int:
+    """Channels of the maps ``frozen`` outputs (one dummy image, eval mode: batch-norm statistics untouched)."""
+    with eval_mode(frozen), torch.no_grad():
+        return int(frozen(torch.zeros(1, 3, resolution, resolution)).shape[1])
+
+
+class _TestInputs:
+    """The test split as a trained cell's model reads it (cached orbits or images), and its evaluation."""
+
+    def __init__(self, params: ImagesParams, data: dict[str, np.ndarray], classes: tuple[str, ...],
+                 orbits: dict[str, torch.Tensor] | None, device: torch.device, autocast: torch.dtype | None):
+        self.params, self.data, self.classes, self.orbits = params, data, classes, orbits
+        self.device, self.autocast = device, autocast
+        self.cached = orbits is not None
+        self._features: torch.Tensor | None = None
+
+    def evaluate(self, model: nn.Module, method: str, group: str, upper: ImageClassifier,
+                 equizero_proxy: str) -> dict:
+        """Accuracy metrics, measured invariance errors and inference cost of ``model`` (eval mode)."""
+        evaluation, resolution = self.params.evaluation, self.params.resolution
+        batch, device = evaluation.batch_size, self.device
+        probe = slice(0, evaluation.invariance_batch)
+        prepare = None
+        if self.cached and method in CANONICALIZATION_METHODS:
+            logits = moved_orbit_logits(model, self.orbits["test"], batch, device)
+        elif self.cached:
+            if self._features is None:  # the same trained upper units for every model a cell evaluates
+                self._features = slot_features(upper, self.orbits["test"], batch, device)
+            logits = orbit_logits(model, method, group, upper, self.orbits["test"], batch, device, equizero_proxy,
+                                  features=self._features)
+        else:
+            logits = image_logits(model, self.data["test_x"], resolution, batch, device, self.autocast)
+
+            def prepare(x):
+                return to_model_input(x, resolution)
+        inputs = self.orbits["test"] if self.cached else self.data["test_x"]
+        probe_inputs = inputs[probe].to(device) if self.cached else to_model_input(inputs[probe], resolution).to(device)
+        action_of = OrbitAction if self.cached else image_action
+        metrics = metrics_from_logits(logits.float(), self.data["test_y"], self.classes, evaluation.rotation_seed)
+        groups = dict.fromkeys((*INVARIANCE_GROUPS, *(() if group == "trivial" else (group,))))
+        metrics["invariance_error"] = _invariance_errors(model, probe_inputs, {g: action_of(g) for g in groups})
+        metrics["inference"] = inference_cost(model, inputs, batch, device, prepare, self.autocast)
+        if method in CANONICALIZATION_METHODS:
+            upright = inputs if self.cached else prepare(inputs)
+            with eval_mode(model):
+                metrics["inference"]["identity_weight_upright"] = identity_weight(model, upright, batch, device)
+        return metrics

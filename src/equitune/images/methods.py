@@ -9,6 +9,8 @@
   by a small positive MLP on its backbone features (the follow-up paper's arrangement, MLP F-h-h-1).
 - ``equizero``: ``EquiZero(classifier)``: the logits of the most confident transformed copy (straight-through
   gradient of the equitune average in training).
+- ``frame``, ``canonicalize``, ``canonicalize_prior``: ``Canonicalize(classifier)``, the logits of the copies whose
+  score is lowest (a fixed or a learned score of the frozen part's maps), see :mod:`equitune.images.canonical`.
 
 The same builder serves both input kinds: images (the group acts by ``image_action``) and cached D4 orbits of a
 frozen lower part (the group acts by :class:`~equitune.images.cached.OrbitAction`, the baselines read the orbit's
@@ -21,11 +23,13 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError
+from ..core.frames import Canonicalize
 from ..core.groups import image_action
 from ..core.wrappers import EquiTune, EquiZero, LambdaEquiTune
 from .backbones import ImageClassifier
 from .cached import IdentitySlot, OrbitAction
-from .config import BASELINE_METHODS, GROUP_METHODS
+from .canonical import canonicalizer
+from .config import BASELINE_METHODS, CANONICALIZATION_METHODS, GROUP_METHODS
 
 __all__ = ["augment_batch", "augment_orbits", "build_method", "lambda_mlp", "method_group", "new_parameters",
            "random_quarter_turns"]
@@ -50,14 +54,20 @@ def lambda_mlp(width: int, hidden: int) -> nn.Module:
 
 def build_method(method: str, group: str, classifier: ImageClassifier, lambda_hidden: int = 100,
                  equizero_proxy: str = "entropy", *, on_orbits: bool = False,
-                 lambda_net: nn.Module | None = None) -> nn.Module:
+                 lambda_net: nn.Module | None = None, score_head: nn.Module | None = None,
+                 frozen: nn.Module | None = None) -> nn.Module:
     """The model of ``method`` around ``classifier``; ``on_orbits``: its inputs are cached D4 orbits of the features
     that ``classifier`` reads (see :mod:`equitune.images.cached`), else images. ``lambda_net``: reuse this lambda
-    MLP (a trained one) instead of a fresh one."""
+    MLP (a trained one) instead of a fresh one. The canonicalization methods need ``score_head``
+    (:func:`~equitune.images.canonical.score_head`) and, on images, ``frozen``: the lower part whose maps it reads."""
     group = method_group(method, group)
     if method in BASELINE_METHODS:
         return IdentitySlot(classifier) if on_orbits else classifier
     action = OrbitAction(group) if on_orbits else image_action(group)
+    if method in CANONICALIZATION_METHODS:
+        if score_head is None or (frozen is None and not on_orbits):
+            raise ValueError(f"method {method!r} needs score_head (and, on images, the frozen part it reads)")
+        return canonicalizer(method, classifier, action, score_head, frozen=None if on_orbits else frozen)
     if method == "equitune":
         return EquiTune(classifier, action)
     if method == "lambda_equitune":
@@ -91,8 +101,12 @@ def augment_orbits(orbits: torch.Tensor, generator: torch.Generator) -> torch.Te
 
 
 def new_parameters(model: nn.Module, classifier: ImageClassifier) -> list[nn.Parameter]:
-    """The parameters that do not come from the pretrained backbone: the new head and lambda-equitune's MLP."""
+    """The parameters that do not come from the pretrained backbone: the new head, lambda-equitune's MLP and the
+    canonicalizer's learned score."""
     fresh = list(classifier.head.parameters())
     if isinstance(model, LambdaEquiTune):
         fresh += list(model.lambda_net.parameters())
+    if isinstance(model, Canonicalize):
+        pretrained = {id(p) for p in classifier.parameters()}
+        fresh += [p for p in model.scores.parameters() if id(p) not in pretrained]
     return fresh

@@ -1,5 +1,10 @@
 """The images section of the report and its figures, aggregated from the cells of the params grid (never a glob of
-folders): mean +- std over seeds of every accuracy, the measured invariance errors, learning curves, feature figures."""
+folders): mean +- std over seeds of every accuracy, the measured invariance errors, learning curves, feature figures;
+the cost of each method (training seconds, classifier calls and measured images per second at inference) against its
+accuracy on transformed images, and a recommendation computed from those numbers.
+
+``posthoc_equitune`` has no cells: each ``finetune`` cell evaluates its classifier averaged over C4 and D4 too, and
+its rows here come from those metrics (training: the finetune cell's)."""
 
 from __future__ import annotations
 
@@ -13,10 +18,14 @@ import numpy as np
 from ..core.errors import DataError
 from ..pipeline.io import atomic_path, read_json
 from .cells import Cell, grid_cells
-from .config import BACKBONE_UNITS, ImagesParams
+from .config import BACKBONE_UNITS, CANONICALIZATION_METHODS, ImagesParams
 from .evaluation import D4_ELEMENTS
 
-__all__ = ["build_images_report", "summarise"]
+__all__ = ["build_images_report", "practitioner_advice", "summarise"]
+
+POSTHOC_METHOD = "posthoc_equitune"  # the key finetune cells write (equitune.images.experiment.POSTHOC_METHOD)
+NEAR_BEST = 0.01
+"""A method "within one point" of the most accurate one: the practitioner advice prefers the cheapest such method."""
 
 ROTATION_NAMES = D4_ELEMENTS[:4]
 ELEMENT_LABELS = {"identity": "upright", "rot90": "90°", "rot180": "180°", "rot270": "270°", "hflip": "mirror",
@@ -47,7 +56,22 @@ def summarise(params: ImagesParams, metrics_dir: Path) -> dict[tuple, list[tuple
         if not path.exists():
             raise DataError(f"{path} is missing: run the tune stage of {cell.name} first")
         rows.setdefault((cell.dataset, cell.backbone, cell.method, cell.group), []).append((cell, read_json(path)))
-    return rows
+    return _with_posthoc_rows(rows)
+
+
+def _with_posthoc_rows(rows: dict[tuple, list[tuple[Cell, dict]]]) -> dict[tuple, list[tuple[Cell, dict]]]:
+    """``rows`` with a ``posthoc_equitune`` row per group after each ``finetune`` row whose cells all evaluated it
+    (metrics of the classifier averaged over the group; training: the finetune cell's, nothing more was trained)."""
+    out: dict[tuple, list[tuple[Cell, dict]]] = {}
+    for key, cells in rows.items():
+        out[key] = cells
+        if key[2] != "finetune":
+            continue
+        groups = [g for g in cells[0][1].get(POSTHOC_METHOD, {}) if all(g in m.get(POSTHOC_METHOD, {}) for _, m in cells)]
+        for group in groups:
+            out[(*key[:2], POSTHOC_METHOD, group)] = [
+                (cell, {**m[POSTHOC_METHOD][group], "training": m["training"]}) for cell, m in cells]
+    return out
 
 
 def _label(key: tuple) -> str:
@@ -173,6 +197,7 @@ def _dataset_section(rows: dict, keys: list[tuple], dataset: str, backbone: str,
                  f"{backbone} fine-tuned on upright {dataset}: test accuracy by D4 element "
                  f"(mean ± std over {seeds} seeds)", figure)
     lines += ["", f"![accuracy by D4 element]({link(figure)})", ""]
+    lines += _cost_section(rows, keys, dataset, backbone, figures_dir, link)
 
     # This dataset's own classes in first-seen order; a class absent from a small test subset is absent from that
     # cell's metrics and shown as "-".
@@ -214,7 +239,12 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
         f"validation accuracy is kept. Seeds {grid.seeds}. `finetune_augment` trains on images rotated by random "
         "multiples of 90°; the group methods train on upright images and average (equitune), weight (lambda_equitune, "
         f"MLP {train.lambda_hidden}-{train.lambda_hidden}-1 on the features) or select by {train.equizero_proxy} "
-        "(equizero) over the transformed copies. Every test image moved by each element of D4 is scored; \"random\" "
+        "(equizero) over the transformed copies; frame, canonicalize and canonicalize_prior (prior weight "
+        f"{train.canonicalization_prior_weight}) average over the copies whose score of the frozen part's maps is "
+        "lowest (fixed: minus the top-left quadrant's mean; learned: a linear layer on the 2x2-pooled maps, trained "
+        "straight-through with the head), so about one classifier call per image; posthoc_equitune is the finetune "
+        "classifier averaged over the group at test time only (no training of its own). Every test image moved by "
+        "each element of D4 is scored; \"random\" "
         "columns give each test image its own seeded random element, the same for every method.",
         "",
     ]
@@ -222,7 +252,7 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
         keys = [k for k in rows if k[:2] == (dataset, backbone)]
         lines += _dataset_section(rows, keys, dataset, backbone, params, figures_dir, link)
     curves = figures_dir / "learning_curves.png"
-    _curves_figure(rows, curves)
+    _curves_figure({k: v for k, v in rows.items() if k[2] != POSTHOC_METHOD}, curves)  # posthoc: finetune's curve
     lines += ["### Learning curves", "", f"![learning curves]({link(curves)})", ""]
     lines += ["### Feature maps under rotation", ""]
     for dataset in grid.datasets:
@@ -244,3 +274,142 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _optional(metrics: list[dict], getter: Callable[[dict], float]) -> list[float] | None:
+    """``getter`` of every seed's metrics, or None when one lacks it (metrics written before it was measured)."""
+    try:
+        return [float(getter(m)) for m in metrics]
+    except (KeyError, TypeError):
+        return None
+
+
+def _fmt_plain(values: list[float] | None, digits: int) -> str:
+    if values is None:
+        return "—"
+    mean, std = _mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _seconds(m: dict) -> float:
+    return m["training"]["seconds"]
+
+
+def _calls(m: dict) -> float:
+    return m["inference"]["backbone_calls_per_image"]
+
+
+def _images_per_second(m: dict) -> float:
+    return m["inference"]["images_per_second"]
+
+
+def _identity(m: dict) -> float:
+    return m["inference"]["identity_weight_upright"]
+
+
+def _own_group(key: tuple) -> str:
+    """The group whose invariance error a method's cost row shows: its own (C4 for the baselines, which have none)."""
+    return "c4" if key[3] == "trivial" else key[3]
+
+
+def _expected_c4(m: dict) -> float:
+    return expected_accuracy(m, ROTATION_NAMES)
+
+
+def _expected_d4(m: dict) -> float:
+    return expected_accuracy(m, D4_ELEMENTS)
+
+
+def _cost_section(rows: dict, keys: list[tuple], dataset: str, backbone: str, figures_dir: Path, link) -> list[str]:
+    """Accuracy on transformed images against the cost of each method: a table, a figure and the advice."""
+    table = []
+    for key in keys:
+        metrics = [m for _, m in rows[key]]
+        identity = _optional(metrics, _identity) if key[2] in CANONICALIZATION_METHODS else None
+        table.append([_label(key), _fmt([m["test_accuracy_upright"] for m in metrics]),
+                      _fmt([_expected_c4(m) for m in metrics]), _fmt([_expected_d4(m) for m in metrics]),
+                      _error(metrics, _own_group(key)),
+                      _fmt_plain(_optional(metrics, _seconds), 1), _fmt_plain(_optional(metrics, _calls), 2),
+                      _fmt_plain(_optional(metrics, _images_per_second), 0),
+                      "—" if identity is None else _fmt(identity)])
+    lines = ["#### Cost and what to pick", "",
+             "Per method, mean ± std over seeds: accuracy (%) upright and in expectation over a random element of C4 "
+             "and of D4; the invariance error under the method's own group (C4 for the baselines); training wall "
+             "seconds (validation included; post-hoc equitune trains nothing beyond its finetune cell); classifier "
+             "calls per test image at inference (|G| for equitune-like methods, the mean frame size measured on the "
+             "upright test inputs for frame and canonicalization, 1 for the baselines); measured inference images "
+             "per second on the upright test inputs (wall clock on the machine that ran the cell: compare within one "
+             "run); for frame and canonicalization, the share (%) of upright test images the frame leaves upright "
+             "(a tie of k elements counts 1/k).", ""]
+    lines += _table(["method", "upright", "expected C4", "expected D4", "own-group invariance error",
+                     "training s", "classifier calls / image", "inference images/s", "upright kept upright"], table)
+    figure = figures_dir / f"accuracy_vs_cost-{dataset}-{backbone}.png"
+    if _cost_figure(rows, keys, f"{backbone} on {dataset}: accuracy on transformed test images against inference "
+                    "cost (mean ± std over seeds)", figure):
+        lines += ["", f"![accuracy against inference cost]({link(figure)})"]
+    lines += ["", practitioner_advice(rows, keys), ""]
+    return lines
+
+
+def _cost_figure(rows: dict, keys: list[tuple], title: str, path: Path) -> bool:
+    """Expected C4 and D4 accuracy against classifier calls per test image, one point per method (left out when a
+    cell lacks its cost); False if no method has one."""
+    points = [(k, _optional([m for _, m in rows[k]], _calls)) for k in keys]
+    points = [(k, calls) for k, calls in points if calls is not None]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (name, value) in zip(axes, (("C4", _expected_c4), ("D4", _expected_d4)), strict=True):
+        for i, (key, calls) in enumerate(points):
+            accuracy = _mean_std([100 * value(m) for _, m in rows[key]])
+            ax.errorbar(statistics.fmean(calls), accuracy[0], yerr=accuracy[1], fmt="os^Dv<>p*h"[i % 10],
+                        color=colours(i % 10), capsize=2, label=_label(key))
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="classifier calls per test image (log scale)", title=f"random element of {name}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("expected test top-1 accuracy (%)")
+    fig.suptitle(title, fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=4, frameon=False)
+    fig.tight_layout()
+    _save(fig, plt, path)
+    return True
+
+
+def practitioner_advice(rows: dict, keys: list[tuple], near_best: float = NEAR_BEST) -> str:
+    """"What a practitioner should pick", computed from the metrics: for test images under a random element of C4
+    and of D4, the most accurate method (mean over seeds) and the one with the fewest classifier calls per image
+    among those within ``near_best`` of it; and the most accurate method on upright images."""
+    def mean(key, getter) -> float | None:
+        values = _optional([m for _, m in rows[key]], getter)
+        return None if values is None else statistics.fmean(values)
+
+    sentences = []
+    for name, value in (("C4 (rotations)", _expected_c4), ("D4 (rotations and mirrors)", _expected_d4)):
+        accuracy = {k: mean(k, value) for k in keys}
+        best = max(keys, key=lambda k: accuracy[k])
+        text = (f"Under a random element of {name}, the most accurate is **{_label(best)}** "
+                f"({100 * accuracy[best]:.1f}%{_cost_words(best, mean)})")
+        near = [k for k in keys if accuracy[k] >= accuracy[best] - near_best and mean(k, _calls) is not None]
+        cheapest = min(near, key=lambda k: (mean(k, _calls), -accuracy[k])) if near else None
+        if cheapest is not None and cheapest != best and mean(cheapest, _calls) < (mean(best, _calls) or 0):
+            text += (f"; **{_label(cheapest)}** is within {100 * near_best:.0f} point(s) of it "
+                     f"({100 * accuracy[cheapest]:.1f}%) at {mean(cheapest, _calls):.2f} classifier call(s) per image "
+                     f"instead of {mean(best, _calls):.2f}: pick it when inference cost matters")
+        sentences.append(text + ".")
+    upright = {k: mean(k, lambda m: m["test_accuracy_upright"]) for k in keys}
+    best_upright = max(keys, key=lambda k: upright[k])
+    sentences.append(f"On upright images only, **{_label(best_upright)}** is the most accurate "
+                     f"({100 * upright[best_upright]:.1f}%).")
+    return "**What a practitioner should pick** (computed from the table above): " + " ".join(sentences)
+
+
+def _cost_words(key: tuple, mean) -> str:
+    calls = mean(key, _calls)
+    return "" if calls is None else f", {calls:.2f} classifier call(s) per image"

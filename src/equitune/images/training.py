@@ -175,14 +175,16 @@ def fit(model: nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[to
         load_batch: Callable[[torch.Tensor], Batch], *, epochs: int, validate: Callable[[nn.Module], float],
         freeze_batchnorm: bool = True, scheduler=None, autocast: torch.dtype | None = None,
         on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False,
-        context: DistributedContext | None = None) -> TrainingResult:
+        context: DistributedContext | None = None,
+        regulariser: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainingResult:
     """Train ``model`` in place for ``epochs`` passes over ``batches``; keep the weights of the epoch with the best
     ``validate(model)`` (ties: the earlier epoch) and return them with the curves. ``scheduler`` steps per batch.
 
     Under torchrun (``context`` distributed, ``model`` inside DistributedDataParallel) ``batches`` yields the same
     global batches on every rank; each rank trains on its share (:func:`load_share`), rank 0 alone validates the
     unwrapped model and tells the others the score, so every rank keeps the same best epoch; the recorded train
-    loss is the global one."""
+    loss is the global one (the cross-entropy alone: ``regulariser(x)``, e.g. a canonicalizer's prior, is added to
+    the loss that is minimised but not to the recorded one)."""
     from tqdm import tqdm
 
     sharded = context is not None and context.is_distributed
@@ -202,8 +204,9 @@ def fit(model: nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[to
             device_type = x.device.type
             with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
                 loss = F.cross_entropy(model(x).float(), y)
+                objective = loss if regulariser is None else loss + regulariser(x).float()
             optimiser.zero_grad(set_to_none=True)
-            (loss if weight is None else loss * weight).backward()
+            (objective if weight is None else objective * weight).backward()
             optimiser.step()
             if scheduler is not None:
                 scheduler.step()
