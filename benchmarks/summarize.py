@@ -106,6 +106,14 @@ BENCHMARKS = {
         ["backbone", "group", "image_size", "batch", "compile_s", "eager_ms", "compiled_ms", "ratio", "break_even_calls",
          "met"],
     ),
+    "scan_frame_decoding": (
+        "13. SCAN frame decoding versus equituned decoding",
+        "Greedy decoding of a whole SCAN test split, same model: every command through its |G| copies (equitune) "
+        "versus only through its support frame's copies (`scan.tune.frame_excluded_words`; the whole group when no "
+        "element maps the command off the excluded words). Ratio = equitune seconds / frame seconds; no target.",
+        ["split", "group", "group_order", "commands", "weights", "mean_frame_size", "equitune_s", "frame_s",
+         "equitune_accuracy", "frame_accuracy", "same_output_share", "ratio"],
+    ),
 }
 
 

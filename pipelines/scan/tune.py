@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the split's folder (data/scan/<split>)")
     parser.add_argument("--model", type=Path, required=True, help="the cell's pretrained model folder")
     parser.add_argument("--metrics", type=Path, required=True, help="the cell's metrics file")
-    parser.add_argument("--curve", type=Path, required=True, help="test accuracy against tuning steps (DVC plots)")
+    parser.add_argument("--curve", type=Path, required=True,
+                        help="test and validation accuracy against tuning steps (DVC plots)")
     args = parser.parse_args(argv)
     loaded = load_section(args.params, "scan", ScanParams)
     params, cell = loaded.section, TuneCell(args.split, args.group, args.cell, args.seed)
@@ -38,13 +39,15 @@ def main(argv=None) -> None:
     pretrained = load_pretrained(params, cell.pretrained, args.model, device)
     tags = {"model": f"seq2seq-{cell.cell}", "method": "equitune+equizero", "group": cell.group, "seed": cell.seed,
             "split": cell.split}
-    curve = Curve(args.curve, x="step", y=("equitune_test_accuracy", "equizero_test_accuracy"))
-    with tracked_run("scan", profile=loaded.profile, params=params, tags=tags, curve=curve) as run:
+    curve = Curve(args.curve, x="step", y=("equitune_test_accuracy", "equizero_test_accuracy",
+                                           "equitune_validation_accuracy", "equizero_validation_accuracy"))
+    with tracked_run("scan", profile=loaded.profile, params=params, tags=tags, curve=curve,
+                     run_name=cell.name) as run:
         run.reference_output(args.model, "pretrained")
         metrics = tune_cell(params, cell, data, pretrained,
                             lambda: seed_everything(cell.seed, params.threads, loaded.base.deterministic), device,
                             lambda values, step: run.log_metrics(values, step=step))
-        run.log_final(metrics)
+        run.log_final(metrics, series=("curve",))  # the curve is logged step by step above
     write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     print(metrics)
 

@@ -63,6 +63,14 @@ BAD = {
     "typo_key": (lambda s: s["pretrain"].update(exampels=5), "exampels"),
     "curve_without_final_step": (lambda s: s["tune"].update(curve_steps=[0, 50, 400]), "curve_steps"),
     "unknown_lr_schedule": (lambda s: s["pretrain"].update(lr_schedule="exponential"), "lr_schedule"),
+    "unknown_combination": (lambda s: s["tune"].update(combination="max_prob"), "tune.combination"),
+    # jump_run's orbit {jump, run} wholly excluded: every command with either word would have an empty frame.
+    "frame_excludes_a_whole_orbit": (lambda s: s["tune"]["frame_excluded_words"].update(add_jump=["jump", "run"]),
+                                     "tune.frame_excluded_words.add_jump with group 'jump_run'"),
+    "frame_excludes_an_unknown_word": (lambda s: s["tune"]["frame_excluded_words"].update(around_right=["rihgt"]),
+                                       "rihgt"),
+    "frame_words_missing_a_split": (lambda s: s["tune"].update(frame_excluded_words={"add_jump": ["jump"]}),
+                                    "tune.frame_excluded_words"),
 }
 
 
@@ -118,7 +126,7 @@ def test_tune_stages_list_every_tune_setting_a_cell_reads():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for split in SPLIT_NAMES:
         listed = {key for key in stages[f"scan_tune_{split}"]["params"] if key.startswith("scan.tune.")}
-        per_split = {"lr", "steps"}
+        per_split = {"lr", "steps", "frame_excluded_words"}
         expected = ({f"scan.tune.{field}" for field in ScanTune.model_fields if field not in per_split}
                     | {f"scan.tune.{field}.{split}" for field in per_split})
         assert listed == expected, split

@@ -65,8 +65,21 @@ def test_tiny_pipeline_runs_and_is_deterministic(tmp_path, monkeypatch):
         assert metrics["equitune_decoding_equivariance_fraction"] == 1.0
         assert set(metrics["curve"]["equitune"]) == {f"step_{s}_test_accuracy" for s in (0, 1, 2)}
         assert metrics["equitune"]["test_accuracy"] == metrics["curve"]["equitune"]["step_2_test_accuracy"]
+        # Evaluation-only additions: the other combination rule, frame decoding, speed, validation curves.
+        rules = metrics["equitune_combinations"]
+        assert rules["configured"] == "log_prob_mean" and rules["log_prob_mean"]["tuned"] == metrics["equitune"]
+        assert set(rules["prob_mean"]) == {"0_steps", "tuned"} and set(metrics["frame"]) == set(metrics["equitune"])
+        assert 1 <= metrics["frame_mean_size"] < order  # most Add-Jump test commands: one copy
+        assert set(metrics["decoding_speed"]) == {"equitune", "equizero", "frame"}
+        for method in ("equitune", "equizero"):
+            validation = metrics["validation_curve"][method]
+            assert set(validation) == {f"step_{s}_validation_accuracy" for s in (0, 1, 2)}
+            assert validation["step_2_validation_accuracy"] == metrics[method]["validation_accuracy"]
+    overlap = pretrain["validation_overlap"]
+    assert overlap["lines"] == 147 and 0 < overlap["lines_in_training"] < overlap["lines"]  # the bare "jump" copies
     run_stage(stage_main("scan/report"), [*stage_argv("scan_report"), "--params", str(params)])
     section = Path("reports/scan.md").read_text()
     assert section.startswith("## ") and "| add_jump | lstm | jump_run (2) |" in section
     assert "| add_jump | lstm | verbs (4) |" in section and "entropy proxy" in section
+    assert "product of experts" in section and "equitune's checkpoints" in section and "of which in training" in section
     assert Path("reports/figures/scan/curves_add_jump.png").stat().st_size > 1000

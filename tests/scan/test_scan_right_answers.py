@@ -233,7 +233,7 @@ def test_pretraining_selects_on_validation_only_keeps_the_earlier_tie_and_tests_
 def test_tuned_models_report_validation_from_the_validation_split(monkeypatch):
     params, data = _tiny_params(), _tiny_data()
 
-    def fake_accuracy(model, split, params, method, perms=None):
+    def fake_accuracy(model, split, params, method, perms=None, combination=None, frame=None):
         name = next(k for k, v in data.items() if v is split)
         return {"validation": 0.25, "test": 0.75, "train": 0.5}[name]
 

@@ -13,13 +13,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..core.groups import GroupSpecError, WordCycles, parse_group_spec
+from ..core.frames import FrameRule, support_frame
+from ..core.groups import GroupSpecError, VocabPermutation, WordCycles, parse_group_spec
 from ..core.proxies import PROXIES
 from ..pipeline.schema import StrictModel
-from .grammar import MAX_COMMAND_WORDS
-from .model import Attention
+from .combination import Combination
+from .grammar import COMMAND_WORDS, MAX_COMMAND_WORDS
+from .model import PAD_ID, Attention
 
-__all__ = ["ScanParams", "SPLIT_NAMES", "CELL_NAMES", "bind_scan_group"]
+__all__ = ["ScanParams", "SPLIT_NAMES", "CELL_NAMES", "bind_scan_group", "scan_support_frame"]
 
 SPLIT_NAMES = ("add_jump", "around_right")
 CELL_NAMES = ("rnn", "gru", "lstm")
@@ -41,6 +43,31 @@ def bind_scan_group(spec: Any):
     if group.output_cycles is None:
         raise GroupSpecError("a SCAN group needs output_cycles (how the group acts on actions, e.g. [[JUMP, RUN]])")
     return group.bind(input_vocabulary()), group.bind_output(output_vocabulary())
+
+
+def scan_support_frame(excluded_words: list[str], input_perm: VocabPermutation) -> FrameRule:
+    """The frame rule of ``scan.tune.frame_excluded_words``: a command's frame holds the group elements that map it
+    to a command without any excluded word (:func:`equitune.core.frames.support_frame`, padding ignored).
+
+    Raises ValueError when an orbit of the group lies wholly among the excluded words: every command holding one
+    of its words would have an empty frame (the whole group: frame decoding would gain nothing)."""
+    from .data import input_vocabulary
+
+    vocabulary = input_vocabulary()
+    unknown = [w for w in excluded_words if w not in COMMAND_WORDS]
+    if unknown:
+        raise ValueError(f"{unknown} are not SCAN command words (allowed: {', '.join(COMMAND_WORDS)})")
+    excluded = {vocabulary.index(w) for w in excluded_words}
+    permutations = input_perm.on_ids.permutations
+    for word_id in range(len(vocabulary)):
+        orbit = sorted(set(permutations[:, word_id].tolist()))
+        if len(orbit) > 1 and set(orbit) <= excluded:
+            raise ValueError(f"the excluded words {sorted(excluded_words)} hold the whole orbit "
+                             f"{[vocabulary[i] for i in orbit]} of the group, so every command with one of these "
+                             "words would have an empty frame; exclude fewer of them (e.g. only the word the "
+                             "training split shows alone)")
+    allowed = [i for i in range(len(vocabulary)) if i not in excluded]
+    return support_frame(input_perm.on_ids, allowed, ignore=(PAD_ID,))
 
 
 class ScanData(StrictModel):
@@ -156,6 +183,16 @@ class ScanTune(StrictModel):
                                     "both in tuning and in decoding")
     bucket_batches: int = Field(16, ge=1)
     loss_weighting: LossWeighting = "batch_mean"
+    combination: Combination = Field(
+        "log_prob_mean", description="how equitune combines the copies' per-step distributions, in decoding and in "
+                                     "its training loss: log_prob_mean (the paper's: mean of the log-probabilities, a "
+                                     "product of experts) or prob_mean (mean of the probabilities, a mixture); both "
+                                     "are reported either way")
+    frame_excluded_words: dict[SplitName, list[str]] = Field(
+        default_factory=lambda: {"add_jump": ["jump"], "around_right": ["right"]},
+        description="per split, frame decoding's rule: a command decodes only through the group elements that map "
+                    "it to a command without these words (the words the split's training lines never show in "
+                    "context); a command no element maps there decodes through the whole group")
 
     @field_validator("lr")
     @classmethod
@@ -224,7 +261,12 @@ class ScanParams(StrictModel):
                 raise ValueError(f"grid.groups.{split} names {group!r}, which is not defined in groups "
                                  f"(defined: {', '.join(self.groups) or 'none'})")
         for split in self.grid.splits:
-            for key in ("lr", "steps"):
+            for key in ("lr", "steps", "frame_excluded_words"):
                 if split not in getattr(self.tune, key):
                     raise ValueError(f"grid split {split!r} has no entry in tune.{key}")
+        for split, group in self.grid.tuned():
+            try:
+                scan_support_frame(self.tune.frame_excluded_words[split], bind_scan_group(self.groups[group])[0])
+            except ValueError as error:
+                raise ValueError(f"tune.frame_excluded_words.{split} with group {group!r}: {error}") from None
         return self

@@ -5,6 +5,12 @@
   batch; at each step the per-copy log-probabilities ``[|G|, B, V]`` are mapped back to the original frame with
   the output score action, averaged over the group axis, and the argmax is the token in the original frame.
   Copy ``g`` is then fed ``g . token``. This makes the decoder exactly equivariant.
+  ``combination`` (:mod:`.combination`) says how: the mean of the log-probabilities (the paper's) or of the
+  probabilities.
+- :func:`frame_decode`: equituned decoding restricted to each command's frame (a bool mask ``[|G|, B]`` from a
+  frame rule such as :func:`equitune.core.frames.support_frame`; an empty frame falls back to the group): only the
+  frame's copies are encoded and decoded, and the combination runs over them alone. With the whole group as frame
+  it is :func:`equituned_decode`, bitwise; it is exactly equivariant whenever the frame rule is.
 - :func:`equizero_decode`: every copy decodes on its own (still one batch); per example the copy with the best
   proxy score (:mod:`equitune.core.proxies`, averaged over its own steps up to its ``<eos>``) is chosen and its
   sequence mapped back by ``g^-1``.
@@ -27,12 +33,15 @@ from contextlib import contextmanager
 import torch
 from torch.nn import functional as F
 
+from ..core.frames import FrameAverage, FrameRule
 from ..core.groups import VocabPermutation
 from ..core.proxies import example_scores, get_proxy
+from ..core.wrappers import share_scores_of_identical_copies
+from .combination import combine_copies
 from .model import PAD_ID, Seq2Seq
 
 __all__ = ["SOS_ID", "EOS_ID", "MAX_ROWS_PER_CALL", "SINGLE_THREAD_BELOW_ROWS", "decode_batched", "decoding_threads", "equituned_decode",
-           "equizero_decode", "exact_match", "greedy_decode"]
+           "equizero_decode", "exact_match", "frame_decode", "frame_mask", "greedy_decode", "match_flags"]
 
 SOS_ID, EOS_ID = 1, 2
 SINGLE_THREAD_BELOW_ROWS = 1024
@@ -54,28 +63,41 @@ def decoding_threads(rows: int) -> Iterator[int]:
 
 
 def _decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation | None,
-            output_perm: VocabPermutation | None, average: bool, proxy: str = "max_log_prob"):
+            output_perm: VocabPermutation | None, average: bool, proxy: str = "max_log_prob",
+            combination: str = "log_prob_mean", frame: FrameRule | None = None):
     order = 1 if input_perm is None else input_perm.group.order
     examples_per_call = max(1, MAX_ROWS_PER_CALL // order)
     if src.shape[0] > examples_per_call:
         parts = [_decode(model, src[start:start + examples_per_call], max_length, input_perm, output_perm, average,
-                         proxy) for start in range(0, src.shape[0], examples_per_call)]
+                         proxy, combination, frame) for start in range(0, src.shape[0], examples_per_call)]
         width = max(part.shape[1] for part in parts)
         return torch.cat([F.pad(part, (0, width - part.shape[1]), value=PAD_ID) for part in parts])
-    with decoding_threads(order * src.shape[0]):
-        return _decode_rows(model, src, max_length, input_perm, output_perm, average, proxy)
+    mask = None if frame is None else frame_mask(frame, src, input_perm)
+    rows = order * src.shape[0] if mask is None else int(mask.sum())
+    with decoding_threads(rows):
+        return _decode_rows(model, src, max_length, input_perm, output_perm, average, proxy, combination, mask)
+
+
+def frame_mask(frame: FrameRule, src: torch.Tensor, input_perm: VocabPermutation) -> torch.Tensor:
+    """Each command's frame as a bool mask ``[|G|, B]``, an empty frame replaced by the whole group (the core
+    :class:`~equitune.core.frames.FrameAverage` rule, so decoding and the wrapper agree)."""
+    return FrameAverage(torch.nn.Identity(), input_perm.on_ids, frame).frame_mask(src)
 
 
 @torch.no_grad()
 def _decode_rows(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation | None,
-                 output_perm: VocabPermutation | None, average: bool, proxy: str):
-    """Shared loop. With ``average`` the copies share one averaged sequence per example (equitune); without,
-    each copy keeps its own sequence (plain greedy when there is no group, equizero otherwise)."""
+                 output_perm: VocabPermutation | None, average: bool, proxy: str, combination: str = "log_prob_mean",
+                 mask: torch.Tensor | None = None):
+    """Shared loop. With ``average`` the copies share one combined sequence per example (equitune; with ``mask``
+    only the frame's copies run and count); without, each copy keeps its own sequence (plain greedy when there is
+    no group, equizero otherwise)."""
     per_step = get_proxy(proxy)
     batch = src.shape[0]
     order = 1 if input_perm is None else input_perm.group.order
     sources = src.unsqueeze(0) if input_perm is None else input_perm.on_ids.transform_all(src)
-    encoded = model.encode(sources.reshape(order * batch, -1))
+    # The frame's (element, example) pairs, element-major: with the whole group, the same rows in the same order.
+    in_frame = None if mask is None else mask.nonzero(as_tuple=True)
+    encoded = model.encode(sources.reshape(order * batch, -1) if in_frame is None else sources[in_frame])
     hidden = encoded.hidden
     rows = batch if average else order * batch
     tokens = torch.full((rows,), SOS_ID, dtype=torch.long, device=src.device)
@@ -83,12 +105,18 @@ def _decode_rows(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm:
     outputs, scores, alive = [], [], []
     for _ in range(max_length):
         inputs = output_perm.on_ids.transform_all(tokens).reshape(-1) if average and output_perm else tokens
+        if in_frame is not None:
+            inputs = inputs.view(order, batch)[in_frame]
         log_probs, hidden = model.decode_step(inputs, hidden, encoded)
         if average:
-            stacked = log_probs.view(order, batch, -1)
+            if in_frame is None:
+                stacked = log_probs.view(order, batch, -1)
+            else:
+                stacked = log_probs.new_zeros(order, batch, log_probs.shape[-1])
+                stacked[in_frame] = log_probs
             if output_perm is not None:
                 stacked = output_perm.on_scores.untransform_all(stacked)
-            log_probs = stacked.mean(dim=0)
+            log_probs = combine_copies(stacked, combination, mask)
         elif input_perm is not None:  # equizero: score every copy's own step
             scores.append(per_step(log_probs))
             alive.append(~finished)
@@ -107,22 +135,8 @@ def _decode_rows(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm:
     sequences = sequences.view(order, batch, -1)
     if output_perm is not None:
         sequences = output_perm.on_ids.untransform_all(sequences)
-    best = _first_of_tied_copies(sources, per_copy).argmin(dim=0)
+    best = share_scores_of_identical_copies(sources, per_copy).argmin(dim=0)
     return sequences[best, torch.arange(batch, device=src.device)]
-
-
-def _first_of_tied_copies(sources: torch.Tensor, per_copy: torch.Tensor) -> torch.Tensor:
-    """``per_copy`` [|G|, B] with each copy's score replaced by that of the first copy with the same command.
-
-    A group element that fixes a command (``g x = x``: a command without any group word) gives a copy that decodes
-    the same sequence with the same score in exact arithmetic, and a different answer once mapped back by ``g^-1``.
-    In floating point the two rows of one batch can differ in the last bit (measured: float64 GRU, one command in
-    eleven), so argmin would pick among them by the batch's layout. With equal scores argmin takes the lowest
-    group element, whatever the batch.
-    """
-    same = (sources.unsqueeze(0) == sources.unsqueeze(1)).all(dim=-1)  # [|G| (j), |G| (k), B]: copy j == copy k
-    first = same.int().argmax(dim=0)  # for each copy k, the first copy j with the same command
-    return per_copy.gather(0, first)
 
 
 def greedy_decode(model: Seq2Seq, src: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -130,8 +144,15 @@ def greedy_decode(model: Seq2Seq, src: torch.Tensor, max_length: int) -> torch.T
 
 
 def equituned_decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation,
-                     output_perm: VocabPermutation) -> torch.Tensor:
-    return _decode(model, src, max_length, input_perm, output_perm, average=True)
+                     output_perm: VocabPermutation, combination: str = "log_prob_mean") -> torch.Tensor:
+    return _decode(model, src, max_length, input_perm, output_perm, average=True, combination=combination)
+
+
+def frame_decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation,
+                 output_perm: VocabPermutation, frame: FrameRule, combination: str = "log_prob_mean") -> torch.Tensor:
+    """Equituned decoding over each command's frame only (``frame(src) -> [|G|, B]`` bool; see the module notes)."""
+    return _decode(model, src, max_length, input_perm, output_perm, average=True, combination=combination,
+                   frame=frame)
 
 
 def equizero_decode(model: Seq2Seq, src: torch.Tensor, max_length: int, input_perm: VocabPermutation,
@@ -150,8 +171,13 @@ def decode_batched(decode, src: torch.Tensor, batch_size: int) -> list[list[int]
     return sequences
 
 
-def exact_match(predicted: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> float:
-    """Fraction of sequences equal to their target (whole sequence, ``<eos>`` included)."""
+def match_flags(predicted: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[bool]:
+    """Per sequence: is it equal to its target (whole sequence, ``<eos>`` included)?"""
     if len(predicted) != len(targets):
         raise ValueError(f"{len(predicted)} predictions for {len(targets)} targets")
-    return sum(list(p) == list(t) for p, t in zip(predicted, targets, strict=True)) / max(len(targets), 1)
+    return [list(p) == list(t) for p, t in zip(predicted, targets, strict=True)]
+
+
+def exact_match(predicted: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> float:
+    """Fraction of sequences equal to their target (whole sequence, ``<eos>`` included)."""
+    return sum(match_flags(predicted, targets)) / max(len(targets), 1)

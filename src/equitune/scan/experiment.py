@@ -19,10 +19,11 @@ from ..core.checks import equivariance_error
 from ..core.errors import DataError
 from ..core.groups import VocabPermutation
 from ..core.proxies import ProxyScore
-from ..core.wrappers import EquiTune, EquiZero
+from ..core.wrappers import EquiZero
 from ..pipeline.distributed import DistributedContext
 from .cells import ScanCell, TuneCell
-from .config import ScanParams, bind_scan_group
+from .combination import COMBINATIONS, equitune_wrapper
+from .config import ScanParams, bind_scan_group, scan_support_frame
 from .data import (
     download_official_split,
     format_lines,
@@ -33,12 +34,21 @@ from .data import (
     pairs_checksum,
     read_pairs,
 )
-from .decoding import decode_batched, equituned_decode, equizero_decode, exact_match, greedy_decode
+from .decoding import (
+    decode_batched,
+    equituned_decode,
+    equizero_decode,
+    frame_decode,
+    frame_mask,
+    greedy_decode,
+    match_flags,
+)
 from .model import Seq2Seq
-from .training import EncodedPairs, encode_pairs, make_batch, pretrain, tune
+from .training import EncodedPairs, encode_pairs, lines_in, make_batch, pretrain, tune
 
-__all__ = ["CHECKPOINT", "PARTS", "accuracy", "build_model", "decoding_equivariance_fraction", "load_pretrained",
-           "load_split_files", "prepare_splits", "pretrain_cell", "teacher_forced_equivariance_error", "tune_cell"]
+__all__ = ["CHECKPOINT", "PARTS", "accuracy", "build_model", "correct_flags", "decoding_equivariance_fraction",
+           "load_pretrained", "load_split_files", "prepare_splits", "pretrain_cell", "teacher_forced_equivariance_error",
+           "tune_cell"]
 
 PARTS = ("train", "validation", "test")
 CHECKPOINT = "pretrained.pt"
@@ -87,27 +97,41 @@ def build_model(params: ScanParams, cell: str) -> Seq2Seq:
 
 
 @torch.no_grad()
-def accuracy(model: Seq2Seq, data: EncodedPairs, params: ScanParams, method: str,
-             perms: tuple[VocabPermutation, VocabPermutation] | None = None) -> float:
-    """Exact-match accuracy of ``method`` decoding: ``greedy`` (the model as is), ``equitune`` or ``equizero``."""
+def correct_flags(model: Seq2Seq, data: EncodedPairs, params: ScanParams, method: str,
+                  perms: tuple[VocabPermutation, VocabPermutation] | None = None, combination: str | None = None,
+                  frame=None) -> list[bool]:
+    """Per example, is ``method``'s decoding exactly right: ``greedy`` (the model as is), ``equitune``,
+    ``equizero`` or ``frame`` (with the frame rule ``frame``)? ``combination`` defaults to
+    ``scan.tune.combination``."""
     length = params.evaluate.max_output_length
+    combination = params.tune.combination if combination is None else combination
     was_training = model.training
     model.eval()
     if method == "greedy":
         decode = lambda src: greedy_decode(model, src, length)  # noqa: E731
     elif method == "equitune":
-        decode = lambda src: equituned_decode(model, src, length, *perms)  # noqa: E731
+        decode = lambda src: equituned_decode(model, src, length, *perms, combination=combination)  # noqa: E731
     elif method == "equizero":
         decode = lambda src: equizero_decode(model, src, length, *perms, proxy=params.tune.equizero_proxy)  # noqa: E731
+    elif method == "frame":
+        decode = lambda src: frame_decode(model, src, length, *perms, frame, combination=combination)  # noqa: E731
     else:
         raise ValueError(f"unknown decoding method {method!r}")
-    result = exact_match(decode_batched(decode, data.src, params.evaluate.batch_size), data.target_lists)
+    result = match_flags(decode_batched(decode, data.src, params.evaluate.batch_size), data.target_lists)
     model.train(was_training)
     return result
 
 
+def accuracy(model: Seq2Seq, data: EncodedPairs, params: ScanParams, method: str,
+             perms: tuple[VocabPermutation, VocabPermutation] | None = None, combination: str | None = None,
+             frame=None) -> float:
+    """Exact-match accuracy of ``method`` decoding (:func:`correct_flags`)."""
+    flags = correct_flags(model, data, params, method, perms, combination, frame)
+    return sum(flags) / max(len(flags), 1)
+
+
 def teacher_forced_equivariance_error(model: Seq2Seq, data: EncodedPairs, perms, equituned: bool,
-                                      examples: int = 64) -> float:
+                                      examples: int = 64, combination: str = "log_prob_mean") -> float:
     """Largest |f(g.x) - g.f(x)| of the teacher-forced per-step log-probs, in float64, on the first examples.
 
     ``equituned=False`` measures the backbone itself (expected to be far from equivariant)."""
@@ -119,7 +143,7 @@ def teacher_forced_equivariance_error(model: Seq2Seq, data: EncodedPairs, perms,
     src, decoder_inputs, _ = make_batch(data, torch.arange(min(examples, len(data))))
     actions = (input_perm.on_ids, output_perm.on_ids)
     if equituned:
-        wrapped = EquiTune(backbone, actions, output_action=output_perm.on_scores).eval()
+        wrapped = equitune_wrapper(combination)(backbone, actions, output_action=output_perm.on_scores).eval()
         return equivariance_error(wrapped, actions, (src, decoder_inputs), output_perm.on_scores)
     return equivariance_error(backbone, actions, (src, decoder_inputs), output_perm.on_scores)
 
@@ -131,11 +155,12 @@ def decoding_equivariance_fraction(model: Seq2Seq, data: EncodedPairs, params: S
     input_perm, output_perm = perms
     model.eval()
     length = params.evaluate.max_output_length
+    combination = params.tune.combination
     src = data.src[:examples]
-    reference = equituned_decode(model, src, length, input_perm, output_perm)
+    reference = equituned_decode(model, src, length, input_perm, output_perm, combination)
     agree, total = 0, 0
     for g in input_perm.group:
-        moved = equituned_decode(model, input_perm.on_ids.apply(src, g), length, input_perm, output_perm)
+        moved = equituned_decode(model, input_perm.on_ids.apply(src, g), length, input_perm, output_perm, combination)
         expected = output_perm.on_ids.apply(reference, g)
         width = max(moved.shape[1], expected.shape[1])
         moved = torch.nn.functional.pad(moved, (0, width - moved.shape[1]))
@@ -183,8 +208,21 @@ def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPai
     test_accuracy = accuracy(model, data["test"], params, "greedy")
     log({**cost, "test_accuracy": test_accuracy}, 0)
     metrics = {"validation_accuracy": best_accuracy, "test_accuracy": test_accuracy, "best_at_examples": best_at,
-               **cost, "history": history}
+               **cost, "history": history,
+               "validation_overlap": validation_overlap(model, data, params)}
     return {"cell": cell.cell, "attention": params.model.attention, "state_dict": best_state}, metrics
+
+
+def validation_overlap(model: Seq2Seq, data: dict[str, EncodedPairs], params: ScanParams) -> dict:
+    """How many validation lines are copies of training lines (Add-Jump's hold-out draws some of the 1,467 bare
+    "jump" lines), and the model's greedy validation accuracy on the whole hold-out and on its lines that do not
+    occur in training (None when there are none). Reported only: model selection still uses the whole hold-out."""
+    seen = lines_in(data["validation"], data["train"])
+    flags = correct_flags(model, data["validation"], params, "greedy")
+    unseen = [flag for flag, duplicate in zip(flags, seen, strict=True) if not duplicate]
+    return {"lines": len(flags), "lines_in_training": sum(seen),
+            "accuracy": sum(flags) / max(len(flags), 1),
+            "deduplicated_accuracy": sum(unseen) / len(unseen) if unseen else None}
 
 
 def load_pretrained(params: ScanParams, cell: ScanCell, model_dir: str | Path, device: torch.device) -> Seq2Seq:
@@ -204,28 +242,38 @@ def load_pretrained(params: ScanParams, cell: ScanCell, model_dir: str | Path, d
 def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs], pretrained: Seq2Seq,
               seed_generator: Callable[[], torch.Generator], device: torch.device, log: Log) -> dict:
     """Equitune and equizero-tune the pretrained model with the cell's group (the |G| copies as one batch through
-    the core wrappers) and evaluate them: the cell's metrics (test accuracy at the curve steps, validation accuracy
-    at 0 steps and at the end, equivariance checks, wall and CPU seconds of each method).
+    the core wrappers) and evaluate them: the cell's metrics (test and validation accuracy at the curve steps,
+    equivariance checks, wall and CPU seconds of each method).
+
+    Beside them, evaluation only (no extra training), at 0 steps and after tuning: equitune's checkpoints decoded
+    with both combination rules (``equitune_combinations``) and with frame decoding (``frame_0_steps``, ``frame``:
+    equitune's checkpoints, the split's ``frame_excluded_words``), the mean frame size on the test split, and the
+    test split's decoding speed of equitune, equizero and frame after tuning (``decoding_speed``). Their seconds
+    are ``added_evaluation_cost``, not part of ``equitune_cost``.
 
     ``seed_generator()`` reseeds everything and returns a generator: each method starts from the same state."""
     perms = bind_scan_group(params.groups[cell.group])
     input_perm, output_perm = perms
     settings = params.tune
     steps, checkpoints = settings.steps[cell.split], settings.curve_for(cell.split)
+    frame = scan_support_frame(settings.frame_excluded_words[cell.split], input_perm)
     metrics: dict = {
         "group_order": input_perm.group.order,
         "pretrained_equivariance_error": teacher_forced_equivariance_error(pretrained, data["validation"], perms,
                                                                            equituned=False),
+        "frame_mean_size": float(frame_mask(frame, data["test"].src, input_perm).sum(dim=0).double().mean()),
     }
     actions = (input_perm.on_ids, output_perm.on_ids)
     curves: dict[str, dict[str, float]] = {}
+    validation_curves: dict[str, dict[str, float]] = {}
+    extra = _ExtraEvaluations(params, data, perms, frame)
     for method in ("equitune", "equizero"):
         clock = _Clock()
         generator = seed_generator()
         model = copy.deepcopy(pretrained)
         proxy = ProxyScore(settings.equizero_proxy) if method == "equizero" else None
         if method == "equitune":
-            wrapper = EquiTune(model, actions, output_action=output_perm.on_scores)
+            wrapper = equitune_wrapper(settings.combination)(model, actions, output_action=output_perm.on_scores)
         else:
             wrapper = EquiZero(model, actions, output_action=output_perm.on_scores, proxy=proxy)
         curve: dict[str, float] = {}
@@ -233,11 +281,16 @@ def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs],
 
         # Test accuracy at step 0 and at the last step are curve points, so each is decoded once.
         def on_checkpoint(step: int, method=method, model=model, curve=curve, validation=validation) -> None:
+            timer = _Clock()
             value = accuracy(model, data["test"], params, method, perms)
+            if step == steps:
+                extra.speed[method] = {"commands": len(data["test"]), **timer.seconds()}
             curve[f"step_{step}_test_accuracy"] = value
             log({f"{method}_test_accuracy": value}, step)
-            if step in (0, steps):
-                validation[step] = accuracy(model, data["validation"], params, method, perms)
+            validation[step] = accuracy(model, data["validation"], params, method, perms)
+            log({f"{method}_validation_accuracy": validation[step]}, step)
+            if method == "equitune" and step in (0, steps):
+                extra.evaluate(model, "0_steps" if step == 0 else "tuned", timed=step == steps)
 
         tune(wrapper, data["train"], settings, lr=settings.lr[cell.split], steps=steps, checkpoints=checkpoints,
              generator=generator, on_checkpoint=on_checkpoint, proxy=proxy, device=device, desc=method)
@@ -247,11 +300,62 @@ def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs],
                             "validation_accuracy": validation[step]}
         metrics[f"{method}_cost"] = clock.seconds()
         curves[method] = curve
+        validation_curves[method] = {f"step_{s}_validation_accuracy": validation[s] for s in sorted(validation)}
         if method == "equitune":
+            metrics["equitune_cost"] = _minus(metrics["equitune_cost"], extra.cost)
             metrics["equitune_equivariance_error"] = teacher_forced_equivariance_error(
-                model, data["validation"], perms, equituned=True)
+                model, data["validation"], perms, equituned=True, combination=settings.combination)
             metrics["equitune_decoding_equivariance_fraction"] = decoding_equivariance_fraction(
                 model, data["test"], params, perms)
+            metrics["equitune_combinations"] = {"configured": settings.combination, **extra.combinations(metrics)}
+            metrics["frame_0_steps"], metrics["frame"] = extra.frame["0_steps"], extra.frame["tuned"]
     metrics["curve"] = curves
+    metrics["validation_curve"] = validation_curves
+    metrics["decoding_speed"] = extra.speed
+    metrics["added_evaluation_cost"] = extra.cost
     log({f"{method}_{key}": value for method in curves for key, value in metrics[f"{method}_cost"].items()}, 0)
     return metrics
+
+
+class _ExtraEvaluations:
+    """Evaluation-only additions to a tune cell on equitune's checkpoints: the combination rule that is not
+    configured, and frame decoding; their wall and CPU seconds add up in :attr:`cost`."""
+
+    def __init__(self, params: ScanParams, data: dict[str, EncodedPairs], perms, frame):
+        self.params, self.data, self.perms, self.frame_rule = params, data, perms, frame
+        self.other = [rule for rule in COMBINATIONS if rule != params.tune.combination]
+        self.by_rule: dict[str, dict[str, dict[str, float]]] = {rule: {} for rule in self.other}
+        self.frame: dict[str, dict[str, float]] = {}
+        self.speed: dict[str, dict[str, float]] = {}
+        self.cost = {"seconds": 0.0, "cpu_seconds": 0.0}
+
+    def _both_parts(self, model: Seq2Seq, method: str, combination: str | None = None, timed: bool = False
+                    ) -> dict[str, float]:
+        timer = _Clock()
+        test = accuracy(model, self.data["test"], self.params, method, self.perms, combination, self.frame_rule)
+        if timed:
+            self.speed[method] = {"commands": len(self.data["test"]), **timer.seconds()}
+        validation = accuracy(model, self.data["validation"], self.params, method, self.perms, combination,
+                              self.frame_rule)
+        return {"test_accuracy": test, "validation_accuracy": validation}
+
+    def evaluate(self, model: Seq2Seq, when: str, timed: bool) -> None:
+        clock = _Clock()
+        for rule in self.other:
+            self.by_rule[rule][when] = self._both_parts(model, "equitune", rule)
+        self.frame[when] = self._both_parts(model, "frame", timed=timed)
+        self.cost = _plus(self.cost, clock.seconds())
+
+    def combinations(self, metrics: dict) -> dict[str, dict[str, dict[str, float]]]:
+        """Per rule, 0 steps and tuned accuracies; the configured rule's are the cell's equitune results."""
+        configured = {"0_steps": metrics["equitune_0_steps"], "tuned": metrics["equitune"]}
+        return {rule: configured if rule == self.params.tune.combination else self.by_rule[rule]
+                for rule in COMBINATIONS}
+
+
+def _plus(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {key: a[key] + b[key] for key in a}
+
+
+def _minus(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {key: a[key] - b[key] for key in a}

@@ -21,6 +21,7 @@ __all__ = ["METHODS", "Results", "build_section", "collect", "plot_curves"]
 METHODS = (("pretrained", "pretrained"), ("equitune_0_steps", "equituned (0 steps)"),
            ("equitune", "equituned"), ("equizero_0_steps", "equizero (0 steps)"), ("equizero", "equizero"))
 PRETRAIN_DIR, TUNE_DIR = "pretrain", "tune"
+_AVERAGED = {"log_prob_mean": "log-probabilities", "prob_mean": "probabilities"}  # scan.tune.combination
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,15 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
                 for method, style in (("equitune", "-"), ("equizero", "--")):
                     values = [[r["curve"][method][f"step_{s}_test_accuracy"] for r in rows] for s in steps]
                     _band(right, steps, values, style, f"{cell} {group} {method}")
+                    if all("validation_curve" in r for r in rows):
+                        values = [[r["validation_curve"][method][f"step_{s}_validation_accuracy"] for r in rows]
+                                  for s in steps]
+                        _band(right, steps, values, ":", f"{cell} {group} {method} (validation)")
         left.set_xlabel(f"pretraining examples seen, thousands (batch {params.pretrain.batch_size})")
         left.set_ylabel("validation exact-match accuracy")
         left.set_title(f"{split}: pretraining")
         right.set_xlabel(f"tuning steps (batch {params.tune.batch_size})")
-        right.set_ylabel("test exact-match accuracy")
+        right.set_ylabel("exact-match accuracy (test; dotted: validation)")
         right.set_title(f"{split}: equitune / equizero")
         for axis in (left, right):
             axis.set_ylim(-0.02, 1.02)
@@ -143,7 +148,8 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
         f"{_per_split(t.steps, params)} steps of batch {t.batch_size} (lr {_per_split(t.lr, params)}, "
         f"{t.lr_schedule} schedule, weight decay {t.weight_decay}); the |G| "
         "copies go through the model as one batch; greedy decoding averages the mapped-back per-step "
-        f"log-probabilities (equitune) or keeps the most confident copy ({t.equizero_proxy} proxy, equizero, in "
+        f"{_AVERAGED[t.combination]} (equitune, in decoding and in its loss) or keeps the most confident copy "
+        f"({t.equizero_proxy} proxy, equizero, in "
         "tuning and in decoding). The pretrained column is the same model for every group of a split.",
         "",
         header,
@@ -159,6 +165,9 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
     for split, cell, group in _rows(params):
         cells = [_mean_std(_value(results, split, cell, group, key, "validation_accuracy")) for key, _ in METHODS]
         lines.append(f"| {split} | {cell} | {group} ({orders[group]}) | " + " | ".join(cells) + " |")
+    lines += _combination_table(params, results)
+    lines += _frame_table(params, results)
+    lines += _overlap_table(params, results)
     lines += _cost_table(params, results)
     worst_equi = max(r["equitune_equivariance_error"] for rows in results.tune.values() for r in rows)
     worst_plain = min(r["pretrained_equivariance_error"] for rows in results.tune.values() for r in rows)
@@ -176,6 +185,90 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
               "recovers most of it. What these runs show (computed from the tables):", ""]
     lines += [f"- {sentence}" for sentence in _findings(params, results)]
     return "\n".join(lines) + "\n"
+
+
+def _all_have(rows: list[dict], key: str) -> bool:
+    """Metrics written before a key existed lack it: its table is left out rather than failing the report."""
+    return bool(rows) and all(key in row for row in rows)
+
+
+def _combination_table(params: ScanParams, results: Results) -> list[str]:
+    """Equitune's test accuracy with each combination rule, on the same checkpoints (one tuning, with the configured
+    rule; the other rule only decodes)."""
+    rows = [row for rows in results.tune.values() for row in rows]
+    if not _all_have(rows, "equitune_combinations"):
+        return []
+    rules = [rule for rule in rows[0]["equitune_combinations"] if rule != "configured"]
+    configured = params.tune.combination
+    lines = ["", "Equitune's combination of the copies' per-step distributions, test accuracy (%) (validation in "
+             "brackets), the same checkpoints decoded with each rule (tuning used the configured one, "
+             f"`scan.tune.combination: {configured}`). The default, log_prob_mean, is the paper's choice: the mean "
+             "of the log-probabilities is a normalised geometric mean of the copies' distributions, a product of "
+             "experts (a token wins only if no copy finds it unlikely); prob_mean is their mixture (one confident "
+             "copy can carry a token).", "",
+             "| split | cell | group | " + " | ".join(f"{rule} (0 steps) | {rule}" for rule in rules) + " |",
+             "|---|---|---|" + "---|---|" * len(rules)]
+    for split, cell, group in _rows(params):
+        cells = []
+        for rule in rules:
+            for when in ("0_steps", "tuned"):
+                values = [r["equitune_combinations"][rule][when] for r in results.tune[(split, cell, group)]]
+                cells.append(f"{_mean_std([v['test_accuracy'] for v in values])} "
+                             f"({_mean_std([v['validation_accuracy'] for v in values])})")
+        lines.append(f"| {split} | {cell} | {group} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _commands_per_second(rows: list[dict], method: str) -> str:
+    return _mean_std([r["decoding_speed"][method]["commands"] / r["decoding_speed"][method]["cpu_seconds"]
+                      for r in rows], 1.0, 0)
+
+
+def _frame_table(params: ScanParams, results: Results) -> list[str]:
+    """Frame decoding on equitune's checkpoints: accuracy, frame size and speed beside equitune and equizero."""
+    rows = [row for rows in results.tune.values() for row in rows]
+    if not _all_have(rows, "frame"):
+        return []
+    excluded = ", ".join(f"{split}: {params.tune.frame_excluded_words[split]}" for split in params.grid.splits)
+    lines = ["", "Frame decoding (`scan.tune.frame_excluded_words`, " + excluded + "): each command decodes only "
+             "through the group elements that map it to a command without those words (one copy for most "
+             "commands; a command no element maps there, or that an element fixes, uses the whole group), the "
+             "copies combined as equitune's. It is not tuned on its own: the columns decode **equitune's "
+             "checkpoints** (0 steps: the pretrained model; tuned: after equituning). Test accuracy (%), mean frame "
+             "size over the test split, and test commands decoded per CPU second after tuning (the "
+             "same checkpoints as the accuracies).", "",
+             "| split | cell | group (\\|G\\|) | frame (0 steps) | frame (equitune's tuned checkpoint) | mean frame "
+             "size | commands/s: frame | equitune | equizero |", "|---|---|---|---|---|---|---|---|---|"]
+    for split, cell, group in _rows(params):
+        tune = results.tune[(split, cell, group)]
+        cells = [_mean_std([r["frame_0_steps"]["test_accuracy"] for r in tune]),
+                 _mean_std([r["frame"]["test_accuracy"] for r in tune]),
+                 f"{statistics.fmean(r['frame_mean_size'] for r in tune):.2f}",
+                 *(_commands_per_second(tune, method) for method in ("frame", "equitune", "equizero"))]
+        lines.append(f"| {split} | {cell} | {group} ({tune[0]['group_order']}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _overlap_table(params: ScanParams, results: Results) -> list[str]:
+    """Validation lines that are copies of training lines, and the pretrained model's validation accuracy without
+    them (model selection still uses the whole hold-out)."""
+    rows = [row for rows in results.pretrain.values() for row in rows]
+    if not _all_have(rows, "validation_overlap"):
+        return []
+    lines = ["", "Validation hold-out and training overlap: the hold-out is a random 20% of the training file's "
+             "lines, so Add-Jump's validation holds copies of the bare \"jump\" line (repeated in the training "
+             "file) and accuracy on it overstates generalisation. Pretrained model (the selected checkpoint), "
+             "greedy decoding; the checkpoint is still selected on the whole hold-out.", "",
+             "| split | cell | validation lines | of which in training | validation accuracy (%) | without those "
+             "lines (%) |", "|---|---|---|---|---|---|"]
+    for split in params.grid.splits:
+        for cell in params.grid.cells:
+            overlap = [r["validation_overlap"] for r in results.pretrain[(split, cell)]]
+            deduplicated = [o["deduplicated_accuracy"] for o in overlap if o["deduplicated_accuracy"] is not None]
+            lines.append(f"| {split} | {cell} | {overlap[0]['lines']} | {overlap[0]['lines_in_training']} | "
+                         f"{_mean_std([o['accuracy'] for o in overlap])} | "
+                         f"{_mean_std(deduplicated) if deduplicated else 'n/a'} |")
+    return lines
 
 
 def _per_split(values: dict, params: ScanParams) -> str:

@@ -29,8 +29,8 @@ from .data import Pair, input_vocabulary, output_vocabulary
 from .decoding import EOS_ID, SOS_ID
 from .model import PAD_ID
 
-__all__ = ["EncodedPairs", "batch_order", "encode_pairs", "global_batch_denominator", "lr_scheduler", "make_batch",
-           "mean_target_length", "pretrain", "sequence_loss", "shard_loss", "train_steps", "tune"]
+__all__ = ["EncodedPairs", "batch_order", "encode_pairs", "global_batch_denominator", "lines_in", "lr_scheduler",
+           "make_batch", "mean_target_length", "pretrain", "sequence_loss", "shard_loss", "train_steps", "tune"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,16 @@ class EncodedPairs:
     @property
     def target_lengths(self) -> torch.Tensor:
         return (self.targets != PAD_ID).sum(dim=1)
+
+
+def lines_in(part: EncodedPairs, reference: EncodedPairs) -> list[bool]:
+    """Per line of ``part``: does the same (command, actions) pair occur in ``reference``?"""
+    def key(data: EncodedPairs, row: int) -> tuple:
+        command = tuple(t for t in data.src[row].tolist() if t != PAD_ID)
+        return command, data.target_lists[row]
+
+    known = {key(reference, row) for row in range(len(reference))}
+    return [key(part, row) in known for row in range(len(part))]
 
 
 def encode_pairs(pairs: Sequence[Pair]) -> EncodedPairs:

@@ -1,0 +1,61 @@
+"""The SCAN report's tables for the combination rules, frame decoding and the validation overlap, on tiny metrics
+written by hand: the numbers land in the right cells, and metrics written before these keys leave the tables out."""
+
+from __future__ import annotations
+
+import yaml
+
+from equitune.scan.config import ScanParams
+from equitune.scan.report import Results, _combination_table, _frame_table, _overlap_table
+from helpers.paths import ROOT
+
+
+def _params() -> ScanParams:
+    scan = yaml.safe_load((ROOT / "params.yaml").read_text())["scan"]
+    scan["grid"] = {"splits": ["add_jump"], "cells": ["lstm"], "seeds": [0, 1],
+                    "groups": {"add_jump": ["jump_run"], "around_right": []}}
+    return ScanParams.model_validate(scan)
+
+
+def _part(test: float, validation: float) -> dict:
+    return {"test_accuracy": test, "validation_accuracy": validation}
+
+
+def _tune(seed: int) -> dict:
+    shift = 0.1 * seed  # seed 0 and seed 1: means are the midpoints, std the spread
+    return {
+        "group_order": 2, "frame_mean_size": 1.2 + shift,
+        "equitune_combinations": {"configured": "log_prob_mean",
+                                  "log_prob_mean": {"0_steps": _part(0.10 + shift, 0.5), "tuned": _part(0.90, 0.95)},
+                                  "prob_mean": {"0_steps": _part(0.20, 0.6), "tuned": _part(0.80 + shift, 0.9)}},
+        "frame_0_steps": _part(0.30, 0.7), "frame": _part(0.95 + 0.02 * seed, 0.97),
+        "decoding_speed": {method: {"commands": 1000, "cpu_seconds": seconds, "seconds": seconds}
+                           for method, seconds in (("frame", 1.0), ("equitune", 2.0), ("equizero", 4.0))},
+    }
+
+
+def _pretrain() -> dict:
+    return {"validation_overlap": {"lines": 2934, "lines_in_training": 301, "accuracy": 0.99,
+                                   "deduplicated_accuracy": 0.98}}
+
+
+def test_the_new_tables_show_the_metrics():
+    params = _params()
+    results = Results({("add_jump", "lstm"): [_pretrain(), _pretrain()]},
+                      {("add_jump", "lstm", "jump_run"): [_tune(0), _tune(1)]})
+    combination = "\n".join(_combination_table(params, results))
+    assert "log_prob_mean, is the paper's choice" in combination and "product of experts" in combination
+    assert ("| add_jump | lstm | jump_run | 15.0 ± 7.1 (50.0 ± 0.0) | 90.0 ± 0.0 (95.0 ± 0.0) | "
+            "20.0 ± 0.0 (60.0 ± 0.0) | 85.0 ± 7.1 (90.0 ± 0.0) |") in combination
+    frame = "\n".join(_frame_table(params, results))
+    assert "equitune's checkpoints" in frame and "add_jump: ['jump']" in frame
+    assert "| add_jump | lstm | jump_run (2) | 30.0 ± 0.0 | 96.0 ± 1.4 | 1.25 | 1000 ± 0 | 500 ± 0 | 250 ± 0 |" in frame
+    overlap = "\n".join(_overlap_table(params, results))
+    assert "| add_jump | lstm | 2934 | 301 | 99.0 ± 0.0 | 98.0 ± 0.0 |" in overlap
+
+
+def test_metrics_without_the_new_keys_leave_the_tables_out():
+    params = _params()
+    old = Results({("add_jump", "lstm"): [{}, {}]}, {("add_jump", "lstm", "jump_run"): [{"group_order": 2}] * 2})
+    assert _combination_table(params, old) == [] and _frame_table(params, old) == []
+    assert _overlap_table(params, old) == []
