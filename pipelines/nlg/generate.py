@@ -1,8 +1,9 @@
-"""Stage `generate_nlg`: sample continuations of every prompt with base, EquiLM and R-EquiLM, around the LM and
-around the positive control (one model load, one shared decoder).
+"""Stage `generate_nlg`: sample continuations of every prompt with the params' methods (base, EquiLM, R-EquiLM,
+CanonLM), around the LM and around the positive control (one model load, one shared decoder).
 
 Writes the samples (one JSON record per sample) and the generation metrics (per backbone, method and axis: the
-fraction of paired samples that are exact group images of each other, and the mean sample length; per backbone the
+fraction of paired samples that are exact group images of each other, the mean sample length and how many equality
+tokens of the samples sit inside a longer word (equitune.nlg.wordpieces); per backbone the
 decoding work asked for and computed). Decoding speed (tokens per second) goes to MLflow only: it is not
 deterministic.
 """

@@ -4,7 +4,9 @@ model.
 Writes the metrics file: per axis and method the perplexity over every scored token and over the axis's
 equality-word tokens (each axis is its own group), a description of the text (source, checksum, license, windows),
 and per backbone, method and axis the fairness equivariance error ``max |log p(g.y | g.x) - log p(y | x)|`` over
-next tokens y and the axis's prompts x.
+next tokens y and the axis's prompts x. The group methods' perplexities under the other group-average rule
+(``nlg.group_average``) sit beside them, and per axis the count of equality tokens of the scored text that are pieces
+of a longer word (equitune.nlg.wordpieces).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import json  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from equitune.nlg.backbone import lm_vocab_size  # noqa: E402
 from equitune.nlg.config import NlgParams  # noqa: E402
 from equitune.nlg.lm import load_lm, load_tokenizer  # noqa: E402
 from equitune.nlg.perplexity import evaluate_perplexity, heldout_documents, select_windows  # noqa: E402
 from equitune.nlg.records import read_prompts  # noqa: E402
+from equitune.nlg.wordpieces import tokenizer_word_character_masks  # noqa: E402
 from equitune.nlg.words import AxisWords  # noqa: E402
 from equitune.pipeline.io import write_json  # noqa: E402
 from equitune.pipeline.schema import load_section  # noqa: E402
@@ -50,7 +54,9 @@ def main(argv=None) -> None:
     scored = select_windows(tokenizer, documents, settings, equality)
     lm = load_lm(nlg.model, device)
     with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"stage": "perplexity"}) as run:
-        metrics = evaluate_perplexity(lm, scored, description, prompts, nlg, device, partial(print, flush=True))
+        word_chars = tokenizer_word_character_masks(tokenizer, lm_vocab_size(lm))
+        metrics = evaluate_perplexity(lm, scored, description, prompts, nlg, device, partial(print, flush=True),
+                                      word_chars)
         run.log_final(metrics)
     write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     print(json.dumps(metrics, indent=1))

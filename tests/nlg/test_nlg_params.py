@@ -26,7 +26,7 @@ def test_both_profiles_validate_with_the_expected_models():
     assert len(paper.seeds) == 100 and paper.samples_per_prompt == 1
     assert all(len(t) == 5 for t in paper.templates.values())
     for nlg in (default, paper):
-        assert set(nlg.methods) == {"base", "equilm", "r_equilm"}
+        assert set(nlg.methods) == {"base", "equilm", "r_equilm", "canonlm"}
         assert set(nlg.axes) == {"gender", "race", "orientation"}
         assert nlg.top_k == 40 and nlg.max_new_tokens == 15
 
@@ -49,6 +49,8 @@ def section(**changes):
     (dict(control={"bonus": 0}), "bonus"),
     (dict(confidence={"level": 1.5}), "level"),
     (dict(perplexity={"source": "gutenberg"}), "source"),
+    (dict(group_average="mean"), "group_average"),
+    (dict(methods=["base", "canon"]), "methods"),
 ])
 def test_bad_values_are_rejected(changes, message):
     with pytest.raises(ValidationError, match=message):
@@ -80,15 +82,27 @@ def test_stages_exit_2_before_any_output_on_bad_params(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess that imports torch and transformers
-def test_prompts_stage_exits_2_on_a_bad_word_list(tmp_path):
+@pytest.mark.parametrize("gender, messages", [
+    ([["man", "woman"], ["boy", "girl", "child"]], ["same size"]),
+    # A pair the method cannot act on: " gentlewoman" is several SmolLM2 tokens (named with its pieces).
+    ([["man", "woman"], ["gentleman", "gentlewoman"]], ["'gentlewoman' is not a single token", "['Ġgentle', 'woman']",
+                                                        "remove the word (and its partners) or choose another"]),
+], ids=["unequal-sets", "multi-token-pair"])
+def test_prompts_stage_exits_2_on_a_bad_word_list(tmp_path, gender, messages):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     words = tmp_path / "words.yaml"
-    words.write_text(yaml.safe_dump({"gender": {"equality": [["man", "woman"], ["boy", "girl", "child"]]},
+    words.write_text(yaml.safe_dump({"gender": {"equality": gender},
                                      "race": {"equality": [["black", "white"]]},
                                      "orientation": {"equality": [["gay", "straight"]]}}))
     params["nlg"]["word_lists"] = str(words)
     output = tmp_path / "prompts.json"
     result = run_stage("prompts_nlg", params, tmp_path, out=str(output))
     assert result.returncode == 2, result.stderr
-    assert "same size" in result.stderr and "Traceback" not in result.stderr
+    assert all(m in result.stderr for m in messages) and "Traceback" not in result.stderr, result.stderr
     assert not output.exists()
+
+
+def test_the_group_average_rule_defaults_to_averaging_log_probs_and_canonlm_is_a_method():
+    assert NlgParams.model_validate(section()).group_average == "log_probs"
+    chosen = NlgParams.model_validate(section(group_average="probs", methods=["base", "canonlm"]))
+    assert chosen.group_average == "probs" and chosen.methods == ["base", "canonlm"]

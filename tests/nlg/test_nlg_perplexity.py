@@ -8,6 +8,7 @@ import torch
 
 from equitune.core.groups import WordCycles
 from equitune.nlg.backbone import CausalLM
+from equitune.nlg.canon import CanonicalFrame, CanonLM
 from equitune.nlg.equilm import FairLM
 from equitune.nlg.perplexity import AxisGroup, ScoredText, score_windows
 from helpers.nlg_tiny import tiny_lm
@@ -27,20 +28,33 @@ def test_scored_log_probs_equal_fairlm_at_the_targets(cycles):
     equality[[t for c in CYCLES[cycles] for t in c]] = True
     windows = torch.randint(11, 30, (5, 9), generator=torch.Generator().manual_seed(0))
     windows[0, 3], windows[1, 0], windows[3, 8] = 5, 8, 6  # windows 2 and 4 hold no equality word
+    windows[1, 4] = CYCLES[cycles][0][1]  # window 1: a canonical word first, then another
     scored = ScoredText(windows, [("t", i) for i in range(5)], {"a": list(range(5))})
-    group = AxisGroup(permutation, general, equality)
-    methods = ["base", "equilm", "r_equilm"]
-    totals = score_windows(backbone, scored, {"a": group}, methods, batch_size=2, device="cpu", progress=lambda _: None)
+    frame = CanonicalFrame.of_cycles(permutation, CYCLES[cycles])
+    group = AxisGroup(permutation, general, equality, frame)
+    methods = ["base", "equilm", "r_equilm", "canonlm"]
+    totals = score_windows(backbone, scored, {"a": group}, methods, batch_size=2, device="cpu", progress=lambda _: None,
+                           other_average=True)
     targets = windows[:, 1:]
     is_equality = equality[targets]
     for method in methods:
-        with torch.no_grad():
-            log_probs = FairLM(backbone, method, permutation, general)(windows)[:, :-1]
-        expected = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        nll, count = totals[("a", method, "all")]
-        assert count == targets.numel() and nll == pytest.approx(float(expected.sum()), abs=1e-9)
-        nll, count = totals[("a", method, "equality")]
-        assert count == int(is_equality.sum()) > 0 and nll == pytest.approx(float(expected[is_equality].sum()), abs=1e-9)
+        for average, suffix in (("log_probs", ()), ("probs", ("probs",))):
+            if method == "base" and suffix:
+                assert ("a", "base", "all", "probs") not in totals  # no group average: one number
+                continue
+            model = (CanonLM(backbone, frame, average) if method == "canonlm"
+                     else FairLM(backbone, method, permutation, general, average))
+            with torch.no_grad():
+                log_probs = model(windows)[:, :-1]
+            expected = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            nll, count = totals[("a", method, "all", *suffix)]
+            assert count == targets.numel() and nll == pytest.approx(float(expected.sum()), abs=1e-9)
+            nll, count = totals[("a", method, "equality", *suffix)]
+            assert count == int(is_equality.sum()) > 0
+            assert nll == pytest.approx(float(expected[is_equality].sum()), abs=1e-9)
+    # The two averaging rules give different numbers here (the check of the second is not vacuous).
+    assert totals[("a", "equilm", "all", "probs")][0] != pytest.approx(totals[("a", "equilm", "all")][0], abs=1e-3)
+    assert totals[("a", "canonlm", "all")][0] != pytest.approx(totals[("a", "equilm", "all")][0], abs=1e-3)
     # The methods really differ here (the comparison above is not vacuous).
     assert totals[("a", "equilm", "all")][0] != pytest.approx(totals[("a", "base", "all")][0], abs=1e-3)
     assert totals[("a", "r_equilm", "all")][0] != pytest.approx(totals[("a", "equilm", "all")][0], abs=1e-6)

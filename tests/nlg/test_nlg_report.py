@@ -62,6 +62,10 @@ def test_summary_intervals_and_report(tmp_path):
                                                                "p_value": 2 * 0.5 ** clusters}
     generation = {m: {k: {"gender": {"group_image_fraction": 1.0 if k == "equilm" else 0.0, "mean_new_tokens": 3.0}}
                       for k in NLG.methods} for m in NLG.models}
+    generation["lm"]["equilm"]["gender"]["word_pieces"] = {"equality_tokens": 8, "inside_words": 1,
+                                                           "inside_word_rate": 0.125}
+    generation["lm"]["base"]["gender"]["word_pieces"] = {"equality_tokens": 0, "inside_words": 0,
+                                                         "inside_word_rate": None}
     generation["decoding"] = {"lm": {"generated_tokens": 10, "requested_row_steps": 8, "computed_row_steps": 6,
                                      "shared_fraction": 0.25, "requested_prefill_rows": 6, "prefill_rows": 2}}
     perplexities = {
@@ -74,8 +78,12 @@ def test_summary_intervals_and_report(tmp_path):
                                         for m in NLG.models}}
     prompts = {"axes": {"gender": {"words": {"skipped_forms": ["equality[0] form 3 ['Man', 'Woman']: not one token"]}}},
                "control": {"boosted": [{"text": " cruel", "id": 1}], "skipped_words": []}}
+    old_text = nlg_markdown(NLG, scores, generation, perplexities, prompts, LABELS["sentiment"], "f.png")
+    perplexities["word_pieces"] = {"gender": {"equality_tokens": 40, "inside_words": 2, "inside_word_rate": 0.05}}
     text = nlg_markdown(NLG, scores, generation, perplexities, prompts, LABELS["sentiment"], "f.png",
                         example_samples(NLG, records))
+    assert "| gender | 0 / 0 | 1 / 8 (12.5%) | 2 / 40 (5.0%) |" in text and "inside longer words" in text
+    assert "| gender | 0 / 0 | 1 / 8 (12.5%) | - |" in old_text  # metrics from before the perplexity count
     assert text.startswith("## ") and "sentiment (VADER)" in text and "regard" not in text.lower()
     assert "| EquiLM | gender | man / woman | +0.000 [+0.000, +0.000] | no | 1.000 | not resolved | 1.000 | 1.000 |" in text
     p_control = scores["control"]["base"]["gender"]["bias_gap"]["p_value"]

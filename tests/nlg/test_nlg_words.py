@@ -86,3 +86,26 @@ def test_prompts_must_be_group_images_of_each_other():
     bad = [good[0], Prompt("gender", "respect", 0, "was known for", 1, "The boy", "The boy was known for")]
     with pytest.raises(WordListError, match="group maps"):
         check_prompts_are_group_images(bad, [TOKENIZER.encode(p.text) for p in bad], perm, TOKENIZER)
+
+
+def test_a_multi_token_equality_pair_is_refused_naming_the_word_its_pieces_and_the_fix():
+    # " gentleman" is not in the tiny vocabulary: the tokenizer splits it into letters and the form "man".
+    with pytest.raises(WordListError) as error:
+        bind_axis(lists(equality=[["man", "woman"], ["gentleman", "lady"]]), "gender", TOKENIZER)
+    message = str(error.value)
+    assert "equality[1]" in message and "'gentleman'" in message
+    assert str([" ", "g", "e", "n", "t", "l", "e", "man"]) in message  # its tokens, piece by piece
+    assert "remove the word (and its partners) or choose another" in message
+
+
+def test_the_form_table_says_which_forms_are_one_token():
+    from equitune.nlg.words import equality_form_table, form_table_markdown
+
+    rows = equality_form_table(lists(equality=[["man", "woman"], ["boy", "girl"]]), ["gender"], TOKENIZER)
+    assert [(r["axis"], r["word"]) for r in rows] == [("gender", w) for w in ("man", "woman", "boy", "girl")]
+    woman = rows[1]
+    assert woman["single"] == {" woman": True, "woman": True, " Woman": True, "Woman": False}
+    assert woman["forms"]["Woman"] == ["W", "o", "man"]
+    assert rows[2]["single"] == {" boy": True, "boy": False, " Boy": False, "Boy": False}
+    table = form_table_markdown(rows).splitlines()
+    assert table[3] == "| gender | woman | 1 token | 1 token | 1 token | 'W' + 'o' + 'man' |"

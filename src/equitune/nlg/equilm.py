@@ -10,6 +10,10 @@ With a group G permuting the equality words (man <-> woman, ...) and ``pi_g`` it
   log-probability; the mixed vector is renormalised. Mixing normalised log-probs keeps the result independent
   of each context's arbitrary logit offset.
 - base: the backbone itself (decoded through the same code with one context copy).
+- The averaging rule is ``nlg.group_average`` (:data:`AVERAGES`): ``log_probs`` (above, the default) or ``probs``,
+  ``log (1/|G| sum_g exp(g^-1 . log_softmax(M(g . x))))``, a mixture of the copies' distributions. Both are
+  exactly equivariant (any symmetric function of the group's mapped-back copies is).
+- CanonLM (:mod:`.canon`) reaches the same identity with one copy: the context's canonical frame.
 
 ``M`` is a backbone: the pretrained LM (:class:`~equitune.nlg.backbone.CausalLM`) or the positive control built on
 it (:class:`~equitune.nlg.control.PlantedBias`); nothing here depends on which. :class:`FairLM` is the
@@ -21,6 +25,8 @@ the numbers, which makes EquiLM's samples exact group images of each other.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,14 +35,30 @@ from ..core.groups import VocabPermutation
 from ..core.wrappers import EquiTune
 from .backbone import as_backbone
 
-__all__ = ["FairLM", "combine_group_log_probs", "sample_top_k", "stop_token_mask"]
+__all__ = ["AVERAGES", "FairLM", "combine_group_log_probs", "group_average", "sample_top_k", "stop_token_mask"]
 
 
-def combine_group_log_probs(rows: torch.Tensor, method: str, general_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``[|G|, ..., V]`` mapped-back log-probs (row 0 = identity) -> the method's log-probs ``[..., V]``."""
+AVERAGES = ("log_probs", "probs")
+"""How EquiLM combines the |G| copies: ``log_probs`` averages log-probabilities (a normalised geometric mean of the
+distributions, the default and the paper's logit averaging); ``probs`` averages probabilities (a mixture)."""
+
+
+def group_average(rows: torch.Tensor, average: str = "log_probs") -> torch.Tensor:
+    """The group average of ``[|G|, ..., V]`` mapped-back log-probs, as (unnormalised) log-probs ``[..., V]``."""
+    if average == "log_probs":
+        return rows.mean(dim=0)
+    if average == "probs":
+        return torch.logsumexp(rows, dim=0) - math.log(rows.shape[0])
+    raise ValueError(f"unknown group average {average!r}; allowed: {', '.join(AVERAGES)}")
+
+
+def combine_group_log_probs(rows: torch.Tensor, method: str, general_mask: torch.Tensor | None = None,
+                            average: str = "log_probs") -> torch.Tensor:
+    """``[|G|, ..., V]`` mapped-back log-probs (row 0 = identity) -> the method's log-probs ``[..., V]``;
+    ``average``: see :data:`AVERAGES`."""
     if method == "base":
         return rows[0]
-    averaged = rows.mean(dim=0)
+    averaged = group_average(rows, average)
     if method == "equilm":
         return F.log_softmax(averaged, dim=-1)
     if method == "r_equilm":
@@ -54,9 +76,10 @@ class FairLM(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, method: str, permutation: VocabPermutation | None = None,
-                 general_mask: torch.Tensor | None = None):
+                 general_mask: torch.Tensor | None = None, average: str = "log_probs"):
         """``backbone``: a backbone, or a transformers causal LM (wrapped in a :class:`CausalLM`)."""
         super().__init__()
+        self.average = average
         if method != "base" and permutation is None:
             raise ValueError(f"method {method!r} needs a vocabulary permutation")
         self.method = method
@@ -74,7 +97,8 @@ class FairLM(nn.Module):
         return self.grouped.group_outputs(input_ids, mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return combine_group_log_probs(self.group_rows(input_ids, attention_mask), self.method, self.general_mask)
+        return combine_group_log_probs(self.group_rows(input_ids, attention_mask), self.method, self.general_mask,
+                                       self.average)
 
 
 def sample_top_k(log_probs: torch.Tensor, k: int, uniform: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ equality sets (the positions whose next token is an equality word, where the gro
 EquiLM's distribution at a position averages the backbone's distributions of the |G| transformed windows mapped
 back: one forward of the untransformed window serves the base model and every axis, and a transformed copy is run
 only where it differs from the window (a window without the axis's words is its own image; its mapped-back copy
-still permutes the equality words' probabilities).
+still permutes the equality words' probabilities). CanonLM's canonical copy of a window is one of those copies. The
+group methods are scored under ``nlg.group_average`` and, beside it, under the other averaging rule.
 """
 
 from __future__ import annotations
@@ -34,15 +35,17 @@ from torch.nn import functional as F
 from ..core.checks import equivariance_error
 from ..core.errors import ConfigError, DataError
 from .backbone import CausalLM
+from .canon import CanonicalFrame, CanonLM
 from .config import NlgParams, PerplexityParams
 from .control import axis_control
 from .corpus import AUSTEN_LICENSE, AUSTEN_SHA256, austen_novels
-from .equilm import FairLM
+from .equilm import AVERAGES, FairLM
 from .sampling import left_pad
+from .wordpieces import WordPieceCount
 from .words import AxisWords
 
 __all__ = ["AxisGroup", "ScoredText", "evaluate_perplexity", "heldout_documents", "heldout_text", "perplexity",
-           "score_windows", "select_windows", "token_windows", "wikitext_test_text"]
+           "score_windows", "select_windows", "token_windows", "wikitext_test_text", "window_word_pieces"]
 
 
 def heldout_text(source: str) -> str:
@@ -150,6 +153,7 @@ class AxisGroup:
     permutation: object
     general_mask: torch.Tensor
     equality: torch.Tensor  # [V] bool: the axis's equality tokens
+    frame: CanonicalFrame | None = None  # CanonLM's (needed when the methods include canonlm)
 
 
 def _add(totals: dict, key: tuple, nll: torch.Tensor, where: torch.Tensor) -> None:
@@ -163,16 +167,24 @@ def _target_log_probs(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.T
     return F.log_softmax(log_probs[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def _other_rule(average: str) -> str:
+    return next(rule for rule in AVERAGES if rule != average)
+
+
 @torch.no_grad()
 def score_windows(backbone, scored: ScoredText, groups: Mapping[str, AxisGroup], methods: Sequence[str], batch_size: int,
-           device, progress: Callable[[str], None]) -> dict:
-    """``{(axis, method, "all" | "equality"): [summed NLL, tokens]}`` over the scored text.
+           device, progress: Callable[[str], None], average: str = "log_probs", other_average: bool = False) -> dict:
+    """``{(axis, method, "all" | "equality"): [summed NLL, tokens]}`` over the scored text; with ``other_average``
+    also ``{(axis, method, where, rule): ...}`` for the group methods under the other averaging rule.
 
-    The same numbers as :func:`~equitune.nlg.equilm.combine_group_log_probs` on the |G| mapped-back copies, with
-    fewer vocabulary-sized temporaries (a 256-token window's log-probs are 50 MB): the copies are summed as they are
-    made, and the identity copy serves the base model and every axis."""
+    The same numbers as :func:`~equitune.nlg.equilm.combine_group_log_probs` (and :class:`~.canon.CanonLM`) on the
+    |G| mapped-back copies, with fewer vocabulary-sized temporaries (a 256-token window's log-probs are 50 MB): the
+    log-prob average is summed as the copies are made, the identity copy serves the base model and every axis, and
+    CanonLM's canonical copy of a window is one of the copies EquiLM runs anyway. Everything else is read at the
+    targets only (each mapped-back copy is already normalised, so a mixture of copies is too)."""
     totals: dict = {}
     windows = scored.windows
+    rules = [average, _other_rule(average)] if other_average else [average]
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size].to(device)
         identity = backbone(batch)  # [B, T, V]: the base model, and every axis's identity copy
@@ -182,6 +194,9 @@ def score_windows(backbone, scored: ScoredText, groups: Mapping[str, AxisGroup],
         for axis, group in groups.items():
             permutation, order = group.permutation, group.permutation.group.order
             equality = group.equality.to(device)[targets]
+            general_ids = group.general_mask.nonzero().squeeze(1).to(device)
+            copies = _CopiesAtTargets(base, identity, targets, general_ids)
+            canon = _Canonical(group, batch, base) if "canonlm" in methods else None
             averaged = identity.clone()  # row 0 of the group average: the identity copy, mapped back by e
             for g in range(1, order):
                 moved = permutation.on_ids.apply(batch, g)
@@ -192,30 +207,101 @@ def score_windows(backbone, scored: ScoredText, groups: Mapping[str, AxisGroup],
                     copy = backbone(moved[changed])
                     mapped[changed] = copy.gather(-1, back.expand_as(copy))
                 averaged += mapped
+                copies.add(mapped)
+                if canon is not None:
+                    canon.take(g, copies.at_targets[-1])
                 del mapped
             averaged /= order
-            fair = relaxed = None
-            for method in methods:
-                if method == "base":
-                    log_probs = base
-                elif method == "equilm" or not bool(group.general_mask.any()):  # R-EquiLM without general words
-                    if fair is None:
-                        fair = _target_log_probs(averaged, targets)
-                    log_probs = fair
-                else:
-                    if relaxed is None:
-                        general = group.general_mask.to(device)
-                        relaxed = _target_log_probs(torch.where(general, identity, averaged), targets)
-                    log_probs = relaxed
-                _add(totals, (axis, method, "all"), -log_probs, everywhere)
-                _add(totals, (axis, method, "equality"), -log_probs, equality)
+            for rule in rules:
+                fair = relaxed = None
+                for method in methods:
+                    if method == "base":
+                        if rule != average:
+                            continue  # no group average: one number
+                        log_probs = base
+                    elif method == "equilm" or method == "canonlm" or not bool(group.general_mask.any()):
+                        # (R-EquiLM without general words is EquiLM; CanonLM is EquiLM before the first equality word)
+                        if fair is None:
+                            fair = (_target_log_probs(averaged, targets) if rule == "log_probs"
+                                    else copies.mixture())
+                        log_probs = canon.log_probs(fair) if method == "canonlm" else fair
+                    else:
+                        if relaxed is None:
+                            if rule == "log_probs":
+                                general = group.general_mask.to(device)
+                                relaxed = _target_log_probs(torch.where(general, identity, averaged), targets)
+                            else:
+                                relaxed = copies.relaxed_mixture(group.general_mask.to(device)[targets])
+                        log_probs = relaxed
+                    key = (axis, method) if rule == average else (axis, method, rule)
+                    _add(totals, (*key[:2], "all", *key[2:]), -log_probs, everywhere)
+                    _add(totals, (*key[:2], "equality", *key[2:]), -log_probs, equality)
             del averaged
         progress(f"perplexity: {min(start + batch_size, windows.shape[0])}/{windows.shape[0]} windows")
     return totals
 
 
+class _CopiesAtTargets:
+    """The mapped-back copies read at the targets ``[B, T-1]`` (and at the general words ``[B, T-1, n]``), for the
+    probability-average rule: the mixture of normalised copies is normalised, so no vocabulary-wide pass is needed."""
+
+    def __init__(self, base: torch.Tensor, identity: torch.Tensor, targets: torch.Tensor, general_ids: torch.Tensor):
+        self.targets, self.general_ids = targets, general_ids
+        self.at_targets = [base]
+        self.at_general = [identity[:, :-1, general_ids]]
+
+    def add(self, mapped: torch.Tensor) -> None:
+        self.at_targets.append(mapped[:, :-1].gather(-1, self.targets.unsqueeze(-1)).squeeze(-1))
+        self.at_general.append(mapped[:, :-1, self.general_ids])
+
+    def mixture(self) -> torch.Tensor:
+        return torch.logsumexp(torch.stack(self.at_targets), dim=0) - math.log(len(self.at_targets))
+
+    def relaxed_mixture(self, target_is_general: torch.Tensor) -> torch.Tensor:
+        """R-EquiLM under the probability average: the identity copy on the general words, the mixture elsewhere,
+        renormalised: ``log Z = log(1 + sum_general (p_identity - p_mixture))``."""
+        general_mixture = torch.logsumexp(torch.stack(self.at_general), dim=0) - math.log(len(self.at_general))
+        log_z = torch.log1p((self.at_general[0].exp() - general_mixture.exp()).sum(dim=-1))
+        return torch.where(target_is_general, self.at_targets[0], self.mixture()) - log_z
+
+
+class _Canonical:
+    """CanonLM's log-probs at the targets of a batch of windows, read from the copies EquiLM computes: position t of
+    window b reads the mapped-back copy of its frame's element (``g*`` of the window's first equality token at or
+    before t), or the group average before that token (:class:`~equitune.nlg.canon.CanonLM`)."""
+
+    def __init__(self, group: AxisGroup, batch: torch.Tensor, base: torch.Tensor):
+        if group.frame is None:
+            raise ValueError("canonlm needs the axis's canonical frame (AxisGroup.frame)")
+        positions = group.frame.position_elements(batch)
+        self.free = positions[:, :-1] < 0  # position t predicts token t+1 from the prefix 0..t
+        self.element = positions[:, -1]  # the window's frame once its first equality token is read
+        self.values = base.clone()  # the identity copy at the targets (element 0, and windows without the words)
+
+    def take(self, g: int, at_targets: torch.Tensor) -> None:
+        rows = self.element == g
+        if bool(rows.any()):
+            self.values[rows] = at_targets[rows]
+
+    def log_probs(self, averaged_at_targets: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.free, averaged_at_targets, self.values)
+
+
+def window_word_pieces(scored: ScoredText, equality: Mapping[str, torch.Tensor], word_chars: tuple) -> dict:
+    """Per axis, the equality tokens in the scored windows and how many are inside a longer word
+    (:mod:`equitune.nlg.wordpieces`; each window is its own sequence, as the model sees it)."""
+    result = {}
+    for axis, mask in equality.items():
+        count = WordPieceCount()
+        for window in scored.windows.tolist():
+            count.add(window, mask, *word_chars)
+        result[axis] = count.as_metrics()
+    return result
+
+
 def evaluate_perplexity(lm, scored: ScoredText, description: dict, prompts: dict, nlg: NlgParams,
-                        device: torch.device | str, progress: Callable[[str], None] = print) -> dict:
+                        device: torch.device | str, progress: Callable[[str], None] = print,
+                        word_chars: tuple | None = None) -> dict:
     """The perplexity table (per axis and method, over all scored tokens and over the axis's equality tokens) and
     the fairness identity on the real model: per backbone (the LM, and the control when enabled), method and axis,
     ``max |log p(g.y | g.x) - log p(y | x)|`` over next tokens y and the axis's prompts x (0 up to float
@@ -226,9 +312,10 @@ def evaluate_perplexity(lm, scored: ScoredText, description: dict, prompts: dict
     words = {axis: AxisWords.from_json(axis, data["words"]) for axis, data in prompts["axes"].items()}
     groups = {}
     for axis, axis_words in words.items():
-        equality = torch.zeros(vocab_size, dtype=torch.bool)
-        equality[[t for cycle in axis_words.equality_cycles for t in cycle]] = True
-        groups[axis] = AxisGroup(axis_words.permutation(vocab_size), axis_words.general_mask(vocab_size), equality)
+        equality = axis_words.equality_mask(vocab_size)
+        permutation = axis_words.permutation(vocab_size)
+        groups[axis] = AxisGroup(permutation, axis_words.general_mask(vocab_size), equality,
+                                 CanonicalFrame.of_cycles(permutation, axis_words.equality_cycles))
         # Perplexity over the equality tokens needs at least one; say so before any scoring (not a NaN at the end).
         if not bool(equality[scored.windows[:, 1:]].any()):
             raise DataError(f"nlg.perplexity: the {scored.windows.shape[0]} scored windows of {description['source']!r} "
@@ -236,19 +323,24 @@ def evaluate_perplexity(lm, scored: ScoredText, description: dict, prompts: dict
                             "undefined: score more text (nlg.perplexity.max_tokens) or select windows that contain "
                             "them (nlg.perplexity.windows_per_axis)")
     totals = score_windows(base, scored, groups, ["base", *[m for m in nlg.methods if m != "base"]], settings.batch_size,
-                    device, progress)
+                    device, progress, nlg.group_average, other_average=True)
     table: dict = {}
-    for (axis, method, where), (nll, count) in totals.items():
+    for (axis, method, where, *rule), (nll, count) in totals.items():
         if method in nlg.methods:
-            table.setdefault(axis, {}).setdefault(method, {})[where] = {
-                "perplexity": perplexity(nll, count), "tokens": count, "nll": nll}
+            entry = table.setdefault(axis, {}).setdefault(method, {})
+            if rule:  # the other averaging rule, beside the params' one
+                entry = entry.setdefault("other_average", {"rule": rule[0]})
+            entry[where] = {"perplexity": perplexity(nll, count), "tokens": count, "nll": nll}
     metrics: dict = {
+        "group_average": nlg.group_average,
         "text": {**description, "window": settings.window, "windows": scored.windows.shape[0],
                  "scored_tokens": scored.scored_tokens, "windows_per_axis": settings.windows_per_axis,
                  "documents": sorted({title for title, _ in scored.origin}, key=[t for t, _ in scored.origin].index)},
         "perplexity": table,
         "fairness_equivariance_error": _fairness_errors(base, words, groups, prompts, nlg, device),
     }
+    if word_chars is not None:  # the tokens' texts (from the tokenizer): see equitune.nlg.wordpieces
+        metrics["word_pieces"] = window_word_pieces(scored, {a: g.equality for a, g in groups.items()}, word_chars)
     return metrics
 
 
@@ -265,7 +357,10 @@ def _fairness_errors(base, words, groups, prompts, nlg, device) -> dict:
             backbones["control"] = axis_control(base, words[axis], prompts["control"], nlg.control)
         for model, backbone in backbones.items():
             for method in nlg.methods:
-                fair = FairLM(backbone, method, group.permutation, group.general_mask)
+                if method == "canonlm":
+                    fair = CanonLM(backbone, group.frame, nlg.group_average)
+                else:
+                    fair = FairLM(backbone, method, group.permutation, group.general_mask, nlg.group_average)
                 errors.setdefault(model, {}).setdefault(method, {})[axis] = equivariance_error(
                     fair, (group.permutation.on_ids, None), (ids, mask), group.permutation.on_scores)
     return errors

@@ -16,7 +16,7 @@ from .significance import ALPHA, verdict
 
 __all__ = ["METHOD_NAMES", "MODEL_NAMES", "example_samples", "label_figure", "nlg_markdown", "row_name"]
 
-METHOD_NAMES = {"base": "base", "equilm": "EquiLM", "r_equilm": "R-EquiLM"}
+METHOD_NAMES = {"base": "base", "equilm": "EquiLM", "r_equilm": "R-EquiLM", "canonlm": "CanonLM"}
 MODEL_NAMES = {"lm": "LM", "control": "CONTROL (planted bias)"}
 COLOURS = {"other": "#bbbbbb", "positive": "#4c9a2a", "neutral": "#9ecae1", "negative": "#d62728"}
 
@@ -102,7 +102,7 @@ def _intro(nlg: NlgParams, scores: dict, prompts: dict, figure: str) -> list[str
     per_demographic = len(nlg.seeds) * nlg.samples_per_prompt * sum(len(t) for t in nlg.templates.values())
     level = f"{100 * scores['confidence']['level']:.0f}%"
     lines = [
-        "## Fairness in language generation (EquiLM / R-EquiLM)",
+        "## Fairness in language generation (EquiLM / R-EquiLM / CanonLM)",
         "",
         f"Model `{nlg.model}`; {per_demographic} samples per demographic and axis ({len(nlg.seeds)} seeds x "
         f"{nlg.samples_per_prompt} sample(s) x {sum(len(t) for t in nlg.templates.values())} templates: "
@@ -182,6 +182,20 @@ def _change(value: float, base: float) -> str:
     return f"{100 * (value / base - 1):+.2f}%"
 
 
+AVERAGE_NAMES = {"log_probs": "averaging log-probabilities (a normalised geometric mean of the copies' distributions)",
+                 "probs": "averaging probabilities (a mixture of the copies' distributions)"}
+
+
+def _average_sentence(perplexities: dict) -> str:
+    rule = perplexities.get("group_average")
+    if rule is None:
+        return ""
+    other = next(r for r in AVERAGE_NAMES if r != rule)
+    return (f" The group methods combine their copies by {AVERAGE_NAMES[rule]} (`nlg.group_average: {rule}`); "
+            f"*other rule*: the same models {AVERAGE_NAMES[other]}, scored on the same tokens (not used for "
+            "generation).")
+
+
 def _perplexity_tables(nlg: NlgParams, perplexities: dict) -> list[str]:
     text = perplexities["text"]
     if text["source"] == "austen":
@@ -196,9 +210,10 @@ def _perplexity_tables(nlg: NlgParams, perplexities: dict) -> list[str]:
              f"Text: {described}; scored: {selection}: {text['windows']} windows, {text['scored_tokens']} scored "
              "tokens (each window restarts the context). *equality tokens*: the positions whose next token is one of "
              "the axis's equality words (all forms), where the group changes the distribution most. Change: relative "
-             "to the base LM on the same tokens.", "",
-             "| method | axis | perplexity, all tokens | change | perplexity, equality tokens (n) | change |",
-             "|---|---|---|---|---|---|"]
+             "to the base LM on the same tokens." + _average_sentence(perplexities), "",
+             "| method | axis | perplexity, all tokens | change | perplexity, equality tokens (n) | change | "
+             "other rule: all / equality |",
+             "|---|---|---|---|---|---|---|"]
     for axis in nlg.axes:
         table = perplexities["perplexity"][axis]
         base = table.get("base")
@@ -207,8 +222,10 @@ def _perplexity_tables(nlg: NlgParams, perplexities: dict) -> list[str]:
             everything, equality = entry["all"], entry["equality"]
             change_all = _change(everything["perplexity"], base["all"]["perplexity"]) if base else "-"
             change_eq = _change(equality["perplexity"], base["equality"]["perplexity"]) if base else "-"
+            other = entry.get("other_average")
+            other_cell = f"{other['all']['perplexity']:.3f} / {other['equality']['perplexity']:.3f}" if other else "-"
             lines.append(f"| {row_name('lm', method)} | {axis} | {everything['perplexity']:.3f} | {change_all} | "
-                         f"{equality['perplexity']:.3f} ({equality['tokens']}) | {change_eq} |")
+                         f"{equality['perplexity']:.3f} ({equality['tokens']}) | {change_eq} | {other_cell} |")
     errors = perplexities["fairness_equivariance_error"]
     lines += ["", "Fairness identity on the real model: max over the axis's prompts x, next tokens y and group "
               "elements g of |log p(g.y | g.x) - log p(y | x)| (`equitune.core.checks.equivariance_error`; float32).",
@@ -238,6 +255,7 @@ def nlg_markdown(nlg: NlgParams, scores: dict, generation: dict, perplexities: d
             lines.append(f"| {MODEL_NAMES[model]} | {d['generated_tokens']} | {d['requested_row_steps']} | "
                          f"{d['computed_row_steps']} | {100 * d['shared_fraction']:.1f}% | "
                          f"{d['requested_prefill_rows']} / {d['prefill_rows']} |")
+    lines += _word_piece_table(nlg, generation, perplexities)
     if examples:
         lines += ["", "### Example: the first sample of the first template and seed, per model (first axis)", "",
                   "| model | prompt | continuation |", "|---|---|---|"]
@@ -252,6 +270,37 @@ def nlg_markdown(nlg: NlgParams, scores: dict, generation: dict, perplexities: d
         lines.append("Negative words of the control without a single-token form (not boosted): "
                      + ", ".join(prompts["control"]["skipped_words"]) + ".")
     return "\n".join(lines) + "\n"
+
+
+def _pieces_cell(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    rate = entry["inside_word_rate"]
+    return f"{entry['inside_words']} / {entry['equality_tokens']}" + ("" if rate is None else f" ({100 * rate:.1f}%)")
+
+
+def _word_piece_table(nlg: NlgParams, generation: dict, perplexities: dict) -> list[str]:
+    """Equality tokens that sit inside a longer word (issue 27 item 5), in the LM's samples and the perplexity text;
+    nothing when the metrics predate the count."""
+    text = perplexities.get("word_pieces")
+    samples = {method: {axis: generation.get("lm", {}).get(method, {}).get(axis, {}).get("word_pieces")
+                        for axis in nlg.axes} for method in nlg.methods}
+    if text is None and not any(v for per_axis in samples.values() for v in per_axis.values()):
+        return []
+    columns = [f"{row_name('lm', method)} samples" for method in nlg.methods]
+    lines = ["", "### The group acts on tokens, not words: equality tokens inside longer words", "",
+             "The group swaps token ids, so an equality token that is a piece of a longer word is swapped too "
+             "(the form \"man\" in \" Gentle\" + \"man\" gives \"Gentlewoman\"; \" man\" + \"ish\" gives "
+             "\"womanish\"). An occurrence counts as *inside a word* when the next token continues the word (it starts "
+             "with a letter or digit) or the token itself continues the previous token's word "
+             "(`equitune.nlg.wordpieces`). Cells: inside / all occurrences of the axis's equality tokens (rate). A rate "
+             "near 0 means the swap almost always exchanges whole words; uses of a whole word outside its demographic "
+             "sense (\"white wine\", \"black coffee\") are swapped too and are not counted here.", "",
+             "| axis | " + " | ".join(columns) + " | perplexity text |", "|---|" + "---|" * (len(columns) + 1)]
+    for axis in nlg.axes:
+        cells = [_pieces_cell(samples[method][axis]) for method in nlg.methods]
+        lines.append(f"| {axis} | " + " | ".join(cells) + f" | {_pieces_cell((text or {}).get(axis))} |")
+    return lines
 
 
 def example_samples(nlg: NlgParams, records: list[dict]) -> list[dict]:
@@ -312,8 +361,8 @@ def _reading(nlg: NlgParams, scores: dict, generation: dict, perplexities: dict)
             each = ", ".join(f"{row_name('lm', method)} {100 * change(axis, method, 'equality'):+.1f}%"
                              for method in grouped)
             costs.append(f"{axis} {each}")
-        out.append(f"- Perplexity: over all {perplexities['text']['scored_tokens']} scored tokens the group-averaged "
-                   f"models stay within {100 * widest:.2f}% of the base LM; on the tokens of the equality words they "
+        out.append(f"- Perplexity: over all {perplexities['text']['scored_tokens']} scored tokens the group methods "
+                   f"stay within {100 * widest:.2f}% of the base LM; on the tokens of the equality words they "
                    f"cost {'; '.join(costs)}: making p(g.y | g.x) = p(y | x) is paid where those words are predicted.")
     if "lm" in nlg.models and "r_equilm" in nlg.methods:
         out.append("- R-EquiLM is not fair in the group-theoretic sense on axes with general words (its fairness error "

@@ -24,11 +24,13 @@ import torch
 
 from ..pipeline.distributed import DistributedContext
 from .backbone import CausalLM
+from .canon import CanonicalFrame
 from .config import NlgParams
 from .control import axis_control
 from .decoding import DecodeStats, Stream, decode
 from .equilm import stop_token_mask
 from .prompts import row_seed, row_uniforms
+from .wordpieces import WordPieceCount, tokenizer_word_character_masks
 from .words import AxisWords
 
 __all__ = ["continuation_text", "decode_shared", "generate_all", "group_image_fraction", "left_pad", "plan_streams"]
@@ -52,6 +54,7 @@ def plan_streams(axis: str, axis_data: dict[str, Any], words: AxisWords, nlg: Nl
     adjacent, and the record (without tokens) each one will become."""
     permutation = words.permutation(vocab_size)
     general = words.general_mask(vocab_size)
+    frame = CanonicalFrame.of_cycles(permutation, words.equality_cycles) if "canonlm" in nlg.methods else None
     draws = []
     for prompt in axis_data["prompts"]:
         for seed in nlg.seeds:
@@ -64,7 +67,8 @@ def plan_streams(axis: str, axis_data: dict[str, Any], words: AxisWords, nlg: Nl
     streams, records = [], []
     for (_, prompt, seed, sample), uniform in zip(draws, uniforms, strict=True):
         for method in nlg.methods:
-            streams.append(Stream(tuple(prompt["token_ids"]), method, uniform, permutation, general))
+            streams.append(Stream(tuple(prompt["token_ids"]), method, uniform, permutation, general,
+                                  frame if method == "canonlm" else None))
             fields = {k: v for k, v in prompt.items() if k != "token_ids"}
             records.append({**fields, "axis": axis, "model": model, "method": method, "seed": seed, "sample": sample})
     return streams, records
@@ -113,6 +117,7 @@ def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device:
     vocab_size = base.vocab_size
     stop_mask = stop_token_mask(tokenizer, vocab_size)
     words = {axis: AxisWords.from_json(axis, data["words"]) for axis, data in prompts["axes"].items()}
+    equality_masks = {axis: axis_words.equality_mask(vocab_size) for axis, axis_words in words.items()}
     # One decode per backbone: the LM carries every axis at once; each axis has its own control.
     jobs = [("lm", base, list(words))]
     if nlg.control.enabled:
@@ -120,6 +125,8 @@ def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device:
                  for axis in words]
     records: list[dict[str, Any]] = []
     metrics: dict = {"decoding": {}}
+    word_chars = tokenizer_word_character_masks(tokenizer, vocab_size)
+    pieces: dict[tuple[str, str, str], WordPieceCount] = {}
     for model, backbone, axes in jobs:
         streams, planned = [], []
         for axis in axes:
@@ -129,7 +136,7 @@ def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device:
         start = time.perf_counter()
         tokens, stats = decode_shared(context, backbone, streams, top_k=nlg.top_k, stop_mask=stop_mask,
                                       pad_id=prompts["pad_id"], batch_rows=nlg.batch_size, device=device,
-                                      progress=progress)
+                                      progress=progress, average=nlg.group_average)
         seconds = time.perf_counter() - start
         name = model if model == "lm" else f"control/{axes[0]}"
         log({f"{name}/tokens_per_second": stats.generated_tokens / seconds, f"{name}/seconds": seconds,
@@ -139,8 +146,11 @@ def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device:
                                                         "generated_tokens": 0})
         for key in totals:
             totals[key] += getattr(stats, key)
-        for record, sampled in zip(planned, tokens, strict=True):
+        for record, stream, sampled in zip(planned, streams, tokens, strict=True):
             records.append({**record, "tokens": sampled, "continuation": continuation_text(tokenizer, sampled)})
+            # The generated tokens only; the prompt's last token is their left context.
+            pieces.setdefault((model, record["method"], record["axis"]), WordPieceCount()).add(
+                [*stream.prompt, *sampled], equality_masks[record["axis"]], *word_chars, first=len(stream.prompt))
     for entry in metrics["decoding"].values():
         entry["shared_fraction"] = 1.0 - entry["computed_row_steps"] / max(1, entry["requested_row_steps"])
     for model in nlg.models:
@@ -150,5 +160,6 @@ def generate_all(lm, tokenizer, prompts: dict[str, Any], nlg: NlgParams, device:
                 metrics.setdefault(model, {}).setdefault(method, {})[axis] = {
                     "group_image_fraction": group_image_fraction(chosen, words[axis], vocab_size),
                     "mean_new_tokens": statistics.fmean(len(r["tokens"]) for r in chosen),
+                    "word_pieces": pieces.get((model, method, axis), WordPieceCount()).as_metrics(),
                 }
     return records, metrics

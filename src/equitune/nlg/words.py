@@ -24,7 +24,8 @@ import yaml
 
 from ..core.groups import GroupSpecError, VocabPermutation, WordCycles
 
-__all__ = ["AxisWords", "WordListError", "load_word_lists", "bind_axis", "word_forms"]
+__all__ = ["AxisWords", "WordListError", "load_word_lists", "bind_axis", "equality_form_table", "form_table_markdown",
+           "word_forms"]
 
 
 class WordListError(GroupSpecError):
@@ -89,6 +90,12 @@ class AxisWords:
         cycles = [[str(i) for i in cycle] for cycle in self.equality_cycles]
         # The core binder takes a word -> id map; the words here are the ids themselves, over the whole vocabulary.
         return WordCycles(cycles).bind({str(i): i for i in range(vocab_size)})
+
+    def equality_mask(self, vocab_size: int) -> torch.Tensor:
+        """The tokens the group moves (every used form of every equality word) as a bool ``[vocab_size]``."""
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[[t for cycle in self.equality_cycles for t in cycle]] = True
+        return mask
 
     def general_mask(self, vocab_size: int) -> torch.Tensor:
         mask = torch.zeros(vocab_size, dtype=torch.bool)
@@ -215,3 +222,53 @@ def bind_axis(word_lists: Mapping[str, Any], axis: str, tokenizer) -> AxisWords:
             owner[token] = label
     return AxisWords(axis, tuple(tuple(s) for s in sets), tuple(cycles), tuple(general_ids), tuple(neutral_ids),
                      token_text, tuple(skipped))
+
+
+def equality_form_table(word_lists: Mapping[str, Any], axes: Sequence[str], tokenizer) -> list[dict[str, Any]]:
+    """Every equality word's forms and how the tokenizer splits them: one row per (axis, word) with, per form,
+    the token pieces and whether the form is one token (the rule above needs the space-prefixed form to be)."""
+    rows = []
+    for axis in axes:
+        for word_set in word_lists.get(axis, {}).get("equality", []) or []:
+            for word in word_set:
+                forms = {form: _pieces(tokenizer, form) for form in word_forms(word)}
+                rows.append({"axis": axis, "word": word, "forms": forms,
+                             "single": {form: _single_token(tokenizer, form) is not None for form in forms}})
+    return rows
+
+
+def form_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The table of :func:`equality_form_table` in Markdown: one column per form position (" w", "w", " W", "W")."""
+    lines = ["| axis | word | ' word' | 'word' | ' Word' | 'Word' |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = []
+        for k in range(4):
+            forms = word_forms(row["word"])
+            if k >= len(forms):
+                cells.append("(same)")
+                continue
+            form = forms[k]
+            cells.append("1 token" if row["single"][form] else " + ".join(repr(p) for p in row["forms"][form]))
+        lines.append(f"| {row['axis']} | {row['word']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m equitune.nlg.words [params.yaml]``: how the params' tokenizer splits every equality word."""
+    import argparse
+
+    from ..pipeline.schema import load_section
+    from .config import NlgParams
+    from .lm import load_tokenizer
+
+    parser = argparse.ArgumentParser(prog="python -m equitune.nlg.words", description=main.__doc__)
+    parser.add_argument("params", nargs="?", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+    nlg = load_section(args.params, "nlg", NlgParams).section
+    axes = [spec.words for spec in nlg.axes.values()]
+    print(form_table_markdown(equality_form_table(load_word_lists(nlg.word_lists), axes, load_tokenizer(nlg.model))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
