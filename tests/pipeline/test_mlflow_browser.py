@@ -5,7 +5,8 @@ of its training stage, each with a per-epoch curve (a DVC plots file), a figure 
 hash. Then `python -m equitune.pipeline.ui` (what `make ui` runs) serves the store, and headless Chromium walks the
 README's path: home, the "Model training" switch, Experiments, the experiment (its runs table, not the GenAI
 overview), Views > Cells (the cell's tags as columns), tick both runs, Compare (the test accuracy differs), back,
-open a run, Artifacts, the figure. On failure, a screenshot and the page's HTML are saved under the test's
+open a run (the model-training layout, its description; the curve "loss" one key with the epochs as steps, and
+its chart), Artifacts, the figure. On failure, a screenshot and the page's HTML are saved under the test's
 tmp_path (the path is in the failure message).
 """
 
@@ -157,9 +158,27 @@ def test_a_researcher_compares_runs_in_the_mlflow_ui(toy, tmp_path):
                 click(By.XPATH, "//button[normalize-space()='Compare']")
                 wait.until(seen.url_contains("compare-runs"))
                 assert sorted(_compare_metric(driver, wait, "test/accuracy")) == ["0.5", "0.501"]
-                step = "open one run: its figure artifact"
+                step = "open one run: the model-training layout, its description rendered"
                 driver.back()
                 click(By.LINK_TEXT, "train")
+                # The experiment link of the run page's breadcrumb: .../runs in the training view, .../evaluation-runs
+                # in the GenAI one.
+                crumb = wait.until(seen.presence_of_element_located(
+                    (By.CSS_SELECTOR, "a[data-testid='experiment-runs-link']")))
+                assert crumb.get_attribute("href").endswith("/runs"), crumb.get_attribute("href")
+                wait.until(seen.presence_of_element_located(
+                    (By.XPATH, "//*[@data-testid='note-editor-preview-content']//code[normalize-space()='train']")))
+                run_page = driver.current_url
+                step = "the curve: one metric key, its epochs as steps (what the run's chart reads)"
+                run_id = re.search(r"/runs/([0-9a-f]{32})", run_page).group(1)
+                driver.get(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/metrics/get-history"
+                           f"?run_id={run_id}&metric_key=loss")
+                history = json.loads(driver.find_element(By.TAG_NAME, "body").text)["metrics"]
+                assert sorted(m["step"] for m in history) == [0, 1, 2], history  # the final loss: not logged again
+                driver.get(run_page)
+                click(By.XPATH, "//*[@role='tab'][normalize-space()='Model metrics']")
+                wait.until(seen.visibility_of_element_located((By.XPATH, "//h4[@title='loss']")))  # its chart card
+                step = "the run's figure artifact"
                 click(By.XPATH, "//*[@role='tab' or self::button or self::a][normalize-space()='Artifacts']")
                 click(By.CSS_SELECTOR, "[data-testid='artifact-tree-node'][artifact-name='figures']")
                 click(By.CSS_SELECTOR, "[data-testid='artifact-tree-node'][artifact-name='loss.png']")

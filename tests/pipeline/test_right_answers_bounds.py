@@ -36,6 +36,7 @@ EXPECTED_BOUNDS = {
     "ImagesTrain.momentum": {"ge": 0, "lt": 1},  # momentum 1 never forgets a gradient
     "ImagesTrain.weight_decay": {"ge": 0},
     "ImagesTrain.lambda_hidden": {"ge": 1},
+    "ImagesTrain.canonicalization_prior_weight": {"ge": 0},  # a negative weight would push away from upright
     "ImagesEvaluation.rotation_seed": {"ge": 0},
     "ImagesEvaluation.invariance_batch": {"ge": 1},
     "ImagesEvaluation.batch_size": {"ge": 1},

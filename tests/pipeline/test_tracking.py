@@ -85,7 +85,8 @@ def test_a_server_failure_is_told_from_a_refused_request():
 
 @pytest.mark.slow
 def test_toy_stage_run_has_every_convention(tmp_path):
-    """One stage run: experiment, run name = DVC stage, tags, params, per-epoch metrics, final = metrics file."""
+    """One stage run: experiment, run name = the cell of the DVC stage, tags, params, per-epoch metrics, final =
+    metrics file."""
     write_params(tmp_path, seed=3, epochs=3)
     copy_empty_store(tmp_path / "mlflow.db")
     process = start_toy_stage(tmp_path)
@@ -97,8 +98,10 @@ def test_toy_stage_run_has_every_convention(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "train@0"
+    assert run.info.run_name == "0"  # the matrix item of train@0; the stage is in the tag and the description
     tags = run.data.tags
+    assert tags["mlflow.note.content"] == ("DVC stage `train@0` of the `toy` experiment, profile `default`. Cell: "
+                                           "model `toy-mlp`, method `equitune`, group `c4`, seed `3`.")
     assert all(tags.get(name) for name in TAGS), {name: tags.get(name) for name in TAGS}
     assert (tags["task"], tags["model"], tags["method"], tags["group"], tags["seed"], tags["profile"],
             tags["dvc.stage"]) == ("toy", "toy-mlp", "equitune", "c4", "3", "default", "train@0")
@@ -151,6 +154,57 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     assert [run.info.status for run in mlflow_runs(tmp_path / "mlflow.db")] == ["KILLED"]
     assert not (tmp_path / "metrics" / "toy.json").exists()
     assert not list((tmp_path / "outputs").glob("*.tmp")), "the interrupted checkpoint write must be cleaned up"
+
+
+def test_short_run_name_is_the_cell():
+    assert tracking.short_run_name("scan_pretrain@add_jump-lstm-0", "scan") == "add_jump-lstm-0"
+    assert tracking.short_run_name("features_images", "images") == "features_images"
+    assert tracking.short_run_name("", "nlg") == "nlg"
+
+
+def test_log_final_logs_each_result_once_and_curves_as_step_series(monkeypatch, tmp_path):
+    """A SCAN tune cell's shape: the curve logged step by step, then the metrics file whose ``curve`` entry copies
+    it (``curve/<method>/step_<n>_test_accuracy``). One key per curve with every step, each final metric once under
+    its metrics-file key, no ``curve/...`` key."""
+    store = copy_empty_store(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    steps = {0: 0.25, 100: 0.5, 400: 0.75}
+    metrics = {"equitune": {"test_accuracy": 0.75}, "group_order": 2,
+               "curve": {"equitune": {f"step_{s}_test_accuracy": v for s, v in steps.items()}}}
+    with tracking.tracked_run("toy", profile="default", params={}, tags={"seed": 0}) as run:
+        for step, value in steps.items():
+            run.log_metrics({"equitune_test_accuracy": value}, step=step)
+        with pytest.raises(KeyError, match="history"):
+            run.log_final(metrics, series=("history",))
+        run.log_final(metrics, series=("curve",))
+        run_id = run.run_id
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    assert set(client.get_run(run_id).data.metrics) == {"equitune_test_accuracy", "equitune/test_accuracy",
+                                                        "group_order"}
+    history = client.get_metric_history(run_id, "equitune_test_accuracy")
+    assert {m.step: m.value for m in history} == steps and len(history) == 3
+    assert [m.value for m in client.get_metric_history(run_id, "equitune/test_accuracy")] == [0.75]
+
+
+def test_log_final_relogs_a_curve_key_only_when_the_final_value_differs(monkeypatch, tmp_path):
+    """A final metric under a curve's key (validation accuracy of the best checkpoint): equal to the curve's last
+    point it is not logged again; different (an earlier checkpoint was best) it is, at the last step, so that
+    MLflow's latest value is the metrics file's."""
+    store = copy_empty_store(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    with tracking.tracked_run("toy", profile="default", params={}, tags={"seed": 0}) as run:
+        for step, (accuracy, loss) in enumerate([(0.5, 2.0), (0.9, 1.0), (0.8, 0.5)]):
+            run.log_metrics({"validation_accuracy": accuracy, "train_loss": loss}, step=step)
+        run.log_final({"validation_accuracy": 0.9, "train_loss": 0.5})
+        run_id = run.run_id
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")] == [(0, 2.0), (1, 1.0),
+                                                                                            (2, 0.5)]
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "validation_accuracy")) == [
+        (0, 0.5), (1, 0.9), (2, 0.8), (2, 0.9)]
+    assert client.get_run(run_id).data.metrics["validation_accuracy"] == 0.9
 
 
 def test_exception_ends_the_run_failed(monkeypatch, tmp_path):

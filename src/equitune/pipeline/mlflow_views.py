@@ -45,15 +45,17 @@ class ExperimentView:
     """Final metrics shown as columns: keys of the experiment's DVC metrics files, nested keys joined by '/'."""
 
 
-_COMMON = ("One run per DVC stage, named after it; DVC's metrics files are the source of truth and MLflow is a view "
-           "of them. Open **Views > Cells** for the cell's identity and the final metrics as columns.")
+_COMMON = ("One run per DVC stage, named by its cell (the stage's full name is the tag `dvc.stage` and the run's "
+           "description); DVC's metrics files are the source of truth and MLflow is a view of them: each final "
+           "metric under its key in the metrics file, each curve one metric whose steps are the curve's steps. "
+           "Open **Views > Cells** for the cell's identity and the final metrics as columns.")
 
 VIEWS: dict[str, ExperimentView] = {
     "scan": ExperimentView(
-        description=("**SCAN compositional generalisation** (paper section 3.2). `scan_pretrain@<split>-<cell>-<seed>` "
-                     "trains the non-equivariant seq2seq model (curve: validation exact match against training "
-                     "examples; checkpoint by DVC hash in the tag `checkpoint.dvc_md5`); `scan_tune_<split>@<group>-<cell>-<seed>` "
-                     "evaluates the zero-shot equituned and equizero models, then equitunes and equizero-tunes it (curve: test exact match against "
+        description=("**SCAN compositional generalisation** (paper section 3.2). A run named `<split>-<cell>-<seed>` "
+                     "(stage `scan_pretrain`) trains the non-equivariant seq2seq model (curve: validation exact match against training "
+                     "examples; checkpoint by DVC hash in the tag `checkpoint.dvc_md5`); a run named "
+                     "`<split>-<group>-<cell>-<seed>` (stage `scan_tune_<split>`) evaluates the zero-shot equituned and equizero models, then equitunes and equizero-tunes it (curve: test exact match against "
                      "tuning steps). " + _COMMON),
         tags=("split", "model", "method", "group", "seed"),
         metrics=("test_accuracy", "validation_accuracy", "equitune/test_accuracy", "equizero/test_accuracy")),
@@ -62,7 +64,9 @@ VIEWS: dict[str, ExperimentView] = {
                      "runs the frozen lower units once on every image moved by each element of D4; "
                      "`tune_images_*@<cell>` fine-tunes the top units of one backbone with one method on that cache "
                      "(curve: training loss and validation accuracy per epoch; checkpoint by DVC hash in "
-                     "`checkpoint.dvc_md5`) and measures upright, rotated and mirrored test accuracy; `features_images` and `images_report` log their figures "
+                     "`checkpoint.dvc_md5`) and measures upright, rotated and mirrored test accuracy, its inference cost "
+                     "(`inference/*`) and training seconds; a `finetune` run also holds the metrics of its classifier "
+                     "averaged over each group at test time only (`posthoc_equitune/<group>/...`); `features_images` and `images_report` log their figures "
                      "as artifacts. " + _COMMON),
         tags=("dataset", "model", "method", "group", "seed"),
         metrics=("test_accuracy_upright", "test_accuracy_random/c4", "test_accuracy_random/d4")),

@@ -15,13 +15,17 @@
 - The database and the experiments are created once, under a file lock, before any run writes: several
   processes creating a fresh SQLite store at once crash on the schema migration.
 - One experiment per task (``equitune-scan``, ``equitune-images``, ``equitune-nlg``, ``equitune-report``), each with
-  a description and a "Cells" view of its runs table (:mod:`.mlflow_views`); run name = DVC stage name.
+  a description and a "Cells" view of its runs table (:mod:`.mlflow_views`); run name = the cell (the matrix
+  item of the DVC stage, :func:`short_run_name`), the full stage name in the tag ``dvc.stage`` and in the run's
+  description (``mlflow.note.content``, markdown, shown on the run page).
 - Tags: task, the cell (model, method, group, seed, ...), profile, git commit and dirty flag, dvc stage, dvc
   experiment, params hash, and the CUDA_VISIBLE_DEVICES / LOCAL_RANK the process ran with (which GPU a queue worker
   or rank used). Params: the cell again under short keys, then the stage's settings without the grid.
 - Per-step values go to MLflow's metric history and, for a stage with a curve file, to that DVC plots file
-  (:mod:`.curves`); figures and reports are artifacts; checkpoints and data are referenced by their DVC hash
-  (a tag), never copied. System metrics (CPU, memory, disk, network) are sampled every 10 s.
+  (:mod:`.curves`): one key per curve, its steps as MLflow steps. Final values are logged once, under the keys of
+  the metrics file (nested keys joined by '/'); the metrics file's copy of a curve is not logged again
+  (:meth:`TrackedRun.log_final`). Figures and reports are artifacts; checkpoints and data are referenced by their
+  DVC hash (a tag), never copied. System metrics (CPU, memory, disk, network) are sampled every 10 s.
 - Tags also name the CPU kernels the run used (``cpu.isa``, ``cpu.capability``, ``cpu.onednn_isa``, ``cpu.mkl_cbwr``,
   ``cpu.vendor``, ``cpu.model``; see :mod:`equitune.pipeline.reproducibility`).
 - A run that raises ends FAILED; SIGTERM or Ctrl-C ends it KILLED (and the process still exits non-zero).
@@ -45,7 +49,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,7 +62,7 @@ from .reproducibility import mlflow_tags
 
 __all__ = ["TrackedRun", "TrackingServerError", "tracked_run", "tracking_uri", "ensure_store", "check_tracking_server",
            "params_hash", "repo_root", "dvc_md5", "settings_params", "EXPERIMENT_PREFIX", "TASKS",
-           "SERVER_RETRY_DEFAULTS", "TEAM_TASKS"]
+           "SERVER_RETRY_DEFAULTS", "TEAM_TASKS", "short_run_name", "run_description"]
 
 EXPERIMENT_PREFIX = "equitune-"
 TASKS = ("scan", "images", "nlg")
@@ -80,7 +84,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 def repo_root() -> Path:
     """The real repository root: DVC_ROOT (which dvc 3.67 points at the parent repo for queued and temp
-    experiments too, see tests/test_pipeline_infra.py), else the git checkout around the working directory."""
+    experiments too, see tests/pipeline/test_pipeline_infra.py), else the git checkout around the working directory."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     try:
@@ -332,6 +336,7 @@ class TrackedRun:
         self._client = mlflow.MlflowClient(mlflow.get_tracking_uri())
         self._last_step = 0
         self._last_timestamp = 0
+        self._series: dict[str, tuple[int, float]] = {}  # key logged with a step -> its latest (step, value)
         self.curve = curve
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -346,15 +351,29 @@ class TrackedRun:
         """
         if step is not None and self.curve is not None:
             self.curve.add(step, _flatten(metrics))
+        if step is not None:
+            self._series.update({key: (step, float(value)) for key, value in _flatten(metrics).items()
+                                 if _is_number(value)})
         self._log(metrics, step if step is not None else 0)
 
-    def log_final(self, metrics: Mapping[str, Any]) -> None:
-        """Log the dict written to the stage's DVC metrics file (nested keys joined with '/').
+    def log_final(self, metrics: Mapping[str, Any], series: Sequence[str] = ()) -> None:
+        """Log the dict written to the stage's DVC metrics file (nested keys joined with '/'), once.
+
+        ``series`` names the top-level entries of ``metrics`` that copy a curve the run already logged step by step
+        (``curve`` of a SCAN tune cell: ``curve/<method>/step_<n>_test_accuracy``): they are not logged again, so each
+        result has one name in MLflow, the curve one key with its steps as MLflow steps.
 
         Logged at the last step seen and a later timestamp, so that MLflow's "latest value" of a key that was
-        also logged per epoch is the final one, equal to the metrics file.
+        also logged per epoch is the final one, equal to the metrics file; a key whose series already ends there
+        with that value (a curve whose last point is the final result) is not logged a second time.
         """
-        self._log(metrics, self._last_step)
+        missing = [name for name in series if name not in metrics]
+        if missing:
+            raise KeyError(f"log_final: series {missing} are not entries of the metrics ({sorted(metrics)})")
+        final = _flatten({key: value for key, value in metrics.items() if key not in series})
+        self._log({key: value for key, value in final.items()
+                   if not (_is_number(value) and self._series.get(key) == (self._last_step, float(value)))},
+                  self._last_step)
 
     def _log(self, metrics: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -459,6 +478,21 @@ def _param_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
+def short_run_name(stage: str, task: str) -> str:
+    """A run's name: the cell of a matrix stage (what follows '@', e.g. ``add_jump-lstm-0`` for
+    ``scan_pretrain@add_jump-lstm-0``), the stage name for a single stage, ``task`` outside DVC. The full stage name
+    stays in the tag ``dvc.stage`` and the run's description."""
+    return stage.split("@", 1)[1] if "@" in stage else stage or task
+
+
+def run_description(stage: str, task: str, profile: str, cell: Mapping[str, str]) -> str:
+    """The run's description (markdown, the tag ``mlflow.note.content`` that the run page shows): where it comes
+    from and its cell."""
+    source = f"DVC stage `{stage}`" if stage else "Run outside DVC"
+    words = ", ".join(f"{key} `{value}`" for key, value in cell.items() if key != "profile")
+    return f"{source} of the `{task}` experiment, profile `{profile}`." + (f" Cell: {words}." if words else "")
+
+
 @contextmanager
 def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any] | None = None,
                 run_name: str | None = None, curve: Curve | None = None,
@@ -508,6 +542,7 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
             "dvc.stage": stage or "(not run by dvc)",
             "dvc.exp": os.environ.get("DVC_EXP_NAME", ""),
             "params_hash": params_hash(params),
+            "mlflow.note.content": run_description(stage, task, profile, cell),
             "host": socket.gethostname(),
             "pid": str(os.getpid()),
             # Which GPUs the process saw (one per queue worker or torchrun rank): runs of a grid spread over GPUs.
@@ -520,7 +555,7 @@ def tracked_run(task: str, *, profile: str, params: Any, tags: Mapping[str, Any]
         signal.signal(signal.SIGTERM, on_sigterm)
         try:
             try:
-                run = mlflow.start_run(run_name=run_name or stage or task, tags=all_tags,
+                run = mlflow.start_run(run_name=run_name or short_run_name(stage, task), tags=all_tags,
                                        log_system_metrics=system_metrics)
             except MlflowException as error:
                 if (denied := _permission_denied(error, uri, experiment.name)) is not None:

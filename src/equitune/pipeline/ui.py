@@ -137,8 +137,12 @@ def serve(uri: str, host: str, port: int, experiments: Sequence[tuple[str, str, 
         print("\nEach experiment's runs table (model-training mode, Views > Cells: the cell's tags and final "
               "metrics as columns):", flush=True)
         print("\n".join(experiment_links(base_url, experiments)), flush=True)
-        print(f"\nOr open {base_url}, switch the sidebar to 'Model training' once, then Experiments. "
-              "Ctrl-C stops the server.", flush=True)
+        # A link's ?workflowType= holds for that page only; the runs table links its runs without it, and MLflow 3.17
+        # has no server setting for it: the sidebar switch, saved in the browser, is what keeps run pages in the
+        # training layout.
+        print(f"\nOr open {base_url}. Either way, click 'Model training' at the top of the sidebar once (this browser "
+              "remembers it): run pages then open in the training layout (Overview, Model metrics, Artifacts), not "
+              "the GenAI one. Ctrl-C stops the server.", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         print("\nstopping the MLflow UI", flush=True)
