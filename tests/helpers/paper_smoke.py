@@ -75,6 +75,11 @@ def stage_outputs(clone: Path) -> dict[str, dict[str, list[str]]]:
         return result
 
 
+def json_files(path: Path) -> list[Path]:
+    """A metrics output's JSON files: the file itself, or every JSON file under a folder output (metrics/headline)."""
+    return sorted(path.rglob("*.json")) if path.is_dir() else [path]
+
+
 def numbers_in(path: Path) -> int:
     """How many numeric leaves a metrics JSON file has."""
     def count(value) -> int:

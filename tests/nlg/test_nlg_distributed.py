@@ -32,7 +32,8 @@ def test_two_processes_write_the_same_samples_as_one(tmp_path):
                                               f"p{processes}/generation.json"], tmp_path, processes))
 
     one, two = ((tmp_path / f"p{n}/samples.jsonl").read_bytes() for n in (1, 2))
-    assert one == two and len(one.splitlines()) == 72  # 2 backbones x 3 methods x 2 demographics x 6 draws
+    assert len(nlg["methods"]) == 4  # base, EquiLM, R-EquiLM, CanonLM
+    assert one == two and len(one.splitlines()) == 96  # 2 backbones x 4 methods x 2 demographics x 6 draws
     metrics = [read_json(tmp_path / f"p{n}/generation.json") for n in (1, 2)]
     decoding = [m.pop("decoding") for m in metrics]
     assert metrics[0] == metrics[1]  # group-image fractions and lengths come from the (identical) samples

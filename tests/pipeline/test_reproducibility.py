@@ -128,14 +128,19 @@ def test_the_report_stage_applies_params_and_commits_the_record(tmp_path):
     words = dvc_commands()["report"]
     script = ROOT / words[1]
     environ = {k: v for k, v in os.environ.items() if k not in (repro.OVERRIDE_VARIABLE, *repro.KNOBS)}
+    metrics = ROOT / "metrics"  # the committed cells' metrics: the headline numbers come from them
     result = subprocess.run([sys.executable, str(script), "--params", "params.yaml", "--sections", str(section),
-                             "--out", "report.md", "--environment", "environment.json"],
+                             "--out", "report.md", "--environment", "environment.json",
+                             "--scan-metrics", str(metrics / "scan"), "--images-metrics", str(metrics / "images"),
+                             "--nlg-scores", str(metrics / "nlg" / "scores.json"),
+                             "--nlg-perplexity", str(metrics / "nlg" / "perplexity.json"), "--headline", "headline"],
                             cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     kernels = json.loads((tmp_path / "environment.json").read_text())["kernels"]
     assert (kernels["cpu_isa"], kernels["cpu_isa_source"], kernels["aten_cpu_capability"]) == \
         ("baseline", "params", "DEFAULT")
     assert kernels["onednn_isa"] == "SSE41" and kernels["mkl_cbwr"] == "COMPATIBLE"
+    assert sorted(p.name for p in (tmp_path / "headline").iterdir()) == ["images", "nlg", "scan"]
     report = (tmp_path / "report.md").read_text()
     assert "| torch CPU capability in use (ATen) | DEFAULT |" in report and "| CPU kernels (base.cpu_isa) | baseline |" in report
 
