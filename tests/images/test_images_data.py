@@ -154,3 +154,14 @@ def test_split_carves_validation_from_train_and_never_touches_test():
     assert len(fraction["val_y"]) == 10 and len(fraction["train_y"]) == 90 and len(fraction["test_y"]) == 50
     with pytest.raises(DataError, match="train_size"):
         split_subsets(full, train_size=90, val_size=20, test_size=None, seed=0)
+
+
+def test_resizing_is_bilinear_on_pixel_centres():
+    """Upsampling a 2x2 image with columns 0 and 255 to 4x4: pixel centres map to source coordinates
+    (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 (clamped), so a row reads 0, 0.25, 0.75, 1 (align_corners=False;
+    align_corners=True would give 0, 1/3, 2/3, 1)."""
+    image = np.array([[[[0, 255], [0, 255]]]], dtype=np.uint8)
+    resized = image_data.to_model_input(image, 4)
+    assert resized.shape == (1, 1, 4, 4)
+    for row in resized[0, 0]:
+        assert row.tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0], abs=1e-6)

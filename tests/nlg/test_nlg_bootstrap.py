@@ -63,3 +63,10 @@ def test_a_constant_statistic_gets_an_exact_interval_and_pairing_is_kept():
     assert tight["ci"][1] - tight["ci"][0] < 0.11
     with pytest.raises(ValueError, match="strata"):
         bootstrap_means([1.0, 2.0], [0], resamples=10, seed=0)
+
+
+def test_strata_weigh_by_their_number_of_clusters():
+    """A stratum of one cluster (value 0) and one of three equal clusters (value 10): every resample's mean is the
+    mean over the four clusters, 7.5 exactly, not the mean of the two strata's means (5)."""
+    replicates = bootstrap_means([0.0, 10.0, 10.0, 10.0], ["a", "b", "b", "b"], resamples=50, seed=0)
+    assert replicates.tolist() == [7.5] * 50
