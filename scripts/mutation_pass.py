@@ -45,7 +45,8 @@ DEFAULT_TESTS = {
     "images": ["tests/images"],
     "nlg": ["tests/nlg"],
     "pipeline": ["tests/pipeline/test_atomic.py", "tests/pipeline/test_curves.py", "tests/pipeline/test_schema.py",
-                 "tests/pipeline/test_params.py", "tests/pipeline/test_right_answers_bounds.py"],
+                 "tests/pipeline/test_params.py", "tests/pipeline/test_right_answers_bounds.py",
+                 "tests/pipeline/test_seeding.py"],
 }
 """Package of the mutated file -> the test paths run for it (new right-answer tests live in the same folders)."""
 
