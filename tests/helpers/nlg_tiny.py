@@ -25,6 +25,24 @@ def tiny_lm(vocab_size: int = 40, dtype: torch.dtype = torch.float32, seed: int 
     return model.to(dtype).eval()
 
 
+
+def sample_alone(next_log_probs, stream, stop_mask: torch.Tensor, steps: int, top_k: int):
+    """The reference decoder of one stream: no batch, no cache. ``next_log_probs(context)`` gives the model's
+    next-token log-probs ``[V]`` after the token list ``context`` (prompt + generated); each step samples top-k with
+    the stream's own uniform number and stops at a stop token. Returns (generated tokens, per-step log-probs)."""
+    from equitune.nlg.equilm import sample_top_k
+
+    generated, distributions = [], []
+    for step in range(steps):
+        with torch.no_grad():
+            log_probs = next_log_probs(list(stream.prompt) + generated)
+        distributions.append(log_probs)
+        token = int(sample_top_k(log_probs.unsqueeze(0), top_k, stream.uniform[step:step + 1])[0])
+        generated.append(token)
+        if stop_mask[token]:
+            break
+    return generated, torch.stack(distributions)
+
 class WordTokenizer:
     """Greedy longest-match tokenizer over a fixed list of surface forms (enough for the word-list rules)."""
 

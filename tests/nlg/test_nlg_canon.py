@@ -13,10 +13,10 @@ from equitune.core.groups import WordCycles
 from equitune.nlg.backbone import CausalLM
 from equitune.nlg.canon import CanonicalFrame, CanonLM
 from equitune.nlg.decoding import Stream, decode
-from equitune.nlg.equilm import FairLM, sample_top_k
+from equitune.nlg.equilm import FairLM
 from equitune.nlg.sampling import group_image_fraction
 from equitune.nlg.scoring import summarise
-from helpers.nlg_tiny import tiny_lm
+from helpers.nlg_tiny import sample_alone, tiny_lm
 
 VOCAB = 40
 CYCLES = {"order2": [[5, 6], [7, 8]], "order3": [[5, 6, 7], [8, 9, 10]]}
@@ -125,17 +125,8 @@ def test_canonlm_reads_the_canonical_copy_after_the_first_equality_word_and_the_
 
 def reference(backbone, stream: Stream, frame, stop_mask):
     """One stream alone, no cache: every step runs the teacher-forced CanonLM on the whole context."""
-    generated, distributions = [], []
     canon = CanonLM(backbone, frame)
-    for step in range(STEPS):
-        with torch.no_grad():
-            log_probs = canon(torch.tensor([list(stream.prompt) + generated]))[0, -1]
-        distributions.append(log_probs)
-        token = int(sample_top_k(log_probs.unsqueeze(0), TOP_K, stream.uniform[step:step + 1])[0])
-        generated.append(token)
-        if stop_mask[token]:
-            break
-    return generated, torch.stack(distributions)
+    return sample_alone(lambda context: canon(torch.tensor([context]))[0, -1], stream, stop_mask, STEPS, TOP_K)
 
 
 @pytest.mark.parametrize("name", ["order2", "order3"])

@@ -10,8 +10,8 @@ from equitune.core.groups import WordCycles
 from equitune.nlg.backbone import CausalLM
 from equitune.nlg.control import PlantedBias
 from equitune.nlg.decoding import Stream, decode
-from equitune.nlg.equilm import combine_group_log_probs, sample_top_k
-from helpers.nlg_tiny import tiny_lm
+from equitune.nlg.equilm import combine_group_log_probs
+from helpers.nlg_tiny import sample_alone, tiny_lm
 
 VOCAB = 40
 STEPS = 7
@@ -24,23 +24,16 @@ def permutation(cycles):
 
 def reference(backbone, stream: Stream, stop_mask: torch.Tensor):
     """One stream alone, no cache, no padding: every step reruns each transformed context through ``forward``."""
-    generated, distributions = [], []
     perm = stream.permutation
-    elements = range(stream.order)
-    for step in range(STEPS):
+
+    def combined(context: list[int]) -> torch.Tensor:
         rows = []
-        for g in elements:
+        for g in range(stream.order):
             pi = perm.permutations[g] if stream.method != "base" else torch.arange(VOCAB)
-            with torch.no_grad():
-                log_probs = backbone(pi[torch.tensor([list(stream.prompt) + generated])])[0, -1]
-            rows.append(log_probs[pi])
-        combined = combine_group_log_probs(torch.stack(rows), stream.method, stream.general_mask)
-        distributions.append(combined)
-        token = int(sample_top_k(combined.unsqueeze(0), TOP_K, stream.uniform[step:step + 1])[0])
-        generated.append(token)
-        if stop_mask[token]:
-            break
-    return generated, torch.stack(distributions)
+            rows.append(backbone(pi[torch.tensor([context])])[0, -1][pi])
+        return combine_group_log_probs(torch.stack(rows), stream.method, stream.general_mask)
+
+    return sample_alone(combined, stream, stop_mask, STEPS, TOP_K)
 
 
 def streams_for_two_axes():
