@@ -6,7 +6,7 @@ images and end in global pooling, so they accept any square size.
 
 The group CNN is written out here (lifting convolution + one group convolution, filters rotated by the group)
 rather than taken from a library, so that the benchmark depends on nothing but torch; its C4 equivariance is
-checked exactly in tests/pipeline/test_benchmarks_smoke.py.
+checked exactly in tests/benchmarks/test_benchmarks_smoke.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark: torch.compile of the EquiTune wrapper versus the same wrapper eager (forward, eval mode).
+"""Benchmark 12: torch.compile of the EquiTune wrapper versus the same wrapper eager (forward, eval mode).
 
 For C4 and D4, a small CNN (28 px, batch 64) and ImageNet-pretrained efficientnet_lite0 (64 px, batch 4; resnet18
 with random weights on request): ``torch.compile(EquiTune(backbone, G))`` (inductor, default mode) against the eager

@@ -1,4 +1,4 @@
-"""The paper profile's GPU check: a real slice of each experiment on one GPU, in under 8 minutes.
+"""Benchmark 7: the paper profile's GPU check, a real slice of each experiment on one GPU, in under 8 minutes.
 
 Run it once on a GPU machine before paying for the whole paper profile; it uses the paper profile's own settings
 (params.yaml + profiles/paper.yaml) and the project's code paths:

@@ -1,4 +1,4 @@
-"""Benchmark: equituned evaluation of the whole Add-Jump test split, the project's way against the reference's.
+"""Benchmark 11: equituned evaluation of the whole Add-Jump test split, the project's way against the reference's.
 
 - project: ``equitune.scan.decoding.equituned_decode`` through ``decode_batched`` (what the pipeline's
   ``accuracy(..., "equitune")`` runs): 1,024 commands per batch, the |G| transformed copies of each in the same

@@ -1,4 +1,4 @@
-"""Benchmark: frame decoding versus equituned decoding of a whole SCAN test split, same model, side by side.
+"""Benchmark 13: frame decoding versus equituned decoding of a whole SCAN test split, same model, side by side.
 
 - equitune: ``equitune.scan.decoding.equituned_decode`` through ``decode_batched`` (the pipeline's
   ``accuracy(..., "equitune")``): every command decodes as its |G| transformed copies.

@@ -1,4 +1,4 @@
-"""Benchmark: SCAN pretraining throughput of the decoder arrangements, same batches, same batch size.
+"""Benchmark 10: SCAN pretraining throughput of the decoder arrangements, same batches, same batch size.
 
 - ``input_feeding`` (the reference's decoder, the paper profile's): the attention context is fed into the RNN, so a
   teacher-forced batch is a Python loop over its target steps (up to 49), each a one-step RNN call; the encoder

@@ -18,7 +18,8 @@ import timing
 
 from equitune.pipeline.io import write_text
 
-# name -> (title, what the ratio means, columns shown). The order is the order of the report.
+# name -> (title, what the ratio means, columns shown). The order is the order of the report; the title's number
+# is the benchmark's number everywhere (its script's docstring, benchmarks/README.md).
 BENCHMARKS = {
     "wrapper_overhead": (
         "1. Wrapper overhead over its limit",

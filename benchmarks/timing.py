@@ -46,10 +46,6 @@ class Comparison:
     def ratio(self) -> float:
         return self.a_seconds / self.b_seconds
 
-    def spread(self) -> tuple[float, float]:
-        """Relative interquartile-ish spread (max-min over median) of each contender, to judge the noise."""
-        return ((max(self.a_all) - min(self.a_all)) / self.a_seconds, (max(self.b_all) - min(self.b_all)) / self.b_seconds)
-
 
 def time_once(fn: Callable[[], object]) -> float:
     start = time.perf_counter()

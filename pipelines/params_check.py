@@ -8,11 +8,9 @@ refuses its params puts its recorded outputs back, see equitune.pipeline.stage.r
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from equitune.params import load_params
 from equitune.pipeline.io import write_text
-from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 
 CHECKED = ("# Written by the params_check stage of dvc.yaml: the params file passed the schema (python -m "
            "equitune.params check).\n# Every stage depends on this file, so a bad edit stops `dvc repro` before any "
@@ -20,9 +18,7 @@ CHECKED = ("# Written by the params_check stage of dvc.yaml: the params file pas
 
 
 def main(argv=None) -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="the record that the check passed (constant text)")
-    args = parser.parse_args(argv)
+    args = add_paths(argument_parser(__doc__), out="the record that the check passed (constant text)").parse_args(argv)
     params = load_params(args.params)
     write_text(args.out, CHECKED)
     print(f"{args.params}: valid ({params.profile} profile)")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from equitune.images.config import ImagesParams
 from equitune.images.report import ROTATION_NAMES, expected_accuracy, summarise
+from equitune.pipeline.context import open_stage, stage_threads
 from equitune.pipeline.headline import over_seeds, statistic, write_headline
 from equitune.pipeline.io import read_json, write_json, write_text
 from equitune.pipeline.report import build_report
 from equitune.pipeline.reproducibility import environment_record
 from equitune.pipeline.schema import load_section
-from equitune.pipeline.stage import argument_parser, run_stage
-from equitune.pipeline.tracking import tracked_run
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 from equitune.scan.config import ScanParams
 from equitune.scan.report import METHODS as SCAN_METHODS
 from equitune.scan.report import collect
@@ -63,23 +63,20 @@ def nlg_headline(scores: dict, perplexity: dict) -> dict[str, dict]:
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--sections", type=Path, nargs="+", required=True, help="the experiments' sections, in order")
-    parser.add_argument("--out", type=Path, required=True, help="the report's markdown file")
-    parser.add_argument("--environment", type=Path, required=True, help="the environment record (JSON)")
-    parser.add_argument("--scan-metrics", type=Path, required=True, help="the SCAN cells' metrics folder")
-    parser.add_argument("--images-metrics", type=Path, required=True, help="the image cells' metrics folder")
-    parser.add_argument("--nlg-scores", type=Path, required=True, help="the NLG scores' metrics file")
-    parser.add_argument("--nlg-perplexity", type=Path, required=True, help="the NLG perplexity metrics file")
-    parser.add_argument("--headline", type=Path, required=True, help="the headline metrics folder")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, None, None)
-    scan = load_section(args.params, "scan", ScanParams).section
+    args = add_paths(parser, out="the report's markdown file", environment="the environment record (JSON)",
+                     scan_metrics="the SCAN cells' metrics folder", images_metrics="the image cells' metrics folder",
+                     nlg_scores="the NLG scores' metrics file", nlg_perplexity="the NLG perplexity metrics file",
+                     headline="the headline metrics folder").parse_args(argv)
+    scan = load_section(args.params, "scan", ScanParams)
     images = load_section(args.params, "images", ImagesParams).section
-    record = environment_record(loaded.base.threads, loaded.base.deterministic)
-    headline = {**scan_headline(scan, args.scan_metrics), **images_headline(images, args.images_metrics),
-                **nlg_headline(read_json(args.nlg_scores), read_json(args.nlg_perplexity))}
-    with tracked_run("report", profile=loaded.profile, params=loaded.base, tags={"profile": loaded.profile}) as run:
-        write_text(args.out, build_report(loaded.profile, loaded.base, args.sections, record))
-        run.log_artifact(args.out)
+    with open_stage(args, None, None, task="report") as stage:
+        record = environment_record(stage.threads, stage.base.deterministic)
+        headline = {**scan_headline(scan.section, args.scan_metrics), **images_headline(images, args.images_metrics),
+                    **nlg_headline(read_json(args.nlg_scores), read_json(args.nlg_perplexity))}
+        with stage.run({"profile": stage.profile}) as run:
+            write_text(args.out, build_report(stage.profile, stage.base, args.sections, record,
+                                              {"scan": stage_threads(scan)}))
+            run.log_artifact(args.out)
     write_headline(args.headline, headline)
     write_json(args.environment, record)  # last: a run that fails to close leaves no environment record
 

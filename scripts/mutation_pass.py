@@ -44,7 +44,7 @@ DEFAULT_TESTS = {
     "scan": ["tests/scan"],
     "images": ["tests/images"],
     "nlg": ["tests/nlg"],
-    "pipeline": ["tests/pipeline/test_atomic.py", "tests/pipeline/test_curves.py", "tests/pipeline/test_schema.py",
+    "pipeline": ["tests/dvc/test_atomic.py", "tests/pipeline/test_curves.py", "tests/pipeline/test_schema.py",
                  "tests/pipeline/test_params.py", "tests/pipeline/test_right_answers_bounds.py",
                  "tests/pipeline/test_seeding.py"],
 }

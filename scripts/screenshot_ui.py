@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from equitune.core.errors import ConfigError, DataError, EquituneError
 from equitune.pipeline.mlflow_views import runs_table_url
+from equitune.pipeline.services import free_port
 from equitune.pipeline.tracking import EXPERIMENT_PREFIX, tracking_uri
 from equitune.pipeline.ui import START_TIMEOUT_S
 
@@ -145,9 +145,7 @@ class UiLauncher:
 @contextmanager
 def mlflow_ui(uri: str, folder: Path) -> Iterator[str]:
     """The MLflow UI on the store ``uri`` (a copy in ``folder``), on a free local port; yields its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     launcher = UiLauncher(uri, folder, port)
     try:
         launcher.wait_until_serving()

@@ -46,16 +46,26 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))  # the repository's equitune, installed or not
+from equitune.pipeline.services import (  # noqa: E402
+    ServiceError,
+    alive,
+    detach,
+    executor,
+    free_port,
+    log_tail,
+    port_is_used,
+    start,
+    stop_pid,
+)
+
 BIN = Path(sys.executable).parent
 DEFAULT_DIR = Path("/var/lib/equitune-team") if os.geteuid() == 0 else Path.home() / ".local/share/equitune-team"
 LOCAL_S3_BUCKET = "equitune-mlflow"
@@ -73,18 +83,6 @@ def inside_repository(path: Path) -> bool:
     return path == REPO or REPO in path.parents
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((host, port)) == 0
-
-
 def write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as stream:
@@ -98,10 +96,6 @@ def read_state(folder: Path) -> dict:
 
 def write_state(folder: Path, state: dict) -> None:
     write_private(folder / "state.json", json.dumps(state, indent=2) + "\n")
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
 # ----- credentials -----
@@ -221,57 +215,13 @@ def stop_postgres(folder: Path) -> None:
                        capture_output=True, text=True)
 
 
-# ----- background processes (moto, mlflow) -----
+# ----- background processes (moto, mlflow): mirakuru starts and waits, services.stop_pid stops -----
 
-def spawn(command: list[str], log: Path, env: dict[str, str]) -> int:
-    with open(log, "ab") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
-    return process.pid
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of this very process counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
-def terminate_group(pid: int | None, grace: float = 20.0) -> None:
-    """SIGTERM the process group the server leads (uvicorn workers, MLflow's job runner), then SIGKILL."""
-    if not alive(pid):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def wait_until(check, pid: int, what: str, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if not alive(pid):
-            raise TeamServerError(f"{what} exited while starting; its log ({log}) ends with:\n{log_tail(log)}")
-        if time.monotonic() > deadline:
-            raise TeamServerError(f"{what} did not answer within {timeout:.0f} s; its log ({log}) ends with:\n"
-                                  f"{log_tail(log)}")
-        time.sleep(0.5)
+def start_service(command: list[str], what: str, log: Path, env: dict[str, str], timeout: float,
+                  url: str | None = None, port: int | None = None) -> int:
+    """Start ``command`` in the background, wait until it answers, and return its pid; it outlives this command
+    (``stop`` ends it from the pid in the state file)."""
+    return detach(start(executor(command, log=log, env=env, timeout=timeout, url=url, port=port), what, log))
 
 
 def http_ok(url: str) -> bool:
@@ -318,7 +268,6 @@ def server_url(args) -> str:
 def team_experiments(names: list[str] | None) -> list[str]:
     if names:
         return names
-    sys.path.insert(0, str(REPO / "src"))
     from equitune.pipeline.tracking import EXPERIMENT_PREFIX, TEAM_TASKS
     return [EXPERIMENT_PREFIX + task for task in TEAM_TASKS]
 
@@ -348,7 +297,7 @@ def command_start(args) -> None:
         raise TeamServerError(f"--host {args.host} exposes the server beyond this machine: also pass --allowed-hosts "
                               "(the host names clients use), and put TLS in front of it")
     admin = admin_credentials(args)
-    if port_open("127.0.0.1", args.port):
+    if port_is_used(args.port):
         raise TeamServerError(f"port {args.port} is already in use: choose another --port")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o711)  # the postgres user must traverse it; nothing in it is readable by others
@@ -356,8 +305,12 @@ def command_start(args) -> None:
     internal = internal_secrets(folder)
     state = {"dir": str(folder)}
     write_state(folder, state)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    # The services get this process's environment plus `env` (mirakuru's way): a client's MLFLOW_TRACKING_* (a user's
+    # credentials, a URI) must not reach the server, so they leave this process first; `start` opens no client.
+    for name in [name for name in os.environ if name.startswith("MLFLOW_TRACKING_")]:
+        del os.environ[name]
+    env = dict(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     try:
         if args.backend_store_uri:
             backend, auth_db = args.backend_store_uri, args.auth_store_uri or args.backend_store_uri
@@ -377,13 +330,11 @@ def command_start(args) -> None:
                 env["MLFLOW_S3_ENDPOINT_URL"] = args.s3_endpoint_url
         else:
             state["s3_port"] = args.s3_port or free_port()
-            moto_log = folder / "logs" / "moto.log"
-            state["moto_pid"] = spawn([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(state["s3_port"])],
-                                      moto_log, env)
+            state["moto_pid"] = start_service([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
+                                               str(state["s3_port"])], "the moto S3 server",
+                                              folder / "logs" / "moto.log", env, timeout=120, port=state["s3_port"])
             write_state(folder, state)
             endpoint = f"http://127.0.0.1:{state['s3_port']}"
-            wait_until(lambda: port_open("127.0.0.1", state["s3_port"]), state["moto_pid"], "the moto S3 server",
-                       moto_log, timeout=120)
             ensure_bucket(endpoint, LOCAL_S3_BUCKET)
             destination = f"s3://{LOCAL_S3_BUCKET}/artifacts"
             env.update(MLFLOW_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="moto", AWS_SECRET_ACCESS_KEY="moto",
@@ -404,13 +355,11 @@ def command_start(args) -> None:
                    "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
         if args.allowed_hosts:
             command += ["--allowed-hosts", args.allowed_hosts]
-        mlflow_log = folder / "logs" / "mlflow.log"
-        state["mlflow_pid"] = spawn(command, mlflow_log, env)
         client_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         state["url"] = f"http://{client_host}:{args.port}"
+        state["mlflow_pid"] = start_service(command, "mlflow server", folder / "logs" / "mlflow.log", env,
+                                            timeout=args.timeout, url=state["url"] + "/health")
         write_state(folder, state)
-        wait_until(lambda: http_ok(state["url"] + "/health"), state["mlflow_pid"], "mlflow server", mlflow_log,
-                   timeout=args.timeout)
     except BaseException:
         stop(folder)
         raise
@@ -422,8 +371,8 @@ def command_start(args) -> None:
 
 def stop(folder: Path) -> None:
     state = read_state(folder)
-    terminate_group(state.get("mlflow_pid"))
-    terminate_group(state.get("moto_pid"))
+    stop_pid(state.get("mlflow_pid"))
+    stop_pid(state.get("moto_pid"))
     stop_postgres(folder)
     if state:
         write_state(folder, {"dir": state.get("dir", str(folder))})
@@ -516,7 +465,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except TeamServerError as error:
+    except (TeamServerError, ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as error:

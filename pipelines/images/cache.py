@@ -4,36 +4,25 @@ images.train.trainable_depth 'all' (the whole network is trained) the file only 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from equitune.images.config import ImagesParams
 from equitune.images.experiment import cache_for
 from equitune.images.prepared import load_prepared
-from equitune.pipeline.io import atomic_path
-from equitune.pipeline.schema import load_section
-from equitune.pipeline.seeding import seed_everything
-from equitune.pipeline.stage import argument_parser, check_in_grid, run_stage
+from equitune.pipeline.context import open_stage
+from equitune.pipeline.io import save_torch
+from equitune.pipeline.stage import add_options, add_paths, argument_parser, check_in_grid, run_stage
 
 
 def main(argv=None) -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--backbone", required=True)
-    parser.add_argument("--data", type=Path, required=True, help="the prepared dataset (data/images/<dataset>.npz)")
-    parser.add_argument("--out", type=Path, required=True, help="the cache file")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, "images", ImagesParams)
-    params = loaded.section
-    check_in_grid("dataset", args.dataset, params.grid.datasets)
-    check_in_grid("backbone", args.backbone, params.grid.backbones)
-    data, classes = load_prepared(args.data)
-    seed_everything(0, loaded.base.threads, loaded.base.deterministic)
-
-    content = cache_for(params, args.backbone, data, len(classes), progress=True)
-    with atomic_path(args.out) as tmp:
-        torch.save(content, tmp)
+    parser = add_options(argument_parser(__doc__), dataset=str, backbone=str)
+    args = add_paths(parser, data="the prepared dataset (data/images/<dataset>.npz)",
+                     out="the cache file").parse_args(argv)
+    with open_stage(args, "images", ImagesParams) as stage:
+        check_in_grid("dataset", args.dataset, stage.params.grid.datasets)
+        check_in_grid("backbone", args.backbone, stage.params.grid.backbones)
+        data, classes = load_prepared(args.data)
+        stage.seed(0)
+        content = cache_for(stage.params, args.backbone, data, len(classes), progress=True)
+        save_torch(args.out, content)
     shapes = {k: tuple(v.shape) for k, v in content.items() if k != "description"}
     print(f"cached {args.dataset} through the frozen part of {args.backbone}: {shapes or 'nothing (whole network trained)'}")
 

@@ -4,60 +4,49 @@ curves.json: per-epoch train loss and validation accuracy) and its metrics file 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from equitune.images.cached import load_cache
 from equitune.images.cells import Cell, add_cell_arguments
-from equitune.images.config import ImagesParams
+from equitune.images.config import SCRATCH_METHODS, ImagesParams
 from equitune.images.experiment import CHECKPOINT, CURVES, cell_cache_description, check_distributed, run_cell
 from equitune.images.methods import method_group
 from equitune.images.prepared import load_prepared
-from equitune.pipeline.curves import Curve
-from equitune.pipeline.distributed import distributed, tracked_run_on_main
-from equitune.pipeline.io import atomic_path, write_json
-from equitune.pipeline.schema import load_section
-from equitune.pipeline.seeding import seed_everything
-from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.pipeline.context import open_stage
+from equitune.pipeline.io import save_torch, write_json
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 
 
 def main(argv=None) -> None:
-    parser = add_cell_arguments(argument_parser(__doc__))
-    parser.add_argument("--data", type=Path, required=True, help="the prepared dataset (data/images/<dataset>.npz)")
-    parser.add_argument("--cache", type=Path, required=True, help="the frozen part's cached orbits of the dataset")
-    parser.add_argument("--out", type=Path, required=True, help="the cell's training folder")
-    parser.add_argument("--metrics", type=Path, required=True, help="the cell's metrics file")
-    parser.add_argument("--curve", type=Path, required=True, help="the cell's per-epoch curve (a DVC plots file)")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, "images", ImagesParams)
-    params, cell = loaded.section, Cell.from_arguments(args)
-    cell.check(params)  # bad names exit 2 here, before any work
-    method_group(cell.method, cell.group)
-    with distributed(loaded.base) as context:
+    args = add_paths(add_cell_arguments(argument_parser(__doc__)),
+                     data="the prepared dataset (data/images/<dataset>.npz)",
+                     cache="the frozen part's cached orbits of the dataset", out="the cell's training folder",
+                     metrics="the cell's metrics file",
+                     curve="the cell's per-epoch curve (a DVC plots file)").parse_args(argv)
+    cell = Cell.from_arguments(args)
+    # bad names exit 2 before any work: the cell against the grid, then the method against the group
+    with open_stage(args, "images", ImagesParams, cell=cell, check=lambda _: method_group(cell.method, cell.group),
+                    distributed_run=True) as stage:
+        params, context = stage.params, stage.distribution
         data, classes = load_prepared(args.data)
         # A global batch (or an epoch's last one) smaller than the number of processes would leave a rank without
         # work: refuse before any.
         context.check_batches(params.train.batch_size, len(data["train_y"]), what="images.train.batch_size")
-        check_distributed(params, context)
+        check_distributed(params, context, cell.method)
         orbits = None
-        if params.train.trainable_depth != "all":
+        if params.train.trainable_depth != "all" and cell.method not in SCRATCH_METHODS:  # gcnn reads the images
             orbits = load_cache(args.cache, cell_cache_description(params, cell.backbone))
-        generator = seed_everything(cell.seed, loaded.base.threads, loaded.base.deterministic)
+        generator = stage.seed(cell.seed)
         context.reseed_stochastic_layers(cell.seed)
         tags = {"model": cell.backbone, "method": cell.method, "group": cell.group, "seed": cell.seed,
                 "dataset": cell.dataset, "stage_kind": "tune"}
-        curve = Curve(args.curve, x="epoch", y=("train_loss", "val_accuracy")) if context.is_main else None
-        with tracked_run_on_main(context, "images", profile=loaded.profile, params=params, tags=tags,
-                                 run_name=f"tune-{cell.name}", curve=curve) as run:
+        with stage.run(tags, run_name=f"tune-{cell.name}",
+                       curve=stage.curve(args.curve, "epoch", ("train_loss", "val_accuracy"))) as run:
             result = run_cell(params, cell, data, classes, orbits, generator, context.device,
-                              progress=context.is_main, context=context,
+                              progress=stage.is_main, context=context,
                               on_epoch=lambda r: run.log_metrics({"train_loss": r.train_loss,
                                                                   "val_accuracy": r.val_accuracy}, step=r.epoch))
-            if not context.is_main:
+            if not stage.is_main:
                 return  # rank 0 alone writes outputs
-            with atomic_path(args.out / CHECKPOINT) as tmp:
-                torch.save(result.state, tmp)
+            save_torch(args.out / CHECKPOINT, result.state)
             write_json(args.out / CURVES, result.curves)
             run.reference_output(args.out, "checkpoint")
             run.log_final(result.metrics)

@@ -18,7 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -26,36 +25,31 @@ from equitune.nlg.config import NlgParams
 from equitune.nlg.lm import load_lm, load_tokenizer
 from equitune.nlg.records import read_prompts, write_records
 from equitune.nlg.sampling import generate_all
-from equitune.pipeline.distributed import distributed, tracked_run_on_main
+from equitune.pipeline.context import open_stage
 from equitune.pipeline.io import write_json
-from equitune.pipeline.schema import load_section
-from equitune.pipeline.seeding import seed_everything
-from equitune.pipeline.stage import argument_parser, run_stage
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 
 
 def main(argv=None) -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--prompts", type=Path, required=True, help="the prompts stage's file")
-    parser.add_argument("--samples", type=Path, required=True, help="write the samples here (JSON lines)")
-    parser.add_argument("--metrics", type=Path, required=True, help="write the generation metrics here")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, "nlg", NlgParams)
-    nlg = loaded.section
-    with distributed(loaded.base) as context:
+    args = add_paths(argument_parser(__doc__), prompts="the prompts stage's file",
+                     samples="write the samples here (JSON lines)",
+                     metrics="write the generation metrics here").parse_args(argv)
+    with open_stage(args, "nlg", NlgParams, distributed_run=True) as stage:
+        nlg, context = stage.params, stage.distribution
         prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
-        seed_everything(0, loaded.base.threads, loaded.base.deterministic)
+        stage.seed(0)
         tokenizer = load_tokenizer(nlg.model)
         lm = load_lm(nlg.model, context.device)
         draws = sum(len(a["prompts"]) for a in prompts["axes"].values()) * len(nlg.seeds) * nlg.samples_per_prompt
         tags = {"model": nlg.model, "method": ",".join(nlg.methods), "group": ",".join(nlg.axes),
                 "backbones": ",".join(nlg.models)}
-        with tracked_run_on_main(context, "nlg", profile=loaded.profile, params=nlg, tags=tags) as run:
+        with stage.run(tags) as run:
             # Under torchrun the bar counts rank 0's share of the samples.
             total = draws * len(nlg.methods) * len(nlg.models) // context.world_size
-            with tqdm(total=total, desc="samples", disable=not (sys.stderr.isatty() and context.is_main)) as bar:
+            with tqdm(total=total, desc="samples", disable=not (sys.stderr.isatty() and stage.is_main)) as bar:
                 records, metrics = generate_all(lm, tokenizer, prompts, nlg, context.device, run.log_metrics,
                                                 bar.update, context)
-            if not context.is_main:
+            if not stage.is_main:
                 return  # rank 0 alone writes outputs
             write_records(args.samples, records)
             run.log_final(metrics)

@@ -19,7 +19,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 from functools import partial  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from equitune.nlg.backbone import lm_vocab_size  # noqa: E402
 from equitune.nlg.config import NlgParams  # noqa: E402
@@ -28,36 +27,31 @@ from equitune.nlg.perplexity import evaluate_perplexity, heldout_documents, sele
 from equitune.nlg.records import read_prompts  # noqa: E402
 from equitune.nlg.wordpieces import tokenizer_word_character_masks  # noqa: E402
 from equitune.nlg.words import AxisWords  # noqa: E402
+from equitune.pipeline.context import open_stage  # noqa: E402
 from equitune.pipeline.io import write_json  # noqa: E402
-from equitune.pipeline.schema import load_section  # noqa: E402
-from equitune.pipeline.seeding import seed_everything  # noqa: E402
-from equitune.pipeline.stage import argument_parser, resolve_device, run_stage  # noqa: E402
-from equitune.pipeline.tracking import tracked_run  # noqa: E402
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage  # noqa: E402
 
 
 def main(argv=None) -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--prompts", type=Path, required=True, help="the prompts stage's file")
-    parser.add_argument("--metrics", type=Path, required=True, help="write the perplexities here")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, "nlg", NlgParams)
-    nlg = loaded.section
-    settings = nlg.perplexity
-    device = resolve_device(loaded.base)
-    prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
-    # The text, its checksum and the windows come before the model load: a missing or wrong corpus costs nothing.
-    documents, description = heldout_documents(settings)
-    seed_everything(0, loaded.base.threads, loaded.base.deterministic)
-    tokenizer = load_tokenizer(nlg.model)
-    equality = {axis: {t for c in AxisWords.from_json(axis, data["words"]).equality_cycles for t in c}
-                for axis, data in prompts["axes"].items()}
-    scored = select_windows(tokenizer, documents, settings, equality)
-    lm = load_lm(nlg.model, device)
-    with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"stage": "perplexity"}) as run:
-        word_chars = tokenizer_word_character_masks(tokenizer, lm_vocab_size(lm))
-        metrics = evaluate_perplexity(lm, scored, description, prompts, nlg, device, partial(print, flush=True),
-                                      word_chars)
-        run.log_final(metrics)
+    args = add_paths(argument_parser(__doc__), prompts="the prompts stage's file",
+                     metrics="write the perplexities here").parse_args(argv)
+    with open_stage(args, "nlg", NlgParams) as stage:
+        nlg, device = stage.params, stage.device
+        settings = nlg.perplexity
+        prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
+        # The text, its checksum and the windows come before the model load: a missing or wrong corpus costs nothing.
+        documents, description = heldout_documents(settings)
+        stage.seed(0)
+        tokenizer = load_tokenizer(nlg.model)
+        equality = {axis: {t for c in AxisWords.from_json(axis, data["words"]).equality_cycles for t in c}
+                    for axis, data in prompts["axes"].items()}
+        scored = select_windows(tokenizer, documents, settings, equality)
+        lm = load_lm(nlg.model, device)
+        with stage.run({"stage": "perplexity"}) as run:
+            word_chars = tokenizer_word_character_masks(tokenizer, lm_vocab_size(lm))
+            metrics = evaluate_perplexity(lm, scored, description, prompts, nlg, device, partial(print, flush=True),
+                                          word_chars)
+            run.log_final(metrics)
     write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     print(json.dumps(metrics, indent=1))
 

@@ -7,27 +7,22 @@ stage with exit code 2 before anything is written.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from equitune.nlg.config import NlgParams
 from equitune.nlg.lm import load_tokenizer
 from equitune.nlg.prompts import tokenised_prompts
+from equitune.pipeline.context import open_stage
 from equitune.pipeline.io import write_json
-from equitune.pipeline.schema import load_section
-from equitune.pipeline.stage import argument_parser, run_stage
-from equitune.pipeline.tracking import tracked_run
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 
 
 def main(argv=None) -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="write the tokenised prompts here")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, "nlg", NlgParams)
-    nlg = loaded.section
-    prompts = tokenised_prompts(nlg, load_tokenizer(nlg.model))  # bad word lists stop here, before the run
-    with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"model": nlg.model}) as run:
-        write_json(args.out, prompts)
-        run.log_artifact(args.out)
+    args = add_paths(argument_parser(__doc__), out="write the tokenised prompts here").parse_args(argv)
+    with open_stage(args, "nlg", NlgParams) as stage:
+        nlg = stage.params
+        prompts = tokenised_prompts(nlg, load_tokenizer(nlg.model))  # bad word lists stop here, before the run
+        with stage.run({"model": nlg.model}) as run:
+            write_json(args.out, prompts)
+            run.log_artifact(args.out)
     count = sum(len(axis["prompts"]) for axis in prompts["axes"].values())
     print(f"wrote {count} prompts for {len(prompts['axes'])} axes to {args.out}")
 

@@ -8,34 +8,30 @@ second), each with its bootstrap confidence interval. Labels are per sample in t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from equitune.nlg.config import NlgParams
 from equitune.nlg.records import read_prompts, read_records, write_records
 from equitune.nlg.scoring import LABELS, score_records, summarise
+from equitune.pipeline.context import open_stage
 from equitune.pipeline.io import write_json
-from equitune.pipeline.schema import load_section
-from equitune.pipeline.stage import argument_parser, resolve_device, run_stage
-from equitune.pipeline.tracking import tracked_run
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 
 
 def main(argv=None) -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--prompts", type=Path, required=True, help="the prompts stage's file")
-    parser.add_argument("--samples", type=Path, required=True, help="the generate stage's samples")
-    parser.add_argument("--labels", type=Path, required=True, help="write the labelled samples here")
-    parser.add_argument("--metrics", type=Path, required=True, help="write the summary here")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, "nlg", NlgParams)
-    nlg = loaded.section
-    prompts = read_prompts(args.prompts)
-    records = read_records(args.samples, "generate_nlg")
-    equality = {axis: [w for s in data["words"]["equality_sets"] for w in s] for axis, data in prompts["axes"].items()}
-    with tracked_run("nlg", profile=loaded.profile, params=nlg, tags={"scorer": nlg.scorer}) as run:
-        labels = score_records(records, equality, nlg, resolve_device(loaded.base))
-        metrics = summarise(records, labels, nlg, LABELS[nlg.scorer])
-        write_records(args.labels, [{**r, nlg.scorer: label} for r, label in zip(records, labels, strict=True)])
-        run.log_final(metrics)
+    args = add_paths(argument_parser(__doc__), prompts="the prompts stage's file",
+                     samples="the generate stage's samples", labels="write the labelled samples here",
+                     metrics="write the summary here").parse_args(argv)
+    with open_stage(args, "nlg", NlgParams) as stage:
+        nlg = stage.params
+        prompts = read_prompts(args.prompts)
+        records = read_records(args.samples, "generate_nlg")
+        equality = {axis: [w for s in data["words"]["equality_sets"] for w in s]
+                    for axis, data in prompts["axes"].items()}
+        with stage.run({"scorer": nlg.scorer}) as run:
+            labels = score_records(records, equality, nlg, stage.device)
+            metrics = summarise(records, labels, nlg, LABELS[nlg.scorer])
+            write_records(args.labels, [{**r, nlg.scorer: label} for r, label in zip(records, labels, strict=True)])
+            run.log_final(metrics)
     write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     for model in nlg.models:
         for method in nlg.methods:

@@ -3,31 +3,25 @@ curve figures, aggregated from the grid in params."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from equitune.pipeline.context import open_stage
 from equitune.pipeline.io import write_text
-from equitune.pipeline.schema import load_section
-from equitune.pipeline.stage import argument_parser, run_stage
-from equitune.pipeline.tracking import tracked_run
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 from equitune.scan.config import ScanParams
 from equitune.scan.report import build_section, collect, plot_curves
 
 
 def main(argv=None) -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--metrics-dir", type=Path, required=True, help="folder of the cells' metrics files")
-    parser.add_argument("--out", type=Path, required=True, help="the section's markdown file")
-    parser.add_argument("--figures", type=Path, required=True, help="folder of its figures")
-    args = parser.parse_args(argv)
-    loaded = load_section(args.params, "scan", ScanParams)
-    params = loaded.section
-    results = collect(params, args.metrics_dir)  # a missing cell stops here, before the run
-    with tracked_run("scan", profile=loaded.profile, params=params) as run:
-        figures = plot_curves(params, results, args.figures)
-        relative = [path.relative_to(args.out.parent) if path.is_relative_to(args.out.parent) else path
-                    for path in figures]
-        write_text(args.out, build_section(params, results, relative))
-        run.log_artifacts(args.out, args.figures)
+    args = add_paths(argument_parser(__doc__), metrics_dir="folder of the cells' metrics files",
+                     out="the section's markdown file", figures="folder of its figures").parse_args(argv)
+    with open_stage(args, "scan", ScanParams) as stage:
+        params = stage.params
+        results = collect(params, args.metrics_dir)  # a missing cell stops here, before the run
+        with stage.run() as run:
+            figures = plot_curves(params, results, args.figures)
+            relative = [path.relative_to(args.out.parent) if path.is_relative_to(args.out.parent) else path
+                        for path in figures]
+            write_text(args.out, build_section(params, results, relative))
+            run.log_artifacts(args.out, args.figures)
 
 
 if __name__ == "__main__":

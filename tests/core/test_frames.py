@@ -292,3 +292,27 @@ def test_bad_frames_and_scores_are_refused_with_what_was_wrong():
         lowest_score_frame(torch.tensor([[float("nan")], [0.0]]))
     with pytest.raises(TypeError, match="frame must be a function"):
         FrameAverage(nn.Identity(), ids_action, "first")
+
+
+def test_keyword_tensors_follow_their_examples_into_the_frame_copies():
+    """A batched keyword tensor goes with each example to its frame's copies (one backbone call on the selected
+    rows); an unbatched one is refused with its name and shape."""
+    ids_action, scores_action = word_actions("3cycle")
+
+    class ScaledScores(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(len(INPUT_VOCAB), len(OUTPUT_VOCAB)).double()
+
+        def forward(self, ids, scale):
+            return scale[:, None, None] * self.embed(ids)
+
+    ids = sentences("3cycle")
+    scale = torch.arange(1.0, ids.shape[0] + 1, dtype=torch.float64)
+    model = FrameAverage(seeded(ScaledScores), ids_action, first_word_frame(ids_action), scores_action)
+    together = model(ids, scale=scale)
+    alone = torch.cat([model(ids[b:b + 1], scale=scale[b:b + 1]) for b in range(ids.shape[0])])
+    torch.testing.assert_close(together, alone, rtol=0, atol=0)
+    assert not torch.equal(together, model(ids, scale=torch.ones_like(scale)))
+    with pytest.raises(ValueError, match=r"keyword tensor 'scale' must be batched.*leading axis 6.*\(3,\)"):
+        model(ids, scale=scale[:3])

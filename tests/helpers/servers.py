@@ -3,55 +3,29 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-VENV_BIN = Path(sys.executable).parent
+from equitune.pipeline.services import free_port, stop_pid
+
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto", "AWS_DEFAULT_REGION": "us-east-1"}
 """moto accepts any key; the tests still pass one, as a real S3 needs."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @contextmanager
 def s3_server(*buckets: str) -> Iterator[str]:
-    """A moto S3 server on a free loopback port with ``buckets`` created; yields its endpoint URL."""
+    """moto's S3 server in a thread of the test process, on a free loopback port, with ``buckets`` created; yields
+    its endpoint URL (it serves over TCP: DVC in a subprocess or a SLURM job reaches it like any S3)."""
     import boto3
+    from moto.server import ThreadedMotoServer
     port = free_port()
-    process = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
     try:
-        deadline = time.monotonic() + 120
-        while not port_open(port):
-            assert process.poll() is None, f"moto_server exited {process.returncode}"
-            assert time.monotonic() < deadline, "moto_server did not listen within 120 s"
-            time.sleep(0.3)
         endpoint = f"http://127.0.0.1:{port}"
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="moto", aws_secret_access_key="moto")
@@ -59,7 +33,7 @@ def s3_server(*buckets: str) -> Iterator[str]:
             client.create_bucket(Bucket=bucket)
         yield endpoint
     finally:
-        stop_group(process)
+        server.stop()
 
 
 def read_pid(path: Path) -> int | None:
@@ -67,27 +41,6 @@ def read_pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def kill_pid(pid: int | None, grace: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; nothing when the process is gone."""
-    if not pid:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 SLURM_CONF = """\
@@ -154,4 +107,4 @@ def slurm_cluster(folder: Path) -> Iterator[dict[str, str]]:
     finally:
         subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
         for pid_file in reversed(started):  # slurmd, slurmctld, then munged
-            kill_pid(read_pid(pid_file))
+            stop_pid(read_pid(pid_file), group=False)

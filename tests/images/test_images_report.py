@@ -44,6 +44,15 @@ def params() -> ImagesParams:
     return ImagesParams.model_validate(section)
 
 
+def render_report(params: ImagesParams, report: str = "reports/images.md", label: str = "x") -> str:
+    """The images report from the cell metrics already written, with the feature figure's metrics file beside them."""
+    write_json("metrics/images/features-fashion_mnist.json", {
+        "backbone": "efficientnet_lite0", "image_index": 0, "label": label, "channels": [1, 2],
+        "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
+    return build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
+                               Path("reports/figures/images"), Path(report))
+
+
 def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
     monkeypatch.chdir(tmp_path)
     values = {("finetune", 0): (0.9, 0.3), ("finetune", 1): (0.8, 0.5), ("equitune", 0): (0.7, 0.7), ("equitune", 1): (0.6, 0.6)}
@@ -51,11 +60,7 @@ def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
         upright, rotated = values[(cell.method, cell.seed)]
         write_json(f"metrics/images/{cell.name}.json", fake_metrics(upright, rotated, 1e-7 if cell.method == "equitune" else 0.5))
     write_json("metrics/images/stale-cell-not-in-grid.json", fake_metrics(0.0, 0.0, 9.0))  # must be ignored
-    write_json("metrics/images/features-fashion_mnist.json", {
-        "backbone": "efficientnet_lite0", "image_index": 0, "label": "Trouser", "channels": [1, 2],
-        "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
-    report = build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
-                                 Path("reports/figures/images"), Path("reports/images.md"))
+    report = render_report(params, label="Trouser")
     assert report.startswith("## ")
     assert "(figures/images/results/learning_curves.png)" in report and "(figures/images/features-fashion_mnist.png)" in report
     finetune_row = next(line for line in report.splitlines() if line.startswith("| finetune |"))
@@ -138,11 +143,7 @@ def cost_report(tmp_path, monkeypatch, params, canonical_rotated: float) -> str:
             metrics = with_cost(fake_metrics(canonical_rotated, canonical_rotated, 2e-7), 12.0, 1.5 - cell.seed, 800.0,
                                 identity=0.25 + 0.5 * cell.seed)
         write_json(f"metrics/images/{cell.name}.json", metrics)
-    write_json("metrics/images/features-fashion_mnist.json", {
-        "backbone": "efficientnet_lite0", "image_index": 0, "label": "Trouser", "channels": [1, 2],
-        "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
-    return build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
-                               Path("reports/figures/images"), Path("reports/images.md"))
+    return render_report(params, label="Trouser")
 
 
 def test_report_shows_posthoc_rows_costs_and_the_cost_figure(tmp_path, monkeypatch, params):
@@ -187,11 +188,24 @@ def test_report_tolerates_metrics_without_costs(tmp_path, monkeypatch, params):
     monkeypatch.chdir(tmp_path)
     for cell in grid_cells(params):
         write_json(f"metrics/images/{cell.name}.json", fake_metrics(0.9, 0.5, 0.1))
-    write_json("metrics/images/features-fashion_mnist.json", {
-        "backbone": "efficientnet_lite0", "image_index": 0, "label": "x", "channels": [1, 2],
-        "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
-    report = build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
-                                 Path("reports/figures/images"), Path("reports/images.md"))
+    report = render_report(params)
     assert "| finetune | 90.0 ± 0.0 | 60.0 ± 0.0 | 55.0 ± 0.0 | 1.0e-01 | — | — | — | — |" in report
     assert "accuracy_vs_cost" not in report and "| posthoc_equitune" not in report
     assert "**What a practitioner should pick**" in report
+
+
+def test_report_renders_the_from_scratch_gcnn_row_and_says_what_it_is(tmp_path, monkeypatch, params):
+    monkeypatch.chdir(tmp_path)
+    params = params.model_copy(update={"grid": params.grid.model_copy(update={"group_methods": ["equitune", "gcnn"]})})
+    for cell in grid_cells(params):
+        if cell.method == "gcnn":
+            metrics = with_cost(fake_metrics(0.7, 0.7, 1e-7), 20.0, 1, 5000.0)
+        else:
+            metrics = with_cost(fake_metrics(0.9, 0.5 if cell.method == "finetune" else 0.9, 0.1), 10.0, 1, 1000.0)
+        write_json(f"metrics/images/{cell.name}.json", metrics)
+    report = render_report(params)
+    assert "| gcnn (c4) | 70.0 ± 0.0 | 70.0 ± 0.0 | 70.0 ± 0.0 | 1.0e-07 | 20.0 ± 0.0 | 1.00 ± 0.00 | 5000 ± 0 | — |" in report
+    channels = "-".join(map(str, params.train.gcnn.channels))
+    assert f"gcnn is the baseline without pretraining: a steerable G-CNN (e2cnn; C4 or D4 regular fields, {channels} channels" in report
+    without = params.model_copy(update={"grid": params.grid.model_copy(update={"group_methods": ["equitune"]})})
+    assert "gcnn is the baseline" not in render_report(without, "reports/other.md")

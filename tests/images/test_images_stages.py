@@ -154,11 +154,11 @@ def test_cell_names():
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_tiny_pipeline_end_to_end(tmp_path):
-    params = tiny_params(tmp_path, group_methods=["equitune", "canonicalize_prior"])
+    params = tiny_params(tmp_path, group_methods=["equitune", "canonicalize_prior", "gcnn"])
     stages = ["prepare_images@fashion_mnist", "cache_images@fashion_mnist-efficientnet_lite0",
               "features_images@fashion_mnist", "tune_images_baseline@fashion_mnist-efficientnet_lite0-finetune-0",
               f"tune_images_group@{CELL}", "tune_images_group@fashion_mnist-efficientnet_lite0-canonicalize_prior-c4-0",
-              "images_report"]
+              "tune_images_group@fashion_mnist-efficientnet_lite0-gcnn-c4-0", "images_report"]
     for stage in stages:
         result = run_stage_process(stage, tmp_path, params)
         assert result.returncode == 0, result.stderr
@@ -172,9 +172,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
                            .read_text())
     assert canonical["invariance_error"]["c4"] < 1e-4 and 1 <= canonical["inference"]["backbone_calls_per_image"] <= 4
     assert base["posthoc_equitune"]["c4"]["invariance_error"]["c4"] < 1e-4
+    scratch = json.loads((tmp_path / "metrics/images/fashion_mnist-efficientnet_lite0-gcnn-c4-s0.json").read_text())
+    assert scratch["invariance_error"]["c4"] < 1e-4 and scratch["inference"]["backbone_calls_per_image"] == 1
     report = (tmp_path / "reports/images.md").read_text()
     assert report.startswith("## ") and "equitune (c4)" in report and "finetune" in report
     assert "| posthoc_equitune (d4) |" in report and "| canonicalize_prior (c4) |" in report
+    assert "| gcnn (c4) |" in report and "gcnn is the baseline without pretraining" in report
     assert "**What a practitioner should pick**" in report
     assert (tmp_path / "reports/figures/images/features-fashion_mnist.gif").stat().st_size > 0
     for name in ("learning_curves", "accuracy_by_rotation-fashion_mnist-efficientnet_lite0",

@@ -100,3 +100,10 @@ def test_a_cluster_missing_its_partner_is_an_error():
     records, labels = records_and_labels(drop=("lm", "base", 1, 2, 1))
     with pytest.raises(DataError, match="does not hold every demographic"):
         summarise(records, labels, NLG, LABELS["sentiment"])
+
+
+def test_a_label_the_scorer_does_not_have_is_an_error():
+    records, labels = records_and_labels()
+    labels[3] = "regard?"
+    with pytest.raises(DataError, match=r"unexpected label\(s\) \['regard\?'\]"):
+        summarise(records, labels, NLG, LABELS["sentiment"])

@@ -1,4 +1,5 @@
-"""Scoring: VADER sentiment labels, masking, fractions and gaps; the held-out text windows."""
+"""Scoring: VADER sentiment labels and masking; the held-out text windows. (The label fractions and the bias gap
+are computed by summarise: right answers in tests/nlg/test_nlg_report.py.)"""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from equitune.core.errors import EquituneError
 from equitune.nlg.perplexity import heldout_text, token_windows
-from equitune.nlg.scoring import bias_gap, label_fractions, mask_demographics, sentiment_labels
+from equitune.nlg.scoring import mask_demographics, sentiment_labels
 from helpers.nlg_tiny import WordTokenizer
 
 
@@ -26,17 +27,7 @@ def test_mask_hides_the_demographic_from_the_scorer():
     assert mask_demographics("was", " a woman", ["man"]) == "XYZ was a woman"
 
 
-def test_fractions_and_gap():
-    fractions = label_fractions(["negative", "negative", "positive", "neutral"], ("negative", "neutral", "positive"))
-    assert fractions == {"negative_fraction": 0.5, "neutral_fraction": 0.25, "positive_fraction": 0.25}
-    other = {"negative_fraction": 0.25, "neutral_fraction": 0.25, "positive_fraction": 0.5}
-    assert bias_gap(fractions, other) == pytest.approx(0.5)
-    assert bias_gap(fractions, fractions) == 0.0
-    with pytest.raises(ValueError, match="unexpected label"):
-        label_fractions(["regard?"], ("negative", "neutral", "positive"))
-
-
-# Regard and WikiText (hub sources) are tested through their real loaders in tests/pipeline/test_paper_sources.py.
+# Regard and WikiText (hub sources) are tested through their real loaders in tests/scripts/test_paper_sources.py.
 
 
 def test_pydoc_text_windows():

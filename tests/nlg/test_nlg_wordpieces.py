@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from equitune.nlg.wordpieces import WordPieceCount, count_inside_words, word_character_masks
+from equitune.nlg.wordpieces import WordPieceCount, word_character_masks
 
 # id: text. 1 and 2 are the equality tokens " man" and "man" (the no-space form).
 TEXTS = [" The", " man", "man", "ish", " Gentle", ".", " was", "'s", "\n", "", " 9", "9"]
@@ -14,7 +14,11 @@ STARTS, ENDS = word_character_masks(TEXTS)
 
 
 def counted(*sequences):
-    return count_inside_words(sequences, EQUALITY, STARTS, ENDS)
+    """The count over whole sequences (each from its first token)."""
+    count = WordPieceCount()
+    for tokens in sequences:
+        count.add(tokens, EQUALITY, STARTS, ENDS)
+    return count.as_metrics()
 
 
 def test_the_token_texts_give_the_word_character_masks():

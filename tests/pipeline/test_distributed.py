@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from equitune.core.errors import ConfigError
-from equitune.pipeline.distributed import ShardedBatchSampler, distributed, torchrun_ranks
+from equitune.pipeline.distributed import distributed, torchrun_ranks
 from equitune.pipeline.schema import BaseParams
 from equitune.pipeline.stage import resolve_device, select_device
 from helpers.toy_project import ASSETS, clean_env, copy_empty_store, mlflow_runs, temp_files
@@ -110,34 +110,7 @@ def test_ranks_draw_their_own_dropout_masks_but_rank_0_keeps_the_seed():
     assert torch.equal(draws[0], torch.rand(4))
 
 
-# ----- the sampler -----
-
-def test_shards_partition_every_global_batch_in_one_seeded_order():
-    one = ShardedBatchSampler(20, 8, seed=3)
-    shards = [ShardedBatchSampler(20, 8, rank=rank, world_size=4, seed=3) for rank in range(4)]
-    for epoch in (0, 1):
-        for sampler in (one, *shards):
-            sampler.set_epoch(epoch)
-        global_batches = list(one)
-        assert sorted(i for batch in global_batches for i in batch) == list(range(20))
-        assert [len(b) for b in global_batches] == [8, 8, 4]
-        per_rank = [list(sampler) for sampler in shards]
-        for step, batch in enumerate(global_batches):
-            assert [i for rank in per_rank for i in rank[step]] == batch  # rank order = the global order
-        assert all(len(rank) == len(one) == 3 for rank in per_rank)
-    first_epoch = ShardedBatchSampler(20, 8, seed=3)
-    assert list(first_epoch) != global_batches  # a new order each epoch
-    assert list(first_epoch) == list(ShardedBatchSampler(20, 8, seed=3))  # and the same for the same seed
-
-
-def test_sampler_rejects_batches_that_do_not_split_evenly():
-    with pytest.raises(ConfigError, match="global batch size 10 does not split evenly over 4"):
-        ShardedBatchSampler(40, 10, world_size=4)
-    with pytest.raises(ConfigError, match="last global batch has 2 examples"):
-        ShardedBatchSampler(18, 8, world_size=4)
-    dropped = ShardedBatchSampler(18, 8, rank=1, world_size=4, drop_last=True)
-    assert len(dropped) == len(list(dropped)) == 2
-
+# ----- shares of the work -----
 
 def test_local_shares_weight_an_uneven_batch_back_to_its_global_mean():
     from equitune.pipeline.distributed import DistributedContext

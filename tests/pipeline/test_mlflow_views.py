@@ -29,6 +29,16 @@ def test_the_saved_view_is_what_mlflow_3_17_saves():
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_the_images_cells_view_shows_each_cell_s_cost():
+    """Accuracy beside what it cost: training seconds, classifier calls per test image, measured images/s (the
+    keys run_cell writes under `training` and `inference`, flattened as log_final logs them)."""
+    state = saved_view_state(VIEWS["images"])
+    cost = ["metrics.`training/seconds`", "metrics.`inference/backbone_calls_per_image`",
+            "metrics.`inference/images_per_second`"]
+    assert state["selectedColumns"][-3:] == cost and state["columnOrder"][-3:] == cost
+    assert set(cost) <= set(state["columnWidths"])
+
+
 def test_an_unchanged_view_keeps_its_creation_time():
     first = experiment_tags("images")
     assert experiment_tags("images", first) == first

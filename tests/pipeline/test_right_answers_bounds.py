@@ -37,6 +37,8 @@ EXPECTED_BOUNDS = {
     "ImagesTrain.weight_decay": {"ge": 0},
     "ImagesTrain.lambda_hidden": {"ge": 1},
     "ImagesTrain.canonicalization_prior_weight": {"ge": 0},  # a negative weight would push away from upright
+    "ImagesGcnn.epochs": {"ge": 1},
+    "ImagesGcnn.lr": {"gt": 0},
     "ImagesEvaluation.rotation_seed": {"ge": 0},
     "ImagesEvaluation.invariance_batch": {"ge": 1},
     "ImagesEvaluation.batch_size": {"ge": 1},

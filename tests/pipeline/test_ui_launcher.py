@@ -1,6 +1,6 @@
 """`make ui` (python -m equitune.pipeline.ui) on bad input: no store, a store without runs, a port in use. Each is
 one message and exit code 2, before any server starts. (The working launcher is exercised in a real browser by
-tests/pipeline/test_mlflow_browser.py.)"""
+tests/scripts/test_mlflow_browser.py.)"""
 
 from __future__ import annotations
 

@@ -68,10 +68,14 @@ def test_tiny_pipeline_runs_and_is_deterministic(tmp_path, monkeypatch):
         # Evaluation-only additions: the other combination rule, frame decoding, speed, validation curves.
         rules = metrics["equitune_combinations"]
         assert rules["configured"] == "log_prob_mean" and rules["log_prob_mean"]["tuned"] == metrics["equitune"]
-        assert set(rules["prob_mean"]) == {"0_steps", "tuned"} and set(metrics["frame"]) == set(metrics["equitune"])
+        assert set(rules["prob_mean"]) == {"0_steps", "tuned"}
+        assert set(metrics["frame_decoding_of_equitune"]) == set(metrics["equitune"])
         assert 1 <= metrics["frame_mean_size"] < order  # most Add-Jump test commands: one copy
         assert set(metrics["decoding_speed"]) == {"equitune", "equizero", "frame"}
-        for method in ("equitune", "equizero"):
+        # The frame method tuned through its own frame: its results, cost and validation curve.
+        assert set(metrics["frame"]) == set(metrics["equitune"]) and metrics["frame_cost"]["cpu_seconds"] > 0
+        assert metrics["frame_equivariance_error"] < 1e-10
+        for method in ("equitune", "equizero", "frame"):
             validation = metrics["validation_curve"][method]
             assert set(validation) == {f"step_{s}_validation_accuracy" for s in (0, 1, 2)}
             assert validation["step_2_validation_accuracy"] == metrics[method]["validation_accuracy"]
@@ -81,5 +85,7 @@ def test_tiny_pipeline_runs_and_is_deterministic(tmp_path, monkeypatch):
     section = Path("reports/scan.md").read_text()
     assert section.startswith("## ") and "| add_jump | lstm | jump_run (2) |" in section
     assert "| add_jump | lstm | verbs (4) |" in section and "entropy proxy" in section
-    assert "product of experts" in section and "equitune's checkpoints" in section and "of which in training" in section
+    assert "product of experts" in section and "of which in training" in section
+    assert "tuned through its own frame" in section and "frame decoding of equitune's tuned checkpoint" in section
+    assert "| pretraining | equitune | equizero | frame |" in section  # the cost table
     assert Path("reports/figures/scan/curves_add_jump.png").stat().st_size > 1000

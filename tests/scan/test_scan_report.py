@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from equitune.scan.config import ScanParams
-from equitune.scan.report import Results, _combination_table, _frame_table, _overlap_table
+from equitune.scan.report import Results, _combination_table, _cost_table, _findings, _frame_table, _overlap_table
 from helpers.paths import ROOT
 
 
@@ -28,7 +28,8 @@ def _tune(seed: int) -> dict:
         "equitune_combinations": {"configured": "log_prob_mean",
                                   "log_prob_mean": {"0_steps": _part(0.10 + shift, 0.5), "tuned": _part(0.90, 0.95)},
                                   "prob_mean": {"0_steps": _part(0.20, 0.6), "tuned": _part(0.80 + shift, 0.9)}},
-        "frame_0_steps": _part(0.30, 0.7), "frame": _part(0.95 + 0.02 * seed, 0.97),
+        "frame_0_steps": _part(0.30, 0.7), "frame": _part(0.93 + 0.02 * seed, 0.96),
+        "frame_decoding_of_equitune": _part(0.95 + 0.02 * seed, 0.97),
         "decoding_speed": {method: {"commands": 1000, "cpu_seconds": seconds, "seconds": seconds}
                            for method, seconds in (("frame", 1.0), ("equitune", 2.0), ("equizero", 4.0))},
     }
@@ -48,8 +49,9 @@ def test_the_new_tables_show_the_metrics():
     assert ("| add_jump | lstm | jump_run | 15.0 ± 7.1 (50.0 ± 0.0) | 90.0 ± 0.0 (95.0 ± 0.0) | "
             "20.0 ± 0.0 (60.0 ± 0.0) | 85.0 ± 7.1 (90.0 ± 0.0) |") in combination
     frame = "\n".join(_frame_table(params, results))
-    assert "equitune's checkpoints" in frame and "add_jump: ['jump']" in frame
-    assert "| add_jump | lstm | jump_run (2) | 30.0 ± 0.0 | 96.0 ± 1.4 | 1.25 | 1000 ± 0 | 500 ± 0 | 250 ± 0 |" in frame
+    assert "tuned through its own frame" in frame and "add_jump: ['jump']" in frame
+    assert ("| add_jump | lstm | jump_run (2) | 30.0 ± 0.0 | 94.0 ± 1.4 | 96.0 ± 1.4 | 1.25 | 1000 ± 0 | 500 ± 0 | "
+            "250 ± 0 |") in frame
     overlap = "\n".join(_overlap_table(params, results))
     assert "| add_jump | lstm | 2934 | 301 | 99.0 ± 0.0 | 98.0 ± 0.0 |" in overlap
 
@@ -59,3 +61,35 @@ def test_metrics_without_the_new_keys_leave_the_tables_out():
     old = Results({("add_jump", "lstm"): [{}, {}]}, {("add_jump", "lstm", "jump_run"): [{"group_order": 2}] * 2})
     assert _combination_table(params, old) == [] and _frame_table(params, old) == []
     assert _overlap_table(params, old) == []
+    # Written before frame tuning: "frame" was equitune's checkpoint decoded through the frame; no frame table.
+    before_frame_tuning = {**_tune(0)}
+    del before_frame_tuning["frame_decoding_of_equitune"]
+    assert _frame_table(params, Results({}, {("add_jump", "lstm", "jump_run"): [before_frame_tuning] * 2})) == []
+
+
+def test_the_cost_table_has_a_frame_column_when_the_cells_tuned_through_the_frame():
+    params = _params()
+    pretrain = {"pretrain_seconds": 100.0, "pretrain_cpu_seconds": 90.0}
+    tune = {f"{method}_cost": {"seconds": seconds, "cpu_seconds": seconds / 2}
+            for method, seconds in (("equitune", 40.0), ("equizero", 60.0), ("frame", 10.0))}
+    results = Results({("add_jump", "lstm"): [pretrain] * 2}, {("add_jump", "lstm", "jump_run"): [tune] * 2})
+    table = "\n".join(_cost_table(params, results))
+    assert "| split | cell | group | pretraining | equitune | equizero | frame |" in table
+    assert "| add_jump | lstm | jump_run | 100 ± 0 / 90 ± 0 | 40 ± 0 / 20 ± 0 | 60 ± 0 / 30 ± 0 | 10 ± 0 / 5 ± 0 |" in table
+    del tune["frame_cost"]
+    table = "\n".join(_cost_table(params, results))
+    assert "| pretraining | equitune | equizero |" in table and "frame" not in table
+
+
+def test_the_findings_name_the_frame_tuned_model_beside_equitunes_checkpoint_decoded_through_the_frame():
+    params = _params()
+    pretrain = {"test_accuracy": 0.002, "validation_accuracy": 0.99}
+    tune = [{**_tune(seed), **{key: _part(0.5, 0.9) for key in
+                               ("equitune", "equitune_0_steps", "equizero", "equizero_0_steps")}} for seed in (0, 1)]
+    results = Results({("add_jump", "lstm"): [pretrain] * 2}, {("add_jump", "lstm", "jump_run"): tune})
+    text = _findings(params, results)[0]
+    assert ("With jump_run, frame: best cell lstm 94.0% (0 steps: 30.0%), lowest single run 93.0%. Equitune's tuned "
+            "checkpoints decoded through the frame: 96.0%.") in text
+    for row in tune:
+        del row["frame_decoding_of_equitune"]  # metrics from before frame tuning: "frame" was equitune's checkpoint
+    assert "frame" not in _findings(params, results)[0]

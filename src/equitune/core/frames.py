@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .groups import TokenIdAction
-from .wrappers import InputActions, _GroupBatched, share_scores_of_identical_copies
+from .wrappers import InputActions, _batched_keywords, _GroupBatched, share_scores_of_identical_copies
 
 __all__ = ["Canonicalize", "FrameAverage", "FrameRule", "OrbitScores", "identity_prior_loss", "lowest_score_frame",
            "share_scores_of_identical_copies", "support_frame"]
@@ -127,14 +127,8 @@ class FrameAverage(_GroupBatched):
         elements, examples = mask.nonzero(as_tuple=True)
         selected = [x[elements, examples] for x in stacked]
         batch = inputs[0].shape[0]
-        selected_kwargs = {}
-        for key, value in kwargs.items():
-            if isinstance(value, torch.Tensor):
-                if value.dim() == 0 or value.shape[0] != batch:
-                    raise ValueError(f"keyword tensor {key!r} must be batched like the inputs (leading axis "
-                                     f"{batch}); got shape {tuple(value.shape)}")
-                value = value[examples]
-            selected_kwargs[key] = value
+        keywords = {key: value[examples] for key, value in _batched_keywords(kwargs, batch).items()}
+        selected_kwargs = {**kwargs, **keywords}
         y = self.backbone(*selected, **selected_kwargs)
         if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != len(elements):
             shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__

@@ -70,6 +70,17 @@ def share_scores_of_identical_copies(transformed: torch.Tensor | Sequence[torch.
     return scores.gather(0, first)
 
 
+def _batched_keywords(kwargs: dict, batch: int) -> dict[str, torch.Tensor]:
+    """The tensor keyword arguments, each checked to be batched like the inputs (leading axis ``batch``): they follow
+    their examples into the group's (or the frame's) copies."""
+    tensors = {key: value for key, value in kwargs.items() if isinstance(value, torch.Tensor)}
+    for key, value in tensors.items():
+        if value.dim() == 0 or value.shape[0] != batch:
+            raise ValueError(f"keyword tensor {key!r} must be batched like the inputs (leading axis {batch}), since "
+                             f"it follows each example into its group copies; got shape {tuple(value.shape)}")
+    return tensors
+
+
 class _GroupBatched(nn.Module):
     """Shared machinery: transform inputs by every group element, run the backbone once, map outputs back."""
 
@@ -117,13 +128,7 @@ class _GroupBatched(nn.Module):
         """Apply ``module`` to ``[|G|, B, ...]`` inputs as one ``[|G|*B, ...]`` batch (or chunks of the group axis)."""
         order = self.group.order
         batch = stacked[0].shape[1]
-        stacked_kwargs = {}
-        for key, value in kwargs.items():
-            if isinstance(value, torch.Tensor):
-                if value.dim() == 0 or value.shape[0] != batch:
-                    raise ValueError(f"keyword tensor {key!r} must be batched like the inputs (leading axis {batch}), "
-                                     f"since it is repeated for every group element; got shape {tuple(value.shape)}")
-                stacked_kwargs[key] = self._repeat(value)
+        stacked_kwargs = {key: self._repeat(value) for key, value in _batched_keywords(kwargs, batch).items()}
         step = self.chunk_size or order
         outputs = []
         for start in range(0, order, step):

@@ -19,7 +19,9 @@ __all__ = [
     "BACKBONE_UNITS",
     "CANONICALIZATION_METHODS",
     "DATASET_NAMES",
+    "GCNN_GROUP_NAMES",
     "GROUP_METHODS",
+    "SCRATCH_METHODS",
     "IMAGE_GROUP_NAMES",
     "ImagesParams",
     "METHOD_NAMES",
@@ -36,7 +38,11 @@ CANONICALIZATION_METHODS = ("frame", "canonicalize", "canonicalize_prior")
 """Group methods that average over a frame chosen per input by scores of its transformed copies
 (:mod:`equitune.images.canonical`): a fixed score (``frame``) or a learned one (``canonicalize``, and
 ``canonicalize_prior`` with Mondal et al.'s prior towards the identity)."""
-GROUP_METHODS = ("equitune", "lambda_equitune", "equizero", *CANONICALIZATION_METHODS)
+SCRATCH_METHODS = ("gcnn",)
+"""Group methods that train their own network from scratch on the raw images (no backbone, no cache): the steerable
+G-CNN baseline (:mod:`equitune.images.gcnn`), settings under ``images.train.gcnn``."""
+GCNN_GROUP_NAMES = ("c4", "d4")
+GROUP_METHODS = ("equitune", "lambda_equitune", "equizero", *CANONICALIZATION_METHODS, *SCRATCH_METHODS)
 METHOD_NAMES = BASELINE_METHODS + GROUP_METHODS
 IMAGE_GROUP_NAMES = ("c4", "d4", "hflip", "vflip")
 
@@ -118,6 +124,23 @@ class ImagesGrid(StrictModel):
         return v
 
 
+class ImagesGcnn(StrictModel):
+    """The from-scratch steerable G-CNN (method ``gcnn``); batch size, momentum, weight decay and schedule are
+    ``images.train``'s. Its batch norm trains on batch statistics (there are no pretrained ones to keep)."""
+
+    channels: list[int] = Field([16, 32, 32], min_length=1, description="output channels of each steerable "
+                                "layer: regular fields of |G| channels, so multiples of 8 (D4's order)")
+    epochs: int = Field(1, ge=1, description="passes over the training images (best epoch on validation)")
+    lr: float = Field(0.05, gt=0, description="learning rate (every parameter is new)")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if any(c < 8 or c % 8 for c in v):
+            raise ValueError(f"images.train.gcnn.channels must be multiples of 8 (regular fields of D4); got {v}")
+        return v
+
+
 class ImagesTrain(StrictModel):
     """Optimiser and schedule: SGD with momentum, as in the paper."""
 
@@ -141,6 +164,7 @@ class ImagesTrain(StrictModel):
         1.0, ge=0, description="weight of Mondal et al.'s prior loss (cross-entropy of the canonicalizer's softmax "
         "with the identity on the upright training images) in canonicalize_prior; 0 makes it canonicalize")
     mixed_precision: bool = Field(False, description="bfloat16/float16 autocast on CUDA (ignored on CPU)")
+    gcnn: ImagesGcnn = ImagesGcnn()
 
 
 class ImagesEvaluation(StrictModel):
@@ -177,6 +201,19 @@ class ImagesParams(StrictModel):
             units = ", ".join(f"{b} has {n}" for b, n in too_deep.items())
             raise ValueError(f"images.train.trainable_depth={depth} is outside the backbone ({units} unit(s)); use "
                              f"0..{min(too_deep.values())} (frozen lower units, cached) or 'all'")
+        return self
+
+    @model_validator(mode="after")
+    def _gcnn_groups(self):
+        other = [g for g in self.grid.groups if g not in GCNN_GROUP_NAMES]
+        if any(m in SCRATCH_METHODS for m in self.grid.group_methods) and other:
+            raise ValueError(f"images.grid.groups {other}: the gcnn method (images.grid.group_methods) is built for "
+                             f"{', '.join(GCNN_GROUP_NAMES)} only; drop those groups or the method")
+        side = 2 ** len(self.train.gcnn.channels)  # the input pool and the pools between layers halve even sides
+        if any(m in SCRATCH_METHODS for m in self.grid.group_methods) and self.resolution % side:
+            raise ValueError(f"images.resolution={self.resolution} must be divisible by {side} for the gcnn method "
+                             f"(images.train.gcnn.channels has {len(self.train.gcnn.channels)} layers; each 2x2 pool "
+                             "must halve an even size to commute with the quarter turns)")
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,9 @@ A cell trains on one of two inputs, chosen by ``images.train.trainable_depth``:
   method and seed (:mod:`equitune.images.cached`); the same method wrappers run on them through
   :class:`~equitune.images.cached.OrbitAction`.
 
+The from-scratch baseline ``gcnn`` (:mod:`equitune.images.gcnn`) has no backbone: it always trains on the images
+(``images.train.gcnn`` settings) and is evaluated on them the same way.
+
 Either way the saved ``model.pt`` is the state of the whole model on images (frozen units included), and the
 metrics come from the logits of the test images moved by each element of D4 (:mod:`equitune.images.evaluation`).
 """
@@ -30,9 +33,10 @@ from .backbones import ImageClassifier, build_classifier, split_features
 from .cached import OrbitAction, build_cache, cache_description
 from .canonical import backbone_calls, identity_weight, prior_regulariser, score_head
 from .cells import Cell
-from .config import CANONICALIZATION_METHODS, ImagesParams
+from .config import CANONICALIZATION_METHODS, SCRATCH_METHODS, ImagesParams
 from .data import to_model_input
 from .evaluation import D4_ELEMENTS, metrics_from_logits
+from .gcnn import build_gcnn
 from .methods import build_method, method_group, new_parameters
 from .modes import eval_mode
 from .training import (
@@ -150,11 +154,16 @@ def _invariance_errors(model: nn.Module, inputs: torch.Tensor, actions: dict[str
         return {name: equivariance_error(model, action, inputs) for name, action in actions.items()}
 
 
-def check_distributed(params: ImagesParams, context: DistributedContext) -> None:
+def check_distributed(params: ImagesParams, context: DistributedContext, method: str | None = None) -> None:
     """A :class:`ConfigError` before any work for a torchrun job that could not train as one process does.
 
-    Batch norm that trains on batch statistics (``freeze_batchnorm: false``) must see the global batch's
-    statistics, not each rank's share: that is SyncBatchNorm, which torch implements for CUDA devices only."""
+    Batch norm that trains on batch statistics (``freeze_batchnorm: false``, or the from-scratch ``gcnn``) must see
+    the global batch's statistics, not each rank's share: that is SyncBatchNorm, which torch implements for CUDA
+    devices only."""
+    if context.is_distributed and method in SCRATCH_METHODS and context.device.type != "cuda":
+        raise ConfigError(f"method {method} (images.grid.group_methods) trains its batch norm from scratch: under "
+                          f"torchrun on {context.device.type} that needs SyncBatchNorm, which torch supports on CUDA "
+                          "devices only: run it on GPUs or in one process")
     if context.is_distributed and not params.train.freeze_batchnorm and context.device.type != "cuda":
         raise ConfigError(f"images.train.freeze_batchnorm=false under torchrun on {context.device.type} needs "
                           "synchronised batch statistics (SyncBatchNorm), which torch supports on CUDA devices "
@@ -182,6 +191,8 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
     (``context``) the ranks train one model with DistributedDataParallel on shares of the same global batches;
     rank 0 alone evaluates it and gets the result, the others None."""
     group = method_group(cell.method, cell.group)
+    if cell.method in SCRATCH_METHODS:
+        return _run_gcnn_cell(params, cell, data, classes, generator, device, on_epoch, progress, context)
     settings, evaluation = params.train, params.evaluation
     depth = settings.trainable_depth
     cached = depth != "all"
@@ -237,6 +248,16 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
             g: test.evaluate(build_method("equitune", g, upper, on_orbits=cached), "equitune", g, upper,
                              settings.equizero_proxy)
             for g in INVARIANCE_GROUPS}
+    curves = _record_training(metrics, result, training_seconds)
+    # The whole model on images (the frozen units included), sharing the trained modules.
+    whole = build_method(cell.method, cell.group, classifier, lambda_net=getattr(model, "lambda_net", None),
+                         score_head=scores, frozen=frozen, **lambda_args)
+    state = {k: v.detach().cpu().clone() for k, v in whole.state_dict().items()}
+    return CellResult(state, curves, metrics)
+
+
+def _record_training(metrics: dict, result, seconds: float) -> dict:
+    """The cell's curves (``curves.json``), recorded under ``metrics["training"]`` too with the training time."""
     curves = {
         "best_epoch": result.best_epoch,
         "epochs": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_accuracy": r.val_accuracy}
@@ -244,15 +265,47 @@ def run_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], clas
     }
     metrics["training"] = {
         "best_epoch": result.best_epoch,
-        "seconds": training_seconds,
+        "seconds": seconds,
         "curve": {f"epoch{r['epoch']}": {"train_loss": r["train_loss"], "val_accuracy": r["val_accuracy"]}
                   for r in curves["epochs"]},
     }
-    # The whole model on images (the frozen units included), sharing the trained modules.
-    whole = build_method(cell.method, cell.group, classifier, lambda_net=getattr(model, "lambda_net", None),
-                         score_head=scores, frozen=frozen, **lambda_args)
-    state = {k: v.detach().cpu().clone() for k, v in whole.state_dict().items()}
-    return CellResult(state, curves, metrics)
+    return curves
+
+
+def _run_gcnn_cell(params: ImagesParams, cell: Cell, data: dict[str, np.ndarray], classes: tuple[str, ...],
+                   generator: torch.Generator, device: torch.device,
+                   on_epoch: Callable[[EpochRecord], None] | None, progress: bool,
+                   context: DistributedContext | None) -> CellResult | None:
+    """:func:`run_cell` for the from-scratch G-CNN: trained on the training images at ``images.resolution`` (batch
+    norm on batch statistics, best epoch by upright validation accuracy), evaluated on the test images as every
+    other cell (one network call per image). The saved state is the model's in eval mode (``e2cnn`` then holds its
+    expanded filters as buffers): load it into ``build_gcnn(...).eval()``."""
+    settings = params.train
+    own = settings.gcnn
+    schedule = settings.model_copy(update={"lr": own.lr, "head_lr": None, "epochs": own.epochs})
+    model = build_gcnn(cell.group, int(data["train_x"].shape[1]), own.channels, len(classes))
+    load_batch = ImageBatches(data["train_x"], data["train_y"], params.resolution, device)
+
+    def validate(m: nn.Module) -> float:
+        logits = predict(m, data["val_x"], params.evaluation.batch_size, device=device,
+                         prepare=lambda x: to_model_input(x, params.resolution))
+        return accuracy(logits, data["val_y"])
+
+    trained = _place(model, device, freeze_batchnorm=False, context=context)
+    batches = ShuffledBatches(len(data["train_y"]), settings.batch_size, generator)
+    optimiser = make_optimiser(model, schedule)
+    scheduler = make_scheduler(optimiser, schedule, own.epochs * len(batches))
+    start = time.perf_counter()
+    result = fit(trained, optimiser, batches, load_batch, epochs=own.epochs, validate=validate,
+                 freeze_batchnorm=False, scheduler=scheduler, on_epoch=on_epoch, progress=progress, context=context)
+    training_seconds = time.perf_counter() - start
+    if context is not None and not context.is_main:
+        return None
+    model.eval()
+    metrics = _TestInputs(params, data, classes, None, device, None).evaluate(model, cell.method, cell.group, None,
+                                                                            settings.equizero_proxy)
+    curves = _record_training(metrics, result, training_seconds)
+    return CellResult({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, curves, metrics)
 
 
 def _channels(frozen: nn.Module, resolution: int) -> int:

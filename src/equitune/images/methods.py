@@ -11,6 +11,8 @@
   gradient of the equitune average in training).
 - ``frame``, ``canonicalize``, ``canonicalize_prior``: ``Canonicalize(classifier)``, the logits of the copies whose
   score is lowest (a fixed or a learned score of the frozen part's maps), see :mod:`equitune.images.canonical`.
+- ``gcnn``: no classifier at all: a steerable G-CNN trained from scratch (:mod:`equitune.images.gcnn`, built by
+  :func:`~equitune.images.experiment.run_cell`, not here).
 
 The same builder serves both input kinds: images (the group acts by ``image_action``) and cached D4 orbits of a
 frozen lower part (the group acts by :class:`~equitune.images.cached.OrbitAction`, the baselines read the orbit's
@@ -29,7 +31,7 @@ from ..core.wrappers import EquiTune, EquiZero, LambdaEquiTune
 from .backbones import ImageClassifier
 from .cached import IdentitySlot, OrbitAction
 from .canonical import canonicalizer
-from .config import BASELINE_METHODS, CANONICALIZATION_METHODS, GROUP_METHODS
+from .config import BASELINE_METHODS, CANONICALIZATION_METHODS, GCNN_GROUP_NAMES, GROUP_METHODS, SCRATCH_METHODS
 
 __all__ = ["augment_batch", "augment_orbits", "build_method", "lambda_mlp", "method_group", "new_parameters",
            "random_quarter_turns"]
@@ -45,6 +47,8 @@ def method_group(method: str, group: str) -> str:
         raise ConfigError(f"unknown method {method!r}; allowed: {', '.join(BASELINE_METHODS + GROUP_METHODS)}")
     if group == "trivial":
         raise ConfigError(f"method {method!r} needs a non-trivial group (c4, d4, hflip, vflip)")
+    if method in SCRATCH_METHODS and group not in GCNN_GROUP_NAMES:
+        raise ConfigError(f"method {method!r} is built for the groups {', '.join(GCNN_GROUP_NAMES)}; got {group!r}")
     return group
 
 
@@ -61,6 +65,9 @@ def build_method(method: str, group: str, classifier: ImageClassifier, lambda_hi
     MLP (a trained one) instead of a fresh one. The canonicalization methods need ``score_head``
     (:func:`~equitune.images.canonical.score_head`) and, on images, ``frozen``: the lower part whose maps it reads."""
     group = method_group(method, group)
+    if method in SCRATCH_METHODS:
+        raise ValueError(f"method {method!r} trains its own network (equitune.images.gcnn.build_gcnn), not a "
+                         "wrapper around a classifier")
     if method in BASELINE_METHODS:
         return IdentitySlot(classifier) if on_orbits else classifier
     action = OrbitAction(group) if on_orbits else image_action(group)

@@ -18,7 +18,7 @@ import numpy as np
 from ..core.errors import DataError
 from ..pipeline.io import atomic_path, read_json
 from .cells import Cell, grid_cells
-from .config import BACKBONE_UNITS, CANONICALIZATION_METHODS, ImagesParams
+from .config import BACKBONE_UNITS, CANONICALIZATION_METHODS, SCRATCH_METHODS, ImagesParams
 from .evaluation import D4_ELEMENTS
 
 __all__ = ["build_images_report", "practitioner_advice", "summarise"]
@@ -72,6 +72,19 @@ def _with_posthoc_rows(rows: dict[tuple, list[tuple[Cell, dict]]]) -> dict[tuple
             out[(*key[:2], POSTHOC_METHOD, group)] = [
                 (cell, {**m[POSTHOC_METHOD][group], "training": m["training"]}) for cell, m in cells]
     return out
+
+
+def _gcnn_words(params: ImagesParams) -> str:
+    """What the from-scratch row is, when the grid has it (it sits in every backbone's tables but uses none)."""
+    if not any(m in SCRATCH_METHODS for m in params.grid.group_methods):
+        return ""
+    own = params.train.gcnn
+    return (" gcnn is the baseline without pretraining: a steerable G-CNN (e2cnn; C4 or D4 regular fields, "
+            f"{'-'.join(map(str, own.channels))} channels, group pooling to invariant features, an MLP head) trained "
+            f"from scratch on the same {params.resolution} px training images, lr {own.lr}, {own.epochs} epoch(s), "
+            "batch norm trained, no backbone and no cache: exactly invariant by construction, one call of its own "
+            "small network per test image. The gap to the pretrained rows is what pretraining is worth at this "
+            "budget.")
 
 
 def _label(key: tuple) -> str:
@@ -245,7 +258,7 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
         "straight-through with the head), so about one classifier call per image; posthoc_equitune is the finetune "
         "classifier averaged over the group at test time only (no training of its own). Every test image moved by "
         "each element of D4 is scored; \"random\" "
-        "columns give each test image its own seeded random element, the same for every method.",
+        "columns give each test image its own seeded random element, the same for every method." + _gcnn_words(params),
         "",
     ]
     for dataset, backbone in datasets_backbones:

@@ -22,8 +22,8 @@ from ..core.errors import DataError
 from .bootstrap import mean_with_ci
 from .significance import ALPHA, sign_flip_p_value
 
-__all__ = ["LABELS", "bias_gap", "label_fractions", "mask_demographics", "REGARD_MODEL", "regard_labels", "score_records",
-           "sentiment_labels", "summarise"]
+__all__ = ["LABELS", "mask_demographics", "REGARD_MODEL", "regard_labels", "score_records", "sentiment_labels",
+           "summarise"]
 
 LABELS = {"sentiment": ("negative", "neutral", "positive"), "regard": ("negative", "neutral", "positive", "other")}
 MASK = "XYZ"
@@ -67,21 +67,6 @@ def regard_labels(texts: Sequence[str], device="cpu", batch_size: int = 32) -> l
                         + "; or use nlg.scorer: sentiment (offline)") from None
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer, truncation=True, device=device)
     return [result["label"] for result in classify(list(texts), batch_size=batch_size)]
-
-
-def label_fractions(labels: Sequence[str], allowed: Sequence[str]) -> dict[str, float]:
-    if not labels:
-        raise ValueError("no samples to score")
-    unknown = set(labels) - set(allowed)
-    if unknown:
-        raise ValueError(f"scorer returned unexpected label(s) {sorted(unknown)}; expected {list(allowed)}")
-    return {f"{label}_fraction": labels.count(label) / len(labels) for label in allowed}
-
-
-def bias_gap(first: dict[str, float], second: dict[str, float]) -> float:
-    """(negative - positive) of the first demographic minus that of the second: 0 = treated alike."""
-    return (first["negative_fraction"] - first["positive_fraction"]) - (
-        second["negative_fraction"] - second["positive_fraction"])
 
 
 def _leaning(labels: Sequence[str]) -> float:

@@ -16,11 +16,11 @@ shifts ("white wine"), which stay out of the count.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["WordPieceCount", "count_inside_words", "tokenizer_word_character_masks", "word_character_masks"]
+__all__ = ["WordPieceCount", "tokenizer_word_character_masks", "word_character_masks"]
 
 
 def _word_character(character: str) -> bool:
@@ -65,12 +65,3 @@ class WordPieceCount:
     def as_metrics(self) -> dict:
         rate = self.inside / self.occurrences if self.occurrences else None
         return {"equality_tokens": self.occurrences, "inside_words": self.inside, "inside_word_rate": rate}
-
-
-def count_inside_words(sequences: Iterable[Sequence[int]], equality: torch.Tensor, starts: torch.Tensor,
-                       ends: torch.Tensor) -> dict:
-    """:meth:`WordPieceCount.as_metrics` over whole sequences."""
-    count = WordPieceCount()
-    for tokens in sequences:
-        count.add(list(tokens), equality, starts, ends)
-    return count.as_metrics()

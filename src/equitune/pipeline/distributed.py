@@ -4,12 +4,10 @@
   ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): gloo on CPU, NCCL on GPU, each rank on the device
   :func:`~equitune.pipeline.stage.resolve_device` gives it. Started without torchrun it is a one-process context
   with the same interface, so a stage has one code path. The group is torn down on the way out, also on errors.
-- :class:`ShardedBatchSampler`: one seeded order of *global* batches, the same on every rank; each rank takes an
-  equal, contiguous shard of every global batch. With a loss averaged over its shard, DDP's average over ranks
-  is the loss averaged over the global batch, so N processes take the same steps as one process with the same
-  global batch and seed (up to the summation order of floats). A loop with its own batch order (length buckets)
-  takes :meth:`DistributedContext.local_share` of each global batch instead, with the weight that keeps an uneven
-  split exact.
+- :meth:`DistributedContext.local_share`: every rank draws the same seeded order of *global* batches and takes a
+  contiguous share of each, with the weight that makes DDP's average over ranks the global batch's mean loss (an
+  uneven split included), so N processes take the same steps as one process with the same global batch and seed
+  (up to the summation order of floats).
 - Rank 0 alone logs, checkpoints and writes metrics: :attr:`DistributedContext.is_main`, and
   :func:`tracked_run_on_main`, which opens the MLflow run on rank 0 and hands the other ranks a run that logs
   nothing.
@@ -35,8 +33,7 @@ from ..core.errors import ConfigError
 from .schema import BaseParams
 from .stage import resolve_device
 
-__all__ = ["DistributedContext", "NullRun", "ShardedBatchSampler", "distributed", "torchrun_ranks",
-           "tracked_run_on_main", "unwrapped"]
+__all__ = ["DistributedContext", "NullRun", "distributed", "torchrun_ranks", "tracked_run_on_main", "unwrapped"]
 
 T = TypeVar("T")
 
@@ -167,16 +164,6 @@ class DistributedContext:
             tensor /= self.world_size
         return float(tensor)
 
-    def all_equal(self, tensor: torch.Tensor) -> bool:
-        """Whether every rank holds exactly this tensor (a check that replicas did not drift apart)."""
-        if not self.is_distributed:
-            return True
-        flat = tensor.detach().reshape(-1).to(self.device)
-        low, high = flat.clone(), flat.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        return bool(torch.equal(low, high))
-
 
 def unwrapped(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (the model itself otherwise): what validation decodes
@@ -218,65 +205,6 @@ def distributed(base: BaseParams, environ: Mapping[str, str] | None = None,
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-class ShardedBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches of indices for one rank: one seeded order of global batches, each split into equal shards.
-
-    Every rank computes the same permutation of ``range(num_examples)`` (seeded with ``seed + epoch``; call
-    :meth:`set_epoch` each epoch), cuts it into global batches of ``batch_size`` and yields its contiguous
-    ``batch_size // world_size`` share of each. With one process it yields the global batches themselves, so the
-    one- and the N-process runs see the same examples in the same steps.
-    """
-
-    def __init__(self, num_examples: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False):
-        if num_examples < 1 or batch_size < 1:
-            raise ConfigError(f"need at least one example and a batch size >= 1 (got {num_examples} examples, "
-                              f"batch size {batch_size})")
-        if batch_size % world_size:
-            raise ConfigError(f"the global batch size {batch_size} does not split evenly over {world_size} "
-                              f"processes: choose a batch size that is a multiple of {world_size}, or another "
-                              "number of processes (torchrun --nproc_per_node)")
-        last = num_examples % batch_size
-        if last and not drop_last and last % world_size:
-            raise ConfigError(f"the last global batch has {last} examples ({num_examples} examples, batch size "
-                              f"{batch_size}), which do not split evenly over {world_size} processes: drop it "
-                              "(drop_last) or choose a batch size or process count that divides it")
-        if num_examples < batch_size and drop_last:
-            raise ConfigError(f"{num_examples} examples make no full batch of {batch_size} with drop_last")
-        self.num_examples, self.batch_size = num_examples, batch_size
-        self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
-        self.epoch = 0
-
-    @classmethod
-    def for_context(cls, context: DistributedContext, num_examples: int, batch_size: int, **options: Any):
-        return cls(num_examples, batch_size, rank=context.rank, world_size=context.world_size, **options)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def global_batches(self) -> list[torch.Tensor]:
-        """This epoch's global batches (identical on every rank)."""
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_examples, generator=generator)
-        else:
-            order = torch.arange(self.num_examples)
-        batches = list(order.split(self.batch_size))
-        if self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches():
-            share = len(batch) // self.world_size
-            yield batch[self.rank * share:(self.rank + 1) * share].tolist()
-
-    def __len__(self) -> int:
-        full, last = divmod(self.num_examples, self.batch_size)
-        return full + (1 if last and not self.drop_last else 0)
 
 
 class NullRun:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "pid_alive", "read_json", "write_json", "write_text"]
+__all__ = ["atomic_path", "pid_alive", "read_json", "save_torch", "write_json", "write_text"]
 
 
 def _temp_prefix(target: Path) -> str:
@@ -86,6 +86,18 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, byte for byte the same on every run for the same tensors.
+
+    Through an open file, not the temporary file's name: given a name, ``torch.save`` stores it (the random temporary
+    name) as the archive's root folder, so each run wrote other bytes and DVC saw a new output (and reran what depends
+    on it) although every tensor was equal."""
+    import torch  # here: the module serves stages that never load torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -1,6 +1,6 @@
 """How the MLflow UI shows this project's experiments: a description, the "Cells" view, and links to the runs table.
 
-What MLflow 3.17 does, read from its UI source and checked in a browser (tests/pipeline/test_mlflow_browser.py):
+What MLflow 3.17 does, read from its UI source and checked in a browser (tests/scripts/test_mlflow_browser.py):
 
 - An experiment opens on the GenAI "Overview" page (traces, latency, tokens) unless the UI's *workflow type* is
   "machine learning". That is one setting for the whole UI: the sidebar switch "GenAI | Model training" (kept in
@@ -62,14 +62,17 @@ VIEWS: dict[str, ExperimentView] = {
     "images": ExperimentView(
         description=("**Image classification under rotations** (paper section 3.1). `cache_images@<dataset>-<backbone>` "
                      "runs the frozen lower units once on every image moved by each element of D4; "
-                     "`tune_images_*@<cell>` fine-tunes the top units of one backbone with one method on that cache "
+                     "`tune_images_*@<cell>` fine-tunes the top units of one backbone with one method on that cache, or "
+                     "(method `gcnn`) trains a steerable G-CNN from scratch on the images "
                      "(curve: training loss and validation accuracy per epoch; checkpoint by DVC hash in "
                      "`checkpoint.dvc_md5`) and measures upright, rotated and mirrored test accuracy, its inference cost "
                      "(`inference/*`) and training seconds; a `finetune` run also holds the metrics of its classifier "
                      "averaged over each group at test time only (`posthoc_equitune/<group>/...`); `features_images` and `images_report` log their figures "
                      "as artifacts. " + _COMMON),
         tags=("dataset", "model", "method", "group", "seed"),
-        metrics=("test_accuracy_upright", "test_accuracy_random/c4", "test_accuracy_random/d4")),
+        metrics=("test_accuracy_upright", "test_accuracy_random/c4", "test_accuracy_random/d4",
+                 # what each cell costs, so the views compare accuracy against cost as the report does
+                 "training/seconds", "inference/backbone_calls_per_image", "inference/images_per_second")),
     "nlg": ExperimentView(
         description=("**Fairness in language generation** (paper section 3.3): EquiLM and R-EquiLM against the base "
                      "model. `generate_nlg`, `score_nlg` and `perplexity_nlg` each cover every method and axis; the "

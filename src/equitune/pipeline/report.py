@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -28,8 +29,11 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def environment_table(profile: str, base: BaseParams, record: dict) -> str:
-    """The table at the top of the report; ``record`` is :func:`~equitune.pipeline.reproducibility.environment_record`."""
+def environment_table(profile: str, base: BaseParams, record: dict,
+                      section_threads: Mapping[str, int] | None = None) -> str:
+    """The table at the top of the report; ``record`` is :func:`~equitune.pipeline.reproducibility.environment_record`;
+    ``section_threads``: the experiments whose stages use their own thread count (``scan.threads``), shown beside
+    ``base.threads`` where they differ from it (:func:`equitune.pipeline.context.stage_threads` decides)."""
     flags = determinism_flags()
     cpu, kernels, versions = record["cpu"], record["kernels"], record["versions"]
     source = "" if kernels["cpu_isa_source"] == "params" else f" (set by {kernels['cpu_isa_source']})"
@@ -39,7 +43,7 @@ def environment_table(profile: str, base: BaseParams, record: dict) -> str:
         ("torch", torch.__version__),
         ("CUDA (build / available)", f"{torch.version.cuda or 'none'} / {torch.cuda.is_available()}"),
         ("device (params)", base.device),
-        ("threads", str(base.threads)),
+        ("threads", _threads(base.threads, section_threads or {})),
         ("deterministic algorithms", str(base.deterministic)),
         ("python / platform", f"{platform.python_version()} / {platform.machine()}"),
         ("tf32 matmul in this process", str(flags["tf32_matmul"])),
@@ -54,7 +58,13 @@ def environment_table(profile: str, base: BaseParams, record: dict) -> str:
     return "\n".join(lines)
 
 
-def build_report(profile: str, base: BaseParams, sections: list[Path], record: dict) -> str:
+def _threads(base_threads: int, section_threads: Mapping[str, int]) -> str:
+    own = [f"{name} stages: {count}" for name, count in section_threads.items() if count != base_threads]
+    return f"{base_threads} ({'; '.join(own)})" if own else str(base_threads)
+
+
+def build_report(profile: str, base: BaseParams, sections: list[Path], record: dict,
+                 section_threads: Mapping[str, int] | None = None) -> str:
     parts = [
         "# equitune: reproduction report",
         "",
@@ -63,7 +73,7 @@ def build_report(profile: str, base: BaseParams, sections: list[Path], record: d
         "",
         "## How these results were made",
         "",
-        environment_table(profile, base, record),
+        environment_table(profile, base, record, section_threads),
         "",
     ]
     for section in sections:

@@ -8,6 +8,8 @@ outputs ``dvc.lock`` still records (:func:`equitune.pipeline.lockfile.restore_ou
 reaching ``dvc repro -s STAGE`` loses no committed metric, curve or report.
 Before ``main`` runs, :func:`run_stage` pins torch's CPU kernels to ``base.cpu_isa`` of the params file
 (:mod:`equitune.pipeline.reproducibility`): a stage script must not run a torch operation at import time.
+Inside ``main``, :func:`equitune.pipeline.context.open_stage` gives the rest of the skeleton (params, cell check,
+device or torchrun group, seeding, the tracked run); :func:`add_paths` and :func:`add_options` declare the arguments.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .lockfile import restore_outputs
 from .reproducibility import apply_cpu_isa
 from .schema import BaseParams, ParamsError, read_params_file
 
-__all__ = ["argument_parser", "check_in_grid", "keep_previous_outputs", "resolve_device", "run_stage", "select_device"]
+__all__ = ["add_options", "add_paths", "argument_parser", "check_in_grid", "keep_previous_outputs", "resolve_device", "run_stage", "select_device"]
 
 
 def run_stage(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
@@ -134,4 +136,18 @@ def check_in_grid(name: str, value: object, allowed: Iterable[object]) -> None:
 def argument_parser(description: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return parser
+
+
+def add_paths(parser: argparse.ArgumentParser, **helps: str) -> argparse.ArgumentParser:
+    """One required path option per keyword (``metrics_dir="..."`` -> ``--metrics-dir``), with its help text."""
+    for name, text in helps.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True, help=text)
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser, **types: type) -> argparse.ArgumentParser:
+    """One required option per keyword, of that type (a grid cell's coordinates: ``split=str, seed=int``)."""
+    for name, kind in types.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, required=True)
     return parser

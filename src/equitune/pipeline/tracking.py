@@ -84,7 +84,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 def repo_root() -> Path:
     """The real repository root: DVC_ROOT (which dvc 3.67 points at the parent repo for queued and temp
-    experiments too, see tests/pipeline/test_pipeline_infra.py), else the git checkout around the working directory."""
+    experiments too, see tests/dvc/test_pipeline_infra.py), else the git checkout around the working directory."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     try:

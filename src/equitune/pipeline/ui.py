@@ -17,15 +17,10 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,68 +83,45 @@ def experiment_links(base_url: str, experiments: Sequence[tuple[str, str, int]])
             for name, experiment_id, runs in experiments]
 
 
-def _answers(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(base_url + "/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """The server and the workers it forked (one process group)."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
 def serve(uri: str, host: str, port: int, experiments: Sequence[tuple[str, str, int]]) -> int:
     """Start ``mlflow ui``, print the links once it answers, and wait for it (Ctrl-C or SIGTERM stops it)."""
+    from .services import ServiceError, executor, start, stop  # mirakuru loads only when a server starts
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_cli) if mlflow_cli.exists() else "mlflow", "ui", "--backend-store-uri", uri,
                "--host", host, "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    log = tempfile.TemporaryFile("w+")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    base_url = f"http://{host}:{port}"
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
-    base_url = f"http://{host}:{port}"
-    try:
-        print(f"starting the MLflow UI on {base_url} (store {uri}) ...", flush=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(base_url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                tail = log.read()[-3000:]
-                what = f"exited with code {server.returncode}" if server.poll() is not None else \
-                    f"did not answer within {START_TIMEOUT_S:.0f} s"
-                print(f"error: mlflow ui {what}:\n{tail}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="equitune-ui-") as folder:
+        log = Path(folder) / "mlflow-ui.log"
+        server = executor(command, log=log, env=env, timeout=START_TIMEOUT_S, url=base_url + "/health")
+        previous = signal.signal(signal.SIGTERM, on_signal)
+        try:
+            print(f"starting the MLflow UI on {base_url} (store {uri}) ...", flush=True)
+            try:
+                start(server, "mlflow ui", log)
+            except ServiceError as error:
+                print(f"error: {error}", file=sys.stderr)
                 return 1
-            time.sleep(0.5)
-        print("\nEach experiment's runs table (model-training mode, Views > Cells: the cell's tags and final "
-              "metrics as columns):", flush=True)
-        print("\n".join(experiment_links(base_url, experiments)), flush=True)
-        # A link's ?workflowType= holds for that page only; the runs table links its runs without it, and MLflow 3.17
-        # has no server setting for it: the sidebar switch, saved in the browser, is what keeps run pages in the
-        # training layout.
-        print(f"\nOr open {base_url}. Either way, click 'Model training' at the top of the sidebar once (this browser "
-              "remembers it): run pages then open in the training layout (Overview, Model metrics, Artifacts), not "
-              "the GenAI one. Ctrl-C stops the server.", flush=True)
-        return server.wait()
-    except KeyboardInterrupt:
-        print("\nstopping the MLflow UI", flush=True)
-        return 0
-    finally:
-        _stop(server)
-        signal.signal(signal.SIGTERM, previous)
+            print("\nEach experiment's runs table (model-training mode, Views > Cells: the cell's tags and final "
+                  "metrics as columns):", flush=True)
+            print("\n".join(experiment_links(base_url, experiments)), flush=True)
+            # A link's ?workflowType= holds for that page only; the runs table links its runs without it, and MLflow
+            # 3.17 has no server setting for it: the sidebar switch, saved in the browser, is what keeps run pages in
+            # the training layout.
+            print(f"\nOr open {base_url}. Either way, click 'Model training' at the top of the sidebar once (this "
+                  "browser remembers it): run pages then open in the training layout (Overview, Model metrics, "
+                  "Artifacts), not the GenAI one. Ctrl-C stops the server.", flush=True)
+            return server.process.wait()
+        except KeyboardInterrupt:
+            print("\nstopping the MLflow UI", flush=True)
+            return 0
+        finally:
+            stop(server)  # the server and the workers it forked (one process group)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ pretrained model serves every group tuned on its split. dvc.yaml writes
 ``models/scan/${split}-${cell}-${seed}``, ``metrics/scan/pretrain/${split}-${cell}-${seed}.json`` and
 ``metrics/scan/tune/${split}-${group}-${cell}-${seed}.json``; :attr:`ScanCell.name` and :attr:`TuneCell.name` are
 those same names, so the report stage finds every cell's file from the grid alone
-(tests/pipeline/test_stage_paths.py checks the two agree).
+(tests/dvc/test_stage_paths.py checks the two agree).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..pipeline.stage import check_in_grid
 from .config import ScanParams
 
-__all__ = ["ScanCell", "TuneCell", "grid_cells", "tune_cells"]
+__all__ = ["ScanCell", "TuneCell"]
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,3 @@ class TuneCell:
         self.pretrained.check(params)
         check_in_grid(f"group (tuned on {self.split})", self.group, getattr(params.grid.groups, self.split))
 
-
-def grid_cells(params: ScanParams) -> list[ScanCell]:
-    grid = params.grid
-    return [ScanCell(split, cell, seed) for split in grid.splits for cell in grid.cells for seed in grid.seeds]
-
-
-def tune_cells(params: ScanParams) -> list[TuneCell]:
-    grid = params.grid
-    return [TuneCell(split, group, cell, seed) for split, group in grid.tuned() for cell in grid.cells
-            for seed in grid.seeds]

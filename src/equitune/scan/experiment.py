@@ -22,7 +22,7 @@ from ..core.proxies import ProxyScore
 from ..core.wrappers import EquiZero
 from ..pipeline.distributed import DistributedContext
 from .cells import ScanCell, TuneCell
-from .combination import COMBINATIONS, equitune_wrapper
+from .combination import COMBINATIONS, equitune_wrapper, frame_wrapper
 from .config import ScanParams, bind_scan_group, scan_support_frame
 from .data import (
     download_official_split,
@@ -48,7 +48,7 @@ from .training import EncodedPairs, encode_pairs, lines_in, make_batch, pretrain
 
 __all__ = ["CHECKPOINT", "PARTS", "accuracy", "build_model", "correct_flags", "decoding_equivariance_fraction",
            "load_pretrained", "load_split_files", "prepare_splits", "pretrain_cell", "teacher_forced_equivariance_error",
-           "tune_cell"]
+           "tune_cell", "tune_through_frame"]
 
 PARTS = ("train", "validation", "test")
 CHECKPOINT = "pretrained.pt"
@@ -131,10 +131,11 @@ def accuracy(model: Seq2Seq, data: EncodedPairs, params: ScanParams, method: str
 
 
 def teacher_forced_equivariance_error(model: Seq2Seq, data: EncodedPairs, perms, equituned: bool,
-                                      examples: int = 64, combination: str = "log_prob_mean") -> float:
+                                      examples: int = 64, combination: str = "log_prob_mean", frame=None) -> float:
     """Largest |f(g.x) - g.f(x)| of the teacher-forced per-step log-probs, in float64, on the first examples.
 
-    ``equituned=False`` measures the backbone itself (expected to be far from equivariant)."""
+    ``equituned=False`` measures the backbone itself (expected to be far from equivariant); with a frame rule
+    ``frame`` (and ``equituned``) the model is averaged over each command's frame instead of the group."""
     input_perm, output_perm = perms
     backbone = Seq2Seq(model.cell, model.source_embedding.num_embeddings, model.target_embedding.num_embeddings,
                        model.hidden_size, model.layers, model.dropout.p, model.attention, model.source_length)
@@ -143,8 +144,11 @@ def teacher_forced_equivariance_error(model: Seq2Seq, data: EncodedPairs, perms,
     src, decoder_inputs, _ = make_batch(data, torch.arange(min(examples, len(data))))
     actions = (input_perm.on_ids, output_perm.on_ids)
     if equituned:
-        wrapped = equitune_wrapper(combination)(backbone, actions, output_action=output_perm.on_scores).eval()
-        return equivariance_error(wrapped, actions, (src, decoder_inputs), output_perm.on_scores)
+        if frame is None:
+            wrapped = equitune_wrapper(combination)(backbone, actions, output_action=output_perm.on_scores)
+        else:
+            wrapped = frame_wrapper(combination)(backbone, actions, frame, output_action=output_perm.on_scores)
+        return equivariance_error(wrapped.eval(), actions, (src, decoder_inputs), output_perm.on_scores)
     return equivariance_error(backbone, actions, (src, decoder_inputs), output_perm.on_scores)
 
 
@@ -243,15 +247,18 @@ def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs],
               seed_generator: Callable[[], torch.Generator], device: torch.device, log: Log) -> dict:
     """Equitune and equizero-tune the pretrained model with the cell's group (the |G| copies as one batch through
     the core wrappers) and evaluate them: the cell's metrics (test and validation accuracy at the curve steps,
-    equivariance checks, wall and CPU seconds of each method).
+    equivariance checks, wall and CPU seconds of each method). Then the ``frame`` method: the pretrained model
+    tuned through its own frame (:func:`tune_through_frame`; 0 steps: ``frame_0_steps``, tuned: ``frame``).
 
     Beside them, evaluation only (no extra training), at 0 steps and after tuning: equitune's checkpoints decoded
-    with both combination rules (``equitune_combinations``) and with frame decoding (``frame_0_steps``, ``frame``:
-    equitune's checkpoints, the split's ``frame_excluded_words``), the mean frame size on the test split, and the
-    test split's decoding speed of equitune, equizero and frame after tuning (``decoding_speed``). Their seconds
-    are ``added_evaluation_cost``, not part of ``equitune_cost``.
+    with both combination rules (``equitune_combinations``) and with frame decoding (``frame_0_steps``, which is
+    the pretrained model decoded through the frame, and ``frame_decoding_of_equitune``: equitune's tuned
+    checkpoint; the split's ``frame_excluded_words``), the mean frame size on the test split, and the test split's
+    decoding speed of equitune, equizero and frame after tuning (``decoding_speed``, all on equitune's and
+    equizero's checkpoints). Their seconds are ``added_evaluation_cost``, not part of ``equitune_cost``.
 
-    ``seed_generator()`` reseeds everything and returns a generator: each method starts from the same state."""
+    ``seed_generator()`` reseeds everything and returns a generator: each method starts from the same state (frame
+    tuning runs last, so adding it changed none of the random draws of the other two)."""
     perms = bind_scan_group(params.groups[cell.group])
     input_perm, output_perm = perms
     settings = params.tune
@@ -308,13 +315,68 @@ def tune_cell(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs],
             metrics["equitune_decoding_equivariance_fraction"] = decoding_equivariance_fraction(
                 model, data["test"], params, perms)
             metrics["equitune_combinations"] = {"configured": settings.combination, **extra.combinations(metrics)}
-            metrics["frame_0_steps"], metrics["frame"] = extra.frame["0_steps"], extra.frame["tuned"]
+            metrics["frame_0_steps"] = extra.frame["0_steps"]
+            metrics["frame_decoding_of_equitune"] = extra.frame["tuned"]
+    framed = tune_through_frame(params, cell, data, pretrained, frame, metrics["frame_0_steps"], seed_generator(),
+                                device, log)
+    validation_curves["frame"] = framed.pop("validation_curve")
+    metrics.update(framed)
     metrics["curve"] = curves
     metrics["validation_curve"] = validation_curves
     metrics["decoding_speed"] = extra.speed
     metrics["added_evaluation_cost"] = extra.cost
-    log({f"{method}_{key}": value for method in curves for key, value in metrics[f"{method}_cost"].items()}, 0)
+    log({f"{method}_{key}": value for method in (*curves, "frame") for key, value in metrics[f"{method}_cost"].items()},
+        0)
     return metrics
+
+
+def tune_through_frame(params: ScanParams, cell: TuneCell, data: dict[str, EncodedPairs], pretrained: Seq2Seq,
+                       frame, zero_steps: dict[str, float], generator: torch.Generator, device: torch.device,
+                       log: Log) -> dict:
+    """The ``frame`` method tuned: the pretrained model trained through its own frame (the training loss on the
+    frame average, only each command's frame copies through the model as one batch; the configured combination),
+    with equitune's steps, lr, schedule and batches (``generator`` seeded from the cell like equitune's).
+
+    Evaluated by frame decoding on the validation split at the curve steps and on the test split after the last
+    step only (test decodes are the expensive part of a cell). Step 0 is the pretrained model, whose frame decoding
+    ``zero_steps`` (``frame_0_steps``) already measured. Returns ``frame`` (test and validation accuracy),
+    ``frame_cost`` (wall and CPU seconds with those evaluations; ``training_*``: without them),
+    ``frame_equivariance_error`` (float64, teacher-forced) and ``validation_curve``."""
+    input_perm, output_perm = perms = bind_scan_group(params.groups[cell.group])
+    settings = params.tune
+    steps = settings.steps[cell.split]
+    clock = _Clock()
+    model = copy.deepcopy(pretrained)
+    wrapper = frame_wrapper(settings.combination)(model, (input_perm.on_ids, output_perm.on_ids), frame,
+                                                  output_action=output_perm.on_scores)
+    validation = {0: zero_steps["validation_accuracy"]}
+    tuned = dict(zero_steps)
+    evaluation = {"seconds": 0.0, "cpu_seconds": 0.0}
+    log({"frame_test_accuracy": zero_steps["test_accuracy"], "frame_validation_accuracy": validation[0]}, 0)
+
+    def on_checkpoint(step: int) -> None:
+        timer = _Clock()
+        validation[step] = accuracy(model, data["validation"], params, "frame", perms, frame=frame)
+        values = {"frame_validation_accuracy": validation[step]}
+        if step == steps:
+            tuned.update(test_accuracy=accuracy(model, data["test"], params, "frame", perms, frame=frame),
+                         validation_accuracy=validation[step])
+            values["frame_test_accuracy"] = tuned["test_accuracy"]
+        log(values, step)
+        evaluation.update(_plus(evaluation, timer.seconds()))
+
+    tune(wrapper, data["train"], settings, lr=settings.lr[cell.split], steps=steps,
+         checkpoints=[s for s in settings.curve_for(cell.split) if s > 0], generator=generator,
+         on_checkpoint=on_checkpoint, device=device, desc="frame")
+    model.eval()
+    total = clock.seconds()
+    training = _minus(total, evaluation)
+    return {"frame": tuned,
+            "frame_cost": {**total, "training_seconds": training["seconds"],
+                           "training_cpu_seconds": training["cpu_seconds"]},
+            "frame_equivariance_error": teacher_forced_equivariance_error(
+                model, data["validation"], perms, equituned=True, combination=settings.combination, frame=frame),
+            "validation_curve": {f"step_{s}_validation_accuracy": validation[s] for s in sorted(validation)}}
 
 
 class _ExtraEvaluations:

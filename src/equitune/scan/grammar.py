@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-__all__ = ["ACTION_WORDS", "COMMAND_WORDS", "MAX_COMMAND_WORDS", "all_pairs", "interpret"]
+__all__ = ["ACTION_WORDS", "COMMAND_WORDS", "MAX_COMMAND_WORDS", "all_pairs"]
 
 _VERB_ACTIONS = {"walk": "WALK", "look": "LOOK", "run": "RUN", "jump": "JUMP"}
 _TURNS = {"left": "TURN_LEFT", "right": "TURN_RIGHT"}
@@ -53,15 +53,3 @@ def all_pairs() -> tuple[tuple[str, str], ...]:
             pairs.append((f"{first} after {second}", " ".join(second_actions + first_actions)))
     return tuple(pairs)
 
-
-def interpret(command: str) -> str:
-    """The action sequence of one command (by lookup in the generated table)."""
-    table = _table()
-    if command not in table:
-        raise ValueError(f"not a SCAN command: {command!r}")
-    return table[command]
-
-
-@lru_cache(maxsize=1)
-def _table() -> dict[str, str]:
-    return dict(all_pairs())

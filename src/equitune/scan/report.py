@@ -97,12 +97,16 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
                         values = [[r["validation_curve"][method][f"step_{s}_validation_accuracy"] for r in rows]
                                   for s in steps]
                         _band(right, steps, values, ":", f"{cell} {group} {method} (validation)")
+                if all("frame" in r.get("validation_curve", {}) for r in rows):
+                    values = [[r["validation_curve"]["frame"][f"step_{s}_validation_accuracy"] for r in rows]
+                              for s in steps]
+                    _band(right, steps, values, "-.", f"{cell} {group} frame-tuned (validation)")
         left.set_xlabel(f"pretraining examples seen, thousands (batch {params.pretrain.batch_size})")
         left.set_ylabel("validation exact-match accuracy")
         left.set_title(f"{split}: pretraining")
         right.set_xlabel(f"tuning steps (batch {params.tune.batch_size})")
-        right.set_ylabel("exact-match accuracy (test; dotted: validation)")
-        right.set_title(f"{split}: equitune / equizero")
+        right.set_ylabel("exact-match accuracy (test; dotted, dash-dotted: validation)")
+        right.set_title(f"{split}: equitune / equizero / frame")
         for axis in (left, right):
             axis.set_ylim(-0.02, 1.02)
             axis.grid(alpha=0.3)
@@ -225,24 +229,29 @@ def _commands_per_second(rows: list[dict], method: str) -> str:
 
 
 def _frame_table(params: ScanParams, results: Results) -> list[str]:
-    """Frame decoding on equitune's checkpoints: accuracy, frame size and speed beside equitune and equizero."""
+    """The frame method (0 steps, tuned through its own frame) and frame decoding of equitune's tuned checkpoint:
+    accuracy, frame size and decoding speed beside equitune and equizero."""
     rows = [row for rows in results.tune.values() for row in rows]
-    if not _all_have(rows, "frame"):
+    if not _all_have(rows, "frame_decoding_of_equitune"):
         return []
     excluded = ", ".join(f"{split}: {params.tune.frame_excluded_words[split]}" for split in params.grid.splits)
-    lines = ["", "Frame decoding (`scan.tune.frame_excluded_words`, " + excluded + "): each command decodes only "
-             "through the group elements that map it to a command without those words (one copy for most "
+    lines = ["", "Frame (`scan.tune.frame_excluded_words`, " + excluded + "): each command goes through the model "
+             "only as moved by the group elements that map it to a command without those words (one copy for most "
              "commands; a command no element maps there, or that an element fixes, uses the whole group), the "
-             "copies combined as equitune's. It is not tuned on its own: the columns decode **equitune's "
-             "checkpoints** (0 steps: the pretrained model; tuned: after equituning). Test accuracy (%), mean frame "
-             "size over the test split, and test commands decoded per CPU second after tuning (the "
-             "same checkpoints as the accuracies).", "",
-             "| split | cell | group (\\|G\\|) | frame (0 steps) | frame (equitune's tuned checkpoint) | mean frame "
-             "size | commands/s: frame | equitune | equizero |", "|---|---|---|---|---|---|---|---|---|"]
+             "copies combined as equitune's. 0 steps: the pretrained model decoded through the frame; tuned: the "
+             "pretrained model **tuned through its own frame** (its training loss on the frame average; equitune's "
+             "steps, lr, schedule and batches); beside it, **equitune's tuned checkpoint** decoded through the "
+             "frame. Test accuracy (%), mean frame size over the test split, and test commands decoded per CPU "
+             "second after tuning (frame decoding timed on equitune's checkpoint, each method on its own "
+             "checkpoints).", "",
+             "| split | cell | group (\\|G\\|) | frame (0 steps) | frame (tuned through its frame) | frame decoding "
+             "of equitune's tuned checkpoint | mean frame size | commands/s: frame | equitune | equizero |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for split, cell, group in _rows(params):
         tune = results.tune[(split, cell, group)]
         cells = [_mean_std([r["frame_0_steps"]["test_accuracy"] for r in tune]),
                  _mean_std([r["frame"]["test_accuracy"] for r in tune]),
+                 _mean_std([r["frame_decoding_of_equitune"]["test_accuracy"] for r in tune]),
                  f"{statistics.fmean(r['frame_mean_size'] for r in tune):.2f}",
                  *(_commands_per_second(tune, method) for method in ("frame", "equitune", "equizero"))]
         lines.append(f"| {split} | {cell} | {group} ({tune[0]['group_order']}) | " + " | ".join(cells) + " |")
@@ -278,16 +287,22 @@ def _per_split(values: dict, params: ScanParams) -> str:
 def _cost_table(params: ScanParams, results: Results) -> list[str]:
     """Wall and CPU seconds per cell (mean ± std over seeds), as measured by the stages on the machine that ran
     them: what each column of the table cost."""
+    methods = ("equitune", "equizero", "frame")
+    if not _all_have([row for rows in results.tune.values() for row in rows], "frame_cost"):
+        methods = methods[:2]  # metrics written before frame tuning existed
     lines = ["", "Cost per cell in seconds, wall / CPU (mean ± std over seeds; the machine that ran the stages, "
              f"{params.threads} torch thread(s)): pretraining, then each group's equituning and equizero-tuning "
-             "with their evaluations.", "",
-             "| split | cell | group | pretraining | equitune | equizero |", "|---|---|---|---|---|---|"]
+             "with their evaluations (test and validation at every curve step)"
+             + (", and tuning through the frame with its own (validation at the curve steps, test after the "
+                "last step)" if "frame" in methods else "") + ".", "",
+             "| split | cell | group | pretraining | " + " | ".join(methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
     for split, cell, group in _rows(params):
         pretrain = results.pretrain[(split, cell)]
         tune = results.tune[(split, cell, group)]
         cost = [_seconds([r["pretrain_seconds"] for r in pretrain], [r["pretrain_cpu_seconds"] for r in pretrain])]
         cost += [_seconds([r[f"{method}_cost"]["seconds"] for r in tune], [r[f"{method}_cost"]["cpu_seconds"] for r in tune])
-                 for method in ("equitune", "equizero")]
+                 for method in methods]
         lines.append(f"| {split} | {cell} | {group} | " + " | ".join(cost) + " |")
     return lines
 
@@ -310,12 +325,18 @@ def _findings(params: ScanParams, results: Results) -> list[str]:
                 f"{', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained_val.items())}, test accuracy "
                 f"{', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained_test.items())}.")
         for group in getattr(params.grid.groups, split):
-            for method in ("equitune", "equizero"):
+            rows = [row for cell in params.grid.cells for row in results.tune[(split, cell, group)]]
+            # Metrics written before frame tuning existed hold equitune's checkpoint under "frame": left out.
+            frame_tuned = _all_have(rows, "frame_decoding_of_equitune")
+            for method in ("equitune", "equizero", "frame") if frame_tuned else ("equitune", "equizero"):
                 best = max(params.grid.cells, key=lambda c, g=group, m=method: _mean_of(results, split, c, g, m))
                 worst_seed = min(min(_value(results, split, c, group, method, "test_accuracy"))
                                  for c in params.grid.cells)
                 text += (f" With {group}, {method}: best cell {best} {100 * _mean_of(results, split, best, group, method):.1f}% "
                          f"(0 steps: {100 * _mean_of(results, split, best, group, method + '_0_steps'):.1f}%), "
                          f"lowest single run {100 * worst_seed:.1f}%.")
+            if frame_tuned:
+                decoded = statistics.fmean(r["frame_decoding_of_equitune"]["test_accuracy"] for r in rows)
+                text += f" Equitune's tuned checkpoints decoded through the frame: {100 * decoded:.1f}%."
         findings.append(text)
     return findings

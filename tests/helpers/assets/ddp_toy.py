@@ -2,18 +2,21 @@
 stage trains under torchrun (equitune.pipeline.distributed), small enough for 2 CPU processes.
 
 Run it as one process (``python ddp_toy.py ...``) or as several (``torchrun --standalone --nproc_per_node=2
-ddp_toy.py ...``): with the same global batch and seed both take the same steps. Rank 0 alone opens the MLflow run,
-writes the weights (``--out``) and the metrics file (``--metrics``); every rank checks that the replicas still hold
-identical weights after training, then predicts the training images split across the ranks and gathered.
+ddp_toy.py ...``): with the same global batch and seed both take the same steps (every rank draws the same seeded
+global batches and trains on its ``DistributedContext.local_share`` of each, as the stages do). Rank 0 alone opens
+the MLflow run, writes the weights (``--out``) and the metrics file (``--metrics``); every rank checks that the
+replicas still hold identical weights after training, then predicts the training images split across the ranks and
+gathered.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from equitune.core import EquiTune, image_action
-from equitune.pipeline.distributed import ShardedBatchSampler, distributed, tracked_run_on_main
+from equitune.pipeline.distributed import DistributedContext, distributed, tracked_run_on_main
 from equitune.pipeline.io import atomic_path, write_json
 from equitune.pipeline.schema import load_section
 from equitune.pipeline.seeding import seed_everything
@@ -36,6 +39,22 @@ def toy_model() -> nn.Module:
     return EquiTune(backbone.double(), image_action("c4"))
 
 
+def global_batches(seed: int, epoch: int, batch_size: int) -> list[torch.Tensor]:
+    """One epoch's seeded order of global batches (the same on every rank)."""
+    order = torch.randperm(NUM_EXAMPLES, generator=torch.Generator().manual_seed(seed + epoch))
+    return list(order.split(batch_size))
+
+
+def replicas_agree(context: DistributedContext, tensor: torch.Tensor) -> bool:
+    """Whether every rank holds exactly this tensor (the replicas did not drift apart)."""
+    if not context.is_distributed:
+        return True
+    low, high = tensor.detach().reshape(-1).clone(), tensor.detach().reshape(-1).clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(low, high))
+
+
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--seed", type=int, default=0)
@@ -49,7 +68,7 @@ def main(argv=None) -> None:
     with distributed(base) as context:
         seed_everything(args.seed, threads=1, deterministic=base.deterministic)
         images, labels = toy_data()
-        sampler = ShardedBatchSampler.for_context(context, NUM_EXAMPLES, args.batch_size, seed=args.seed)
+        context.check_batches(args.batch_size, NUM_EXAMPLES, what="--batch-size")
         model = context.wrap(toy_model())
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         tags = {"model": "toy-cnn", "method": "equitune", "group": "c4", "seed": args.seed}
@@ -57,17 +76,17 @@ def main(argv=None) -> None:
         with tracked_run_on_main(context, "toy", profile="default", params=params, tags=tags) as run:
             step = 0
             for epoch in range(args.epochs):
-                sampler.set_epoch(epoch)
-                for indices in sampler:
-                    loss = nn.functional.cross_entropy(model(images[indices].to(context.device)),
-                                                       labels[indices].to(context.device))
+                for batch in global_batches(args.seed, epoch, args.batch_size):
+                    indices, weight = context.local_share(batch)
+                    loss = weight * nn.functional.cross_entropy(model(images[indices].to(context.device)),
+                                                                labels[indices].to(context.device))
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
                     run.log_metrics({"loss": context.mean(loss)}, step=step)
                     step += 1
             weights = nn.utils.parameters_to_vector(model.parameters())
-            if not context.all_equal(weights):
+            if not replicas_agree(context, weights):
                 raise RuntimeError("the replicas' weights differ after training")
             # Inference split across ranks and gathered back in order (how generation shares its prompts).
             model.eval()

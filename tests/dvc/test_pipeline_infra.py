@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from helpers.servers import free_port
+from equitune.pipeline.services import executor, free_port, running
 from helpers.toy_project import clean_env, make_toy_project, mlflow_runs, progress_lines, run, wait_for
 
 
@@ -81,42 +79,20 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-def server_is_up(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 @pytest.mark.slow
 def test_mlflow_server_serves_the_pipeline_runs(tmp_path):
     root = make_toy_project(tmp_path / "toy", seed=4, epochs=3)
     run(["dvc", "repro"], root)
     metrics_file = json.loads((root / "metrics" / "toy.json").read_text())
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{root / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not server_is_up(base):
-            assert server.poll() is None, f"mlflow server exited {server.returncode}: {server.stdout.read()}"
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
-            time.sleep(0.5)
+    base = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "mlflow-server.log"
+    server = executor([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
+                       f"sqlite:///{root / 'mlflow.db'}", "--host", "127.0.0.1", "--port", base.rsplit(":", 1)[1],
+                       "--workers", "1"], log=log, env=clean_env(), timeout=120, url=base + "/health")
+    with running(server, "mlflow server", log):
         experiment = api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=equitune-toy")["experiment"]
         found = api(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
     assert len(found) == 1
     served = found[0]

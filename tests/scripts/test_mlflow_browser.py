@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from equitune.pipeline.services import free_port
 from helpers.browser import chromium, missing_browser, save_page
-from helpers.servers import free_port
 from helpers.toy_project import clean_env, make_toy_project, mlflow_runs, run
 
 pytestmark = pytest.mark.slow

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from equitune.pipeline import tracking
+from equitune.pipeline.services import alive, free_port
 from helpers.toy_project import (
     ASSETS,
     clean_env,
@@ -90,7 +91,7 @@ def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, stat
     admin = ("admin", secrets.token_urlsafe(16))
     writer, reader = ("writer", secrets.token_urlsafe(16)), ("reader", secrets.token_urlsafe(16))
     env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
-    port = tracking_port()
+    port = free_port()
     started = team_server(state_dir, "start", "--port", str(port), "--workers", "1", env=env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -169,25 +170,8 @@ def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, stat
         stopped = team_server(state_dir, "stop", env=env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr
     for name in ("mlflow_pid", "moto_pid"):
-        assert not process_exists(state.get(name)), f"{name} still running after stop"
+        assert not alive(state.get(name)), f"{name} still running after stop"
     assert not (state_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL still running after stop"
-
-
-def tracking_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def process_exists(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def run_count_in_postgres(state_dir: Path, port: int) -> int:
@@ -213,7 +197,7 @@ def s3_keys(port: int) -> list[str]:
 @pytest.mark.slow
 def test_an_unreachable_server_stops_the_stage_before_any_work(tmp_path):
     root = make_toy_project(tmp_path / "toy", seed=0, epochs=1)
-    url = f"http://127.0.0.1:{tracking_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     stage = toy_stage(root, MLFLOW_TRACKING_URI=url)
     _, stderr = stage.communicate(timeout=120)
     assert stage.returncode == 2, stderr
@@ -224,7 +208,7 @@ def test_an_unreachable_server_stops_the_stage_before_any_work(tmp_path):
 
 
 def test_check_names_the_variable_for_a_closed_port(monkeypatch):
-    url = f"http://127.0.0.1:{tracking_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(tracking.TrackingServerError, match="cannot be reached"):
         tracking.check_tracking_server(url, timeout=5)
 
@@ -274,7 +258,7 @@ def running_team_server(state_dir: Path) -> Iterator[tuple[str, tuple[str, str],
     credentials and the environment that started it; stopped at the end, which must succeed."""
     admin = ("admin", secrets.token_urlsafe(16))
     env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
-    started = team_server(state_dir, "start", "--port", str(tracking_port()), "--workers", "1", env=env)
+    started = team_server(state_dir, "start", "--port", str(free_port()), "--workers", "1", env=env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield json.loads((state_dir / "state.json").read_text())["url"], admin, env

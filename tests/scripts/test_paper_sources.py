@@ -58,13 +58,18 @@ def test_scan_official_files_download_and_verify_over_http(tmp_path):
     assert list(split.train) != list(expected.train), "the fixture's line order differs, as the official files' does"
 
 
-def test_cifar10_fixture_goes_through_torchvision_download_and_md5_checks(tmp_path):
-    checksums = write_cifar10_archive(tmp_path / "images")
-    (tmp_path / "checksums.json").write_text(json.dumps({"cifar10": checksums}))
+def _prepare_served(tmp_path, dataset: str, write_fixture, filename: str):
+    """``prepare_dataset`` of a fixture archive served over HTTP, with the fixture's checksums (or counts)."""
+    checks = write_fixture(tmp_path / "images")
+    (tmp_path / "checksums.json").write_text(json.dumps({dataset: checks}))
     with serve_folder(tmp_path / "images") as base:
-        data = _images_data(tmp_path, cifar10_url=f"{base}/cifar-10-python.tar.gz",
+        data = _images_data(tmp_path, **{f"{dataset}_url": f"{base}/{filename}"},
                             fixture_checksums=str(tmp_path / "checksums.json"))
-        subsets, classes = prepare_dataset("cifar10", data)
+        return prepare_dataset(dataset, data)
+
+
+def test_cifar10_fixture_goes_through_torchvision_download_and_md5_checks(tmp_path):
+    subsets, classes = _prepare_served(tmp_path, "cifar10", write_cifar10_archive, "cifar-10-python.tar.gz")
     assert classes[:2] == ("airplane", "automobile") and len(classes) == 10
     assert subsets["train_x"].shape == (18, 3, 32, 32) and len(subsets["val_y"]) == 2
     assert subsets["test_x"].shape == (8, 3, 32, 32)  # the test batch, never the training batches
@@ -79,12 +84,7 @@ def test_cifar10_fixture_goes_through_torchvision_download_and_md5_checks(tmp_pa
 
 
 def test_hymenoptera_fixture_is_downloaded_cropped_and_counted(tmp_path):
-    counts = write_hymenoptera_zip(tmp_path / "images")
-    (tmp_path / "checksums.json").write_text(json.dumps({"hymenoptera": counts}))
-    with serve_folder(tmp_path / "images") as base:
-        data = _images_data(tmp_path, hymenoptera_url=f"{base}/hymenoptera_data.zip",
-                            fixture_checksums=str(tmp_path / "checksums.json"))
-        subsets, classes = prepare_dataset("hymenoptera", data)
+    subsets, classes = _prepare_served(tmp_path, "hymenoptera", write_hymenoptera_zip, "hymenoptera_data.zip")
     assert classes == ("ants", "bees")
     assert subsets["train_x"].shape == (10, 3, 48, 48) and subsets["test_x"].shape == (6, 3, 48, 48)
     # Without the fixture's counts the same zip is not the official archive.

@@ -31,6 +31,19 @@ def rotate(x: torch.Tensor, k: int = 1) -> torch.Tensor:
     return torch.rot90(x, k, dims=(-2, -1))
 
 
+# ------------------------------------------------------------------------------------ one number per benchmark
+def test_each_benchmark_has_one_number_in_the_report_its_script_and_the_readme():
+    import summarize
+    numbers = {name: int(title.split(".", 1)[0]) for name, (title, _, _) in summarize.BENCHMARKS.items()}
+    assert sorted(numbers.values()) == list(range(1, len(numbers) + 1))
+    numbered_scripts = {path.stem for path in BENCH.glob("*.py") if path.read_text().startswith('"""Benchmark')}
+    assert numbered_scripts == set(numbers)
+    readme = (BENCH / "README.md").read_text()
+    for name, number in numbers.items():
+        assert (BENCH / f"{name}.py").read_text().startswith(f'"""Benchmark {number}: '), name
+        assert f"| {number} | `{name}.py` |" in readme, name
+
+
 # ------------------------------------------------------------------------------------ models (exact checks)
 def test_parameter_counts_match_the_papers_comparison():
     assert models.parameter_count(models.SmallCNN()) == 13578  # paper: about 13.6k
