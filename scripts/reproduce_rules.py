@@ -133,7 +133,7 @@ class ReproduceConfig(_Strict):
 # ----- trees ------------------------------------------------------------------------------------------------------
 
 def flatten(data, prefix: str = "") -> dict:
-    """Nested dicts and lists to {"a/b/0": leaf}: the names tracking.py gives the same metrics in MLflow."""
+    """Nested dicts and lists to {"a/b/0": leaf}: the names equitune.pipeline.tracking gives the same metrics in MLflow."""
     if isinstance(data, dict):
         items = data.items()
     elif isinstance(data, list):

@@ -1,4 +1,4 @@
-"""MLflow conventions (src/equitune/pipeline/tracking.py), checked on a toy stage against a store in tmp_path.
+"""MLflow conventions (src/equitune/pipeline/tracking/), checked on a toy stage against a store in tmp_path.
 
 The toy stage (tests/helpers/assets/toy_stage.py) runs as a subprocess the way DVC runs a stage (DVC_ROOT and
 DVC_STAGE set, cwd = project root), so signals, exit codes and the store location are the real ones.
@@ -20,10 +20,12 @@ import torch
 
 from equitune.pipeline import tracking
 from equitune.pipeline.mlflow_views import view_for
+from equitune.pipeline.tracking import store as tracking_store
 from helpers.toy_project import ASSETS, clean_env, copy_empty_store, mlflow_runs, progress_lines, wait_for, write_params
 
-TAGS = ("task", "model", "method", "group", "seed", "profile", "git.commit", "dvc.stage", "params_hash", "cpu.isa",
-        "cpu.capability", "cpu.onednn_isa", "cpu.mkl_cbwr", "cpu.vendor")
+# mlflow.source.git.commit: MLflow's own tag (its git context reads the stage script's checkout).
+TAGS = ("task", "model", "method", "group", "seed", "profile", "mlflow.source.git.commit", "git.dirty", "dvc.stage",
+        "params_hash", "cpu.isa", "cpu.capability", "cpu.onednn_isa", "cpu.mkl_cbwr", "cpu.vendor")
 
 
 def start_toy_stage(root: Path, stage: str = "train@0", **env) -> subprocess.Popen:
@@ -59,10 +61,10 @@ def test_server_retries_are_bounded_unless_the_environment_sets_them(monkeypatch
     for name in tracking.SERVER_RETRY_DEFAULTS:
         monkeypatch.setenv(name, "unset")
         monkeypatch.delenv(name)  # restored (removed) after the test
-    tracking.bound_server_retries("sqlite:////tmp/mlflow.db")
+    tracking_store.bound_server_retries("sqlite:////tmp/mlflow.db")
     assert not any(name in os.environ for name in tracking.SERVER_RETRY_DEFAULTS)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")
-    tracking.bound_server_retries("http://127.0.0.1:5000")
+    tracking_store.bound_server_retries("http://127.0.0.1:5000")
     assert {name: os.environ[name] for name in tracking.SERVER_RETRY_DEFAULTS} == {
         **tracking.SERVER_RETRY_DEFAULTS, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"}
 
@@ -75,12 +77,12 @@ def test_a_server_failure_is_told_from_a_refused_request():
     exhausted = MlflowException(f"API request to {url} failed with exception HTTPConnectionPool(host='127.0.0.1', "
                                 "port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/log-batch (Caused by "
                                 "ResponseError('too many 503 error responses'))")
-    assert tracking._is_server_failure(exhausted)
-    assert tracking._failure_reason(exhausted) == "too many 503 error responses from /api/2.0/mlflow/runs/log-batch"
-    assert tracking._is_server_failure(requests.exceptions.ConnectionError("refused"))
-    assert not tracking._is_server_failure(MlflowException("param changed", error_code=INVALID_PARAMETER_VALUE))
-    assert not tracking._is_server_failure(MlflowException("no", error_code=PERMISSION_DENIED))
-    assert not tracking._is_server_failure(RuntimeError("a bug in the stage"))
+    assert tracking_store.is_server_failure(exhausted)
+    assert tracking_store.failure_reason(exhausted) == "too many 503 error responses from /api/2.0/mlflow/runs/log-batch"
+    assert tracking_store.is_server_failure(requests.exceptions.ConnectionError("refused"))
+    assert not tracking_store.is_server_failure(MlflowException("param changed", error_code=INVALID_PARAMETER_VALUE))
+    assert not tracking_store.is_server_failure(MlflowException("no", error_code=PERMISSION_DENIED))
+    assert not tracking_store.is_server_failure(RuntimeError("a bug in the stage"))
 
 
 @pytest.mark.slow
@@ -158,7 +160,7 @@ def test_sigterm_ends_the_run_killed(tmp_path):
 
 def test_short_run_name_is_the_cell():
     assert tracking.short_run_name("scan_pretrain@add_jump-lstm-0", "scan") == "add_jump-lstm-0"
-    assert tracking.short_run_name("features_images", "images") == "features_images"
+    assert tracking.short_run_name("images_features", "images") == "images_features"
     assert tracking.short_run_name("", "nlg") == "nlg"
 
 
