@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
+from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
 
 from equitune.pipeline import tracking
-from equitune.pipeline.mlflow_views import VIEWS, experiment_tags, runs_table_url, saved_view_state, view_for
+from equitune.pipeline.mlflow_views import (
+    DESCRIPTION_TAG,
+    SHARE_KEY_PARAM,
+    UI_VERSION,
+    VIEW_TAG_PREFIX,
+    VIEWS,
+    experiment_tags,
+    runs_table_url,
+    saved_view_state,
+    view_for,
+)
 from helpers.paths import ROOT
 from helpers.toy_project import copy_empty_store
 
@@ -37,6 +50,37 @@ def test_the_images_cells_view_shows_each_cell_s_cost():
             "metrics.`inference/images_per_second`"]
     assert state["selectedColumns"][-3:] == cost and state["columnOrder"][-3:] == cost
     assert set(cost) <= set(state["columnWidths"])
+
+
+_RECHECK = ("check the views in a browser (pytest tests/scripts/test_mlflow_browser.py, with chromium), fix "
+            "src/equitune/pipeline/mlflow_views.py if the UI changed, then set its UI_VERSION")
+
+
+@pytest.fixture(scope="module")
+def ui_bundle() -> str:
+    """The JavaScript of the installed MLflow UI (mlflow/server/js/build/static/js/*.js, about 22 MB)."""
+    build = Path(find_spec("mlflow").origin).parent / "server" / "js" / "build" / "static" / "js"
+    scripts = sorted(build.glob("*.js"))
+    assert scripts, f"MLflow {version('mlflow')} ships no UI bundle under {build}; {_RECHECK}"
+    return "\n".join(path.read_text(errors="replace") for path in scripts)
+
+
+def test_the_saved_view_is_pinned_to_the_mlflow_whose_ui_was_checked():
+    """The saved-view tag is the UI's private format: another MLflow may ignore it without a word, so an upgrade
+    fails here until the views are checked again."""
+    assert version("mlflow") == UI_VERSION, (
+        f"MLflow {version('mlflow')} is installed, but the Cells view (experiment tag {VIEW_TAG_PREFIX}<id>) was "
+        f"checked against the UI of MLflow {UI_VERSION}: {_RECHECK}")
+
+
+def test_the_installed_ui_reads_the_saved_view_tags(ui_bundle):
+    """Every name the views depend on is in the installed UI's code: the tag prefix, the URL parameters of the
+    links, the description tag, each key of the saved state, and the id of the UI's date column."""
+    needed = [VIEW_TAG_PREFIX, SHARE_KEY_PARAM, "workflowType", "machine_learning", DESCRIPTION_TAG,
+              *saved_view_state(VIEWS["scan"]), "runDateAndNestInfo"]
+    missing = [name for name in needed if name not in ui_bundle]
+    assert not missing, (f"the UI of MLflow {version('mlflow')} no longer contains {missing}: the Cells view or "
+                         f"its links would silently stop working; {_RECHECK}")
 
 
 def test_an_unchanged_view_keeps_its_creation_time():

@@ -15,6 +15,12 @@ What MLflow 3.17 does, read from its UI source and checked in a browser (tests/s
 
 The pipeline writes these tags when it creates or opens an experiment (``tracking.ensure_store``); they belong to
 the project and are rewritten when they differ (a user's own views, saved under other ids, are left alone).
+
+The saved-view tag and its state are the UI's private format, not an API: an MLflow upgrade can stop reading them
+without an error anywhere. They are kept (the Cells view is what makes the runs table readable) and pinned to
+:data:`UI_VERSION`, the MLflow whose UI they were checked against: tests/pipeline/test_mlflow_views.py fails when
+another MLflow is installed, or when the installed UI's code lacks the tag prefix, the share-key parameter or a key
+of the state written here (a fast read of its JavaScript bundle); the browser test above is the full check.
 """
 
 from __future__ import annotations
@@ -24,10 +30,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VIEW_ID", "ExperimentView", "experiment_tags", "runs_table_url", "saved_view_state", "view_for"]
+__all__ = ["UI_VERSION", "VIEW_ID", "ExperimentView", "experiment_tags", "runs_table_url", "saved_view_state", "view_for"]
 
+UI_VERSION = "3.17.2"
+"""The MLflow whose UI was checked, in a browser, to show the views written here (tests/scripts/test_mlflow_browser.py)."""
 VIEW_ID = "cells"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+"""The UI's prefix of a saved view's experiment tag; the view's id follows it."""
+VIEW_TAG = VIEW_TAG_PREFIX + VIEW_ID
+SHARE_KEY_PARAM = "viewStateShareKey"
+"""The runs-table URL parameter that opens a saved view by its id."""
 DESCRIPTION_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"
 CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
@@ -60,14 +72,14 @@ VIEWS: dict[str, ExperimentView] = {
         tags=("split", "model", "method", "group", "seed"),
         metrics=("test_accuracy", "validation_accuracy", "equitune/test_accuracy", "equizero/test_accuracy")),
     "images": ExperimentView(
-        description=("**Image classification under rotations** (paper section 3.1). `cache_images@<dataset>-<backbone>` "
+        description=("**Image classification under rotations** (paper section 3.1). `images_cache@<dataset>-<backbone>` "
                      "runs the frozen lower units once on every image moved by each element of D4; "
-                     "`tune_images_*@<cell>` fine-tunes the top units of one backbone with one method on that cache, or "
+                     "`images_tune_*@<cell>` fine-tunes the top units of one backbone with one method on that cache, or "
                      "(method `gcnn`) trains a steerable G-CNN from scratch on the images "
                      "(curve: training loss and validation accuracy per epoch; checkpoint by DVC hash in "
                      "`checkpoint.dvc_md5`) and measures upright, rotated and mirrored test accuracy, its inference cost "
                      "(`inference/*`) and training seconds; a `finetune` run also holds the metrics of its classifier "
-                     "averaged over each group at test time only (`posthoc_equitune/<group>/...`); `features_images` and `images_report` log their figures "
+                     "averaged over each group at test time only (`posthoc_equitune/<group>/...`); `images_features` and `images_report` log their figures "
                      "as artifacts. " + _COMMON),
         tags=("dataset", "model", "method", "group", "seed"),
         metrics=("test_accuracy_upright", "test_accuracy_random/c4", "test_accuracy_random/d4",
@@ -75,7 +87,7 @@ VIEWS: dict[str, ExperimentView] = {
                  "training/seconds", "inference/backbone_calls_per_image", "inference/images_per_second")),
     "nlg": ExperimentView(
         description=("**Fairness in language generation** (paper section 3.3): EquiLM and R-EquiLM against the base "
-                     "model. `generate_nlg`, `score_nlg` and `perplexity_nlg` each cover every method and axis; the "
+                     "model. `nlg_generate`, `nlg_score` and `nlg_perplexity` each cover every method and axis; the "
                      "bias gaps (with 95% bootstrap intervals) are negative minus positive label fractions between the "
                      "demographics of an axis, for the LM and the planted-bias control; "
                      "`nlg_report` logs the label figure. " + _COMMON),
@@ -136,4 +148,4 @@ def experiment_tags(task: str, current: dict[str, str] | None = None) -> dict[st
 def runs_table_url(base_url: str, experiment_id: str) -> str:
     """The experiment's runs table with the "Cells" view, in the model-training mode of the UI."""
     return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            f"?workflowType=machine_learning&viewStateShareKey={VIEW_ID}")
+            f"?workflowType=machine_learning&{SHARE_KEY_PARAM}={VIEW_ID}")
