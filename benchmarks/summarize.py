@@ -115,6 +115,14 @@ BENCHMARKS = {
         ["split", "group", "group_order", "commands", "weights", "mean_frame_size", "equitune_s", "frame_s",
          "equitune_accuracy", "frame_accuracy", "same_output_share", "ratio"],
     ),
+    "startup": (
+        "14. What a stage pays before its work: interpreter, imports, DVC",
+        "Each item in a fresh interpreter, round-robin over the repeats, median seconds; over_baseline_s = seconds "
+        "minus `python -c pass` (for the DVC row: minus the same command run without DVC). A stage pays its script's "
+        "imports, then whatever its work imports on first use (mlflow when its run opens, torchvision or e2cnn for the "
+        "cells that need them), once per stage process.",
+        ["what", "seconds", "over_baseline_s", "direct_seconds", "ratio", "repeats"],
+    ),
 }
 
 

@@ -147,7 +147,7 @@ def run_script(name: str, *extra: str, cwd: Path = ROOT) -> list[str]:
 @pytest.mark.slow
 def test_every_script_runs_quick_and_summary_lists_them(tmp_path):
     for name in ("wrapper_overhead", "sequence_batching", "param_sharing", "memory", "nlg_generation", "image_finetuning",
-                 "cpu_isa", "scan_training", "scan_evaluation", "scan_frame_decoding", "compile_speed"):
+                 "cpu_isa", "scan_training", "scan_evaluation", "scan_frame_decoding", "compile_speed", "startup"):
         run_script(f"{name}.py", "--quick", "--threads", "1", "--results", str(tmp_path / f"{name}.json"))
         assert json.loads((tmp_path / f"{name}.json").read_text())["rows"]
     out = tmp_path / "benchmarks.md"
@@ -157,7 +157,7 @@ def test_every_script_runs_quick_and_summary_lists_them(tmp_path):
     text = out.read_text()
     for title in ("Wrapper overhead", "Group-batched", "parameter sharing", "chunking", "shared decoder", "cached features",
                   "Pinned CPU kernels", "SCAN pretraining throughput", "SCAN equituned evaluation", "SCAN frame decoding",
-                  "torch.compile"):
+                  "torch.compile", "What a stage pays"):
         assert title in text
     assert "--quick" in text and "torch" in text and "Not measured yet" in text  # pipeline not run here
 
