@@ -88,7 +88,7 @@ def images_workload(quick: bool):
     from equitune.images.training import set_training_mode
 
     model = build_method("equitune", "c4", build_classifier("efficientnet_lite0", 10, 32, pretrained=True))
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     batch = 2 if quick else 16
     x, y = torch.rand(batch, 3, 32, 32, generator=generator), torch.randint(0, 10, (batch,), generator=generator)
@@ -97,9 +97,9 @@ def images_workload(quick: bool):
         for _ in range(1 if quick else 4):
             set_training_mode(model, True)
             loss = F.cross_entropy(model(x), y)
-            optimiser.zero_grad()
+            optimizer.zero_grad()
             loss.backward()
-            optimiser.step()
+            optimizer.step()
         model.eval()
         with torch.no_grad():
             logits = model(x)

@@ -37,14 +37,14 @@ QUICK = {"resolution": 32, "batch": 2, "depth": 2, "repeats": 1, "cache_images":
 
 
 def sgd_step(model: torch.nn.Module, batch, labels: torch.Tensor):
-    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
 
     def step():
         set_training_mode(model, freeze_batchnorm=True)
         loss = F.cross_entropy(model(batch()), labels)
-        optimiser.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimiser.step()
+        optimizer.step()
     return step
 
 

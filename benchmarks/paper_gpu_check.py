@@ -127,7 +127,7 @@ def scan_part(params, device: torch.device, steps: int, quick: bool) -> dict:
     from equitune.scan.experiment import build_model
     from equitune.scan.training import encode_pairs, pretrain
 
-    cell = params.scan.grid.cells[0]
+    rnn = params.scan.grid.rnns[0]
     split = generate_split("add_jump")
     train, _ = hold_out_validation(split.train, params.scan.data.validation_fraction, params.scan.data.validation_seed)
     encoded = encode_pairs(train)
@@ -135,19 +135,19 @@ def scan_part(params, device: torch.device, steps: int, quick: bool) -> dict:
         "examples": steps * params.scan.pretrain.batch_size,
         "validate_every_examples": steps * params.scan.pretrain.batch_size * 10})  # timing only: no validation
     torch.manual_seed(0)
-    model = build_model(params.scan, cell).to(device)
+    model = build_model(params.scan, rnn).to(device)
     start = time.perf_counter()
     pretrain(model, encoded, lambda m: 0.0, settings, generator=torch.Generator().manual_seed(0), device=device)
     synchronise(device)
     seconds = time.perf_counter() - start
     full = params.scan.pretrain.examples / params.scan.pretrain.batch_size
-    row = {"row_id": f"{device.type}/scan/pretrain-{cell}", "device": str(device), "part": "scan",
-           "setting": f"{cell} pretraining, batch {settings.batch_size}, {steps} steps", "cell": cell,
+    row = {"row_id": f"{device.type}/scan/pretrain-{rnn}", "device": str(device), "part": "scan",
+           "setting": f"{rnn} pretraining, batch {settings.batch_size}, {steps} steps", "cell": rnn,
            "batch": settings.batch_size,
            "steps": steps, "seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 2),
            "projected_full_pretrain_min": round(full / (steps / seconds) / 60, 1)}
     row["throughput"] = f"{row['steps_per_s']} steps/s (full cell ~{row['projected_full_pretrain_min']} min)"
-    print(f"scan: {cell} pretraining, batch {settings.batch_size}, {steps} steps in {seconds:.1f} s = "
+    print(f"scan: {rnn} pretraining, batch {settings.batch_size}, {steps} steps in {seconds:.1f} s = "
           f"{row['steps_per_s']} steps/s (the paper's {full:.0f} steps: ~{row['projected_full_pretrain_min']} min "
           f"per cell{'' if quick else ', validation not included'})", flush=True)
     return row

@@ -3,7 +3,7 @@
 The paper says equituning is computationally as efficient as parameter sharing, from timing a small equituned
 CNN (about 13.6k parameters) against a weight-shared C4 group CNN (about 13.0k). Here: ``EquiTune(SmallCNN, C4)``
 (13,578 parameters) against ``C4GroupCNN`` (13,194 parameters, lifting + group convolution with rotated filters,
-see models.py), both trained from scratch with the same optimiser on the same Fashion-MNIST images in the same
+see models.py), both trained from scratch with the same optimizer on the same Fashion-MNIST images in the same
 order. Epochs alternate between the two models (A, B, A, B, ...) so machine load hits both alike; time per
 epoch is the median over epochs, after a warm-up of a few batches (gradients discarded). Accuracy is measured
 on the held-out test images upright and rotated by a random multiple of 90 degrees (fixed seed): both models
@@ -67,7 +67,7 @@ def rotate_randomly(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 class Trainer:
-    """One model, its optimiser and its data order; ``epoch()`` trains one pass and returns its seconds."""
+    """One model, its optimizer and its data order; ``epoch()`` trains one pass and returns its seconds."""
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int, lr: float):
         self.model, self.x, self.y, self.batch = model, x, y, batch

@@ -36,7 +36,7 @@ from equitune.scan.model import PAD_ID, Seq2Seq
 from equitune.scan.training import encode_pairs
 
 TARGET = 20.0
-MAX_LENGTH = 50  # the default profile's scan.evaluate.max_output_length
+MAX_LENGTH = 50  # the default profile's scan.evaluation.max_output_length
 GROUPS = {
     "jump_run": {"cycles": [["jump", "run"]], "output_cycles": [["JUMP", "RUN"]]},
     "verbs": {"cycles": [["walk", "look", "run", "jump"]], "output_cycles": [["WALK", "LOOK", "RUN", "JUMP"]]},

@@ -38,7 +38,7 @@ BASELINE, DEFAULT = "input_feeding_tf0.5", "after_rnn_fixed9"
 
 
 class Trainer:
-    """A model, its optimiser and a fixed list of batches: each call trains on all of them once."""
+    """A model, its optimizer and a fixed list of batches: each call trains on all of them once."""
 
     def __init__(self, name: str, data, batches: list[torch.Tensor], hidden: int):
         attention, source_length, self.forcing = CONTENDERS[name]

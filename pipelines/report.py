@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from equitune.images.config import ImagesParams
-from equitune.images.report import ROTATION_NAMES, expected_accuracy, summarise
+from equitune.images.report import ROTATION_NAMES, expected_accuracy
+from equitune.images.report import collect as collect_images
 from equitune.pipeline.context import open_stage, stage_threads
 from equitune.pipeline.headline import over_seeds, statistic, write_headline
 from equitune.pipeline.io import read_json, write_json, write_text
@@ -22,14 +23,14 @@ from equitune.scan.report import collect
 
 
 def scan_headline(params: ScanParams, metrics_dir: Path) -> dict[str, dict]:
-    """Test exact match of every method of the SCAN table, per (split, group, cell), over seeds."""
+    """Test exact match of every method of the SCAN table, per (split, group, rnn), over seeds."""
     results = collect(params, metrics_dir)
     entries = {}
-    for (split, cell, group), rows in results.tune.items():
+    for (split, rnn, group), rows in results.tune.items():
         for method, _ in SCAN_METHODS:
-            values = ([row["test_accuracy"] for row in results.pretrain[(split, cell)]] if method == "pretrained"
+            values = ([row["test_accuracy"] for row in results.pretrain[(split, rnn)]] if method == "pretrained"
                       else [row[method]["test_accuracy"] for row in rows])
-            entries[f"scan/{split}-{group}-{cell}-{method}"] = over_seeds(values)
+            entries[f"scan/{split}-{group}-{rnn}-{method}"] = over_seeds(values)
     return entries
 
 
@@ -37,7 +38,7 @@ def images_headline(params: ImagesParams, metrics_dir: Path) -> dict[str, dict]:
     """Top-1 accuracy of every (dataset, backbone, method, group) under a random quarter turn, in expectation, and
     upright, over seeds."""
     entries = {}
-    for (dataset, backbone, method, group), rows in summarise(params, metrics_dir).items():
+    for (dataset, backbone, method, group), rows in collect_images(params, metrics_dir).items():
         name = f"images/{dataset}-{backbone}-{method}-{group}"
         entries[f"{name}-rotated"] = over_seeds(expected_accuracy(m, ROTATION_NAMES) for _, m in rows)
         entries[f"{name}-upright"] = over_seeds(m["test_accuracy_upright"] for _, m in rows)

@@ -70,14 +70,14 @@ def fashion_mnist_train_part(params) -> dict[str, np.ndarray]:
     return {"train_x": images[:, None], "train_y": labels.astype(np.int64)}
 
 
-def train_and_validation(train_part: dict[str, np.ndarray], train_size: int, val_size: int, subset_seed: int
-                         ) -> dict[str, np.ndarray]:
+def train_and_validation(train_part: dict[str, np.ndarray], train_size: int, validation_size: int,
+                         subset_seed: int) -> dict[str, np.ndarray]:
     """The pipeline's train and validation subsets (``split_subsets``: the same seeded permutation), from a dict
     whose test part is empty; the result has no test keys."""
     from equitune.images.data import split_subsets
 
     no_test = {"test_x": train_part["train_x"][:0], "test_y": train_part["train_y"][:0]}
-    subsets = split_subsets({**train_part, **no_test}, train_size, val_size, 0, subset_seed)
+    subsets = split_subsets({**train_part, **no_test}, train_size, validation_size, 0, subset_seed)
     return {key: value for key, value in subsets.items() if not key.startswith("test")}
 
 
@@ -85,7 +85,7 @@ def identity_features(frozen: torch.nn.Module, images: np.ndarray, resolution: i
     """``[N, 1, C, h, w]``: the frozen part's output on the upright images, the identity slot of the cached orbits
     (:func:`equitune.images.cached.orbit_features`), all a finetune cell reads."""
     from equitune.images.data import to_model_input
-    from equitune.images.modes import eval_mode
+    from equitune.pipeline.modes import eval_mode
 
     frozen.to(memory_format=torch.channels_last)
     outputs = []
@@ -99,7 +99,7 @@ def identity_features(frozen: torch.nn.Module, images: np.ndarray, resolution: i
 
 def finetune_validation(params, data: dict[str, np.ndarray], classes: int, seed: int = SEED,
                         backbone: str = BACKBONE, features: dict | None = None) -> dict:
-    """The finetune baseline of ``params`` (an ImagesParams) trained on ``data`` (train and val parts only) as the
+    """The finetune baseline of ``params`` (an ImagesParams) trained on ``data`` (train and validation parts only) as the
     pipeline trains it: per-epoch upright validation accuracy and the best (the epoch model selection keeps).
     ``features``: a dict where the frozen part's features are kept between calls with the same inputs."""
     from equitune.images.backbones import ImageClassifier, build_classifier, split_features
@@ -109,7 +109,7 @@ def finetune_validation(params, data: dict[str, np.ndarray], classes: int, seed:
         ShuffledBatches,
         accuracy,
         fit,
-        make_optimiser,
+        make_optimizer,
         make_scheduler,
         predict,
     )
@@ -120,7 +120,7 @@ def finetune_validation(params, data: dict[str, np.ndarray], classes: int, seed:
     key = (resolution, depth, len(data["train_y"]))
     if key not in features:
         frozen, _ = split_features(build_classifier(backbone, classes, resolution, settings.pretrained), depth)
-        features[key] = {part: identity_features(frozen, data[f"{part}_x"], resolution) for part in ("train", "val")}
+        features[key] = {part: identity_features(frozen, data[f"{part}_x"], resolution) for part in ("train", "validation")}
     inputs = features[key]
     generator = _seed(seed)  # as the tune stage: seeded before the classifier (its new head) is built
     classifier = build_classifier(backbone, classes, resolution, settings.pretrained)
@@ -128,13 +128,13 @@ def finetune_validation(params, data: dict[str, np.ndarray], classes: int, seed:
     upper = ImageClassifier(trainable, classifier.head)
     model = build_method("finetune", "trivial", upper, on_orbits=True)
     batches = ShuffledBatches(len(data["train_y"]), settings.batch_size, generator)
-    optimiser = make_optimiser(model, settings, new_parameters(model, upper))
-    scheduler = make_scheduler(optimiser, settings, settings.epochs * len(batches))
+    optimizer = make_optimizer(model, settings, new_parameters(model, upper))
+    scheduler = make_scheduler(optimizer, settings, settings.epochs * len(batches))
 
     def validate(m: torch.nn.Module) -> float:
-        return accuracy(predict(m, inputs["val"], params.evaluation.batch_size), data["val_y"])
+        return accuracy(predict(m, inputs["validation"], params.evaluation.batch_size), data["validation_y"])
 
-    result = fit(model, optimiser, batches, OrbitBatches(inputs["train"], data["train_y"], torch.device("cpu")),
+    result = fit(model, optimizer, batches, OrbitBatches(inputs["train"], data["train_y"], torch.device("cpu")),
                  epochs=settings.epochs, validate=validate, freeze_batchnorm=settings.freeze_batchnorm,
                  scheduler=scheduler)
     curve = [round(r.val_accuracy, 4) for r in result.history]
@@ -187,11 +187,11 @@ def images_study(section: dict, train_part: dict[str, np.ndarray], classes: int,
         params = ImagesParams.model_validate(with_overrides(section, overrides))
         name = json.dumps(overrides, sort_keys=True)
         if name not in done:
-            data = train_and_validation(train_part, params.data.train_size, params.data.val_size,
+            data = train_and_validation(train_part, params.data.train_size, params.data.validation_size,
                                         params.data.subset_seed)
             cell_clock = _clock()
             done[name] = {**finetune_validation(params, data, classes, backbone=backbone, features=features),
-                          "train_size": len(data["train_y"]), "validation_size": len(data["val_y"])}
+                          "train_size": len(data["train_y"]), "validation_size": len(data["validation_y"])}
             done[name]["cpu_seconds"] = cell_clock()
             print(f"images {choice} {label}: {done[name]}", flush=True)
         rows.append({"choice": choice, "variant": label, "overrides": overrides, **done[name]})
@@ -222,7 +222,7 @@ def tune_validation_curve(params, split: str, group: str, pretrained: torch.nn.M
     seeded as the stage seeds its first method; its validation accuracy at each of ``checkpoints``."""
     from equitune.scan.combination import equitune_wrapper
     from equitune.scan.config import bind_scan_group
-    from equitune.scan.experiment import accuracy
+    from equitune.scan.evaluation import accuracy
     from equitune.scan.training import tune
 
     perms = bind_scan_group(params.groups[group])

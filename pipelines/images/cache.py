@@ -1,4 +1,4 @@
-"""Stage `cache_images@<dataset>-<backbone>`: the frozen lower units' outputs on every train/val/test image moved by
+"""Stage `images_cache@<dataset>-<backbone>`: the frozen lower units' outputs on every train/validation/test image moved by
 each element of D4, computed once and shared by every method and seed -> one cache file (torch). With
 images.train.trainable_depth 'all' (the whole network is trained) the file only records that."""
 

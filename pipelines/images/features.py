@@ -1,4 +1,4 @@
-"""Stage `features_images@<dataset>`: feature maps of the pretrained vs the equituned (C4-averaged) backbone for one
+"""Stage `images_features@<dataset>`: feature maps of the pretrained vs the equituned (C4-averaged) backbone for one
 test image rotated step by step -> a PNG strip and a GIF, and their measured equivariance errors -> a metrics file.
 Backbone: the first of images.grid.backbones."""
 

@@ -1,4 +1,5 @@
-"""Stage `prepare_images@<dataset>`: verified source -> the prepared dataset (train/val/test uint8 subsets, .npz)."""
+"""Stage `images_prepare@<dataset>`: verified source -> the prepared dataset (train/validation/test uint8 subsets,
+.npz)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from equitune.images.config import ImagesParams
-from equitune.images.report import build_images_report
+from equitune.images.report import build_section
 from equitune.pipeline.context import open_stage
 from equitune.pipeline.io import write_text
 from equitune.pipeline.stage import add_paths, argument_parser, run_stage
@@ -15,8 +15,8 @@ def main(argv=None) -> None:
                      figures="folder of this section's figures", out="the section's markdown file").parse_args(argv)
     with open_stage(args, "images", ImagesParams) as stage:
         with stage.run() as run:
-            write_text(args.out, build_images_report(stage.params, args.metrics_dir, args.figures,
-                                                     args.features_dir, args.out))
+            write_text(args.out, build_section(stage.params, args.metrics_dir, args.figures, args.features_dir,
+                                               args.out))
             run.log_artifacts(args.out, args.figures)
 
 

@@ -1,4 +1,4 @@
-"""Stage `tune_images_*@<cell>`: fine-tune one backbone with one method (best epoch on the validation split), then
+"""Stage `images_tune_*@<cell>`: fine-tune one backbone with one method (best epoch on the validation split), then
 evaluate it on the test split -> the cell's training folder (model.pt: the whole model's best-validation weights;
 curves.json: per-epoch train loss and validation accuracy) and its metrics file (the same dict to MLflow)."""
 

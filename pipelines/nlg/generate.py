@@ -1,4 +1,4 @@
-"""Stage `generate_nlg`: sample continuations of every prompt with the params' methods (base, EquiLM, R-EquiLM,
+"""Stage `nlg_generate`: sample continuations of every prompt with the params' methods (base, EquiLM, R-EquiLM,
 CanonLM), around the LM and around the positive control (one model load, one shared decoder).
 
 Writes the samples (one JSON record per sample) and the generation metrics (per backbone, method and axis: the
@@ -17,17 +17,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
-import sys
 
-from tqdm import tqdm
-
-from equitune.nlg.config import NlgParams
-from equitune.nlg.lm import load_lm, load_tokenizer
-from equitune.nlg.records import read_prompts, write_records
-from equitune.nlg.sampling import generate_all
-from equitune.pipeline.context import open_stage
-from equitune.pipeline.io import write_json
-from equitune.pipeline.stage import add_paths, argument_parser, run_stage
+from equitune.nlg.config import NlgParams  # noqa: E402
+from equitune.nlg.experiment import generate_samples, load_model  # noqa: E402
+from equitune.nlg.records import read_prompts, write_records  # noqa: E402
+from equitune.pipeline.context import open_stage  # noqa: E402
+from equitune.pipeline.io import write_json  # noqa: E402
+from equitune.pipeline.stage import add_paths, argument_parser, run_stage  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -38,17 +34,12 @@ def main(argv=None) -> None:
         nlg, context = stage.params, stage.distribution
         prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
         stage.seed(0)
-        tokenizer = load_tokenizer(nlg.model)
-        lm = load_lm(nlg.model, context.device)
-        draws = sum(len(a["prompts"]) for a in prompts["axes"].values()) * len(nlg.seeds) * nlg.samples_per_prompt
+        model = load_model(nlg, context.device)
         tags = {"model": nlg.model, "method": ",".join(nlg.methods), "group": ",".join(nlg.axes),
                 "backbones": ",".join(nlg.models)}
         with stage.run(tags) as run:
-            # Under torchrun the bar counts rank 0's share of the samples.
-            total = draws * len(nlg.methods) * len(nlg.models) // context.world_size
-            with tqdm(total=total, desc="samples", disable=not (sys.stderr.isatty() and stage.is_main)) as bar:
-                records, metrics = generate_all(lm, tokenizer, prompts, nlg, context.device, run.log_metrics,
-                                                bar.update, context)
+            records, metrics = generate_samples(nlg, model, prompts, context.device, run.log_metrics, context,
+                                                show_progress=stage.is_main)
             if not stage.is_main:
                 return  # rank 0 alone writes outputs
             write_records(args.samples, records)

@@ -1,4 +1,4 @@
-"""Stage `perplexity_nlg`: quality (perplexity on prose where the group acts) and the fairness identity on the real
+"""Stage `nlg_perplexity`: quality (perplexity on prose where the group acts) and the fairness identity on the real
 model.
 
 Writes the metrics file: per axis and method the perplexity over every scored token and over the axis's
@@ -18,15 +18,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
-from functools import partial  # noqa: E402
 
-from equitune.nlg.backbone import lm_vocab_size  # noqa: E402
 from equitune.nlg.config import NlgParams  # noqa: E402
-from equitune.nlg.lm import load_lm, load_tokenizer  # noqa: E402
-from equitune.nlg.perplexity import evaluate_perplexity, heldout_documents, select_windows  # noqa: E402
+from equitune.nlg.experiment import load_perplexity_inputs, measure_perplexity  # noqa: E402
+from equitune.nlg.perplexity import heldout_documents  # noqa: E402
 from equitune.nlg.records import read_prompts  # noqa: E402
-from equitune.nlg.wordpieces import tokenizer_word_character_masks  # noqa: E402
-from equitune.nlg.words import AxisWords  # noqa: E402
 from equitune.pipeline.context import open_stage  # noqa: E402
 from equitune.pipeline.io import write_json  # noqa: E402
 from equitune.pipeline.stage import add_paths, argument_parser, run_stage  # noqa: E402
@@ -37,20 +33,13 @@ def main(argv=None) -> None:
                      metrics="write the perplexities here").parse_args(argv)
     with open_stage(args, "nlg", NlgParams) as stage:
         nlg, device = stage.params, stage.device
-        settings = nlg.perplexity
         prompts = read_prompts(args.prompts, nlg.model, nlg.axes)
         # The text, its checksum and the windows come before the model load: a missing or wrong corpus costs nothing.
-        documents, description = heldout_documents(settings)
+        documents, description = heldout_documents(nlg.perplexity)
         stage.seed(0)
-        tokenizer = load_tokenizer(nlg.model)
-        equality = {axis: {t for c in AxisWords.from_json(axis, data["words"]).equality_cycles for t in c}
-                    for axis, data in prompts["axes"].items()}
-        scored = select_windows(tokenizer, documents, settings, equality)
-        lm = load_lm(nlg.model, device)
+        inputs = load_perplexity_inputs(nlg, prompts, documents, device)
         with stage.run({"stage": "perplexity"}) as run:
-            word_chars = tokenizer_word_character_masks(tokenizer, lm_vocab_size(lm))
-            metrics = evaluate_perplexity(lm, scored, description, prompts, nlg, device, partial(print, flush=True),
-                                          word_chars)
+            metrics = measure_perplexity(nlg, inputs, description, prompts, device)
             run.log_final(metrics)
     write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     print(json.dumps(metrics, indent=1))

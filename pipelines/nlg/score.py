@@ -1,4 +1,4 @@
-"""Stage `score_nlg`: label every sample (sentiment (VADER), or regard in the paper profile) and summarise.
+"""Stage `nlg_score`: label every sample (sentiment (VADER), or regard in the paper profile) and summarise.
 
 Writes the metrics file: per backbone (LM, control), method, axis and demographic the label fractions, and per
 backbone, method and axis the bias gap (negative minus positive fraction of the first demographic minus that of the
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 from equitune.nlg.config import NlgParams
+from equitune.nlg.experiment import score_samples
 from equitune.nlg.records import read_prompts, read_records, write_records
-from equitune.nlg.scoring import LABELS, score_records, summarise
 from equitune.pipeline.context import open_stage
 from equitune.pipeline.io import write_json
 from equitune.pipeline.stage import add_paths, argument_parser, run_stage
@@ -24,14 +24,12 @@ def main(argv=None) -> None:
     with open_stage(args, "nlg", NlgParams) as stage:
         nlg = stage.params
         prompts = read_prompts(args.prompts)
-        records = read_records(args.samples, "generate_nlg")
-        equality = {axis: [w for s in data["words"]["equality_sets"] for w in s]
-                    for axis, data in prompts["axes"].items()}
+        records = read_records(args.samples, "nlg_generate")
         with stage.run({"scorer": nlg.scorer}) as run:
-            labels = score_records(records, equality, nlg, stage.device)
-            metrics = summarise(records, labels, nlg, LABELS[nlg.scorer])
-            write_records(args.labels, [{**r, nlg.scorer: label} for r, label in zip(records, labels, strict=True)])
-            run.log_final(metrics)
+            scored = score_samples(nlg, prompts, records, stage.device)
+            write_records(args.labels, scored.labelled)
+            run.log_final(scored.metrics)
+    metrics = scored.metrics
     write_json(args.metrics, metrics)  # last: a run that fails to close leaves no metrics file
     for model in nlg.models:
         for method in nlg.methods:

@@ -7,7 +7,7 @@ from equitune.pipeline.context import open_stage
 from equitune.pipeline.io import write_json, write_text
 from equitune.pipeline.stage import add_paths, argument_parser, run_stage
 from equitune.scan.config import ScanParams
-from equitune.scan.experiment import prepare_splits
+from equitune.scan.splits import prepare_splits
 
 
 def main(argv=None) -> None:

@@ -98,4 +98,4 @@ def test_committed_outputs_persist_wherever_the_run_cache_is_off_anyway():
     assert persisted > 20, "the rule would be checked on nothing"
     names = {stage.name.split("@")[0] for stage in stages
              if not any(not out.use_cache and not (out.is_metric or out.is_plot) for out in stage.outs)}
-    assert {"scan_prepare", "prepare_images", "prompts_nlg"} <= names
+    assert {"scan_prepare", "images_prepare", "nlg_prompts"} <= names

@@ -30,7 +30,7 @@ def test_every_curve_is_an_uncached_output_in_a_declared_plots_folder():
         if "--curve" in words:
             curves[stage] = words[words.index("--curve") + 1]
     assert {stage.split("@")[0] for stage in curves} == {
-        "scan_pretrain", "scan_tune_add_jump", "scan_tune_around_right", "tune_images_baseline", "tune_images_group"}
+        "scan_pretrain", "scan_tune_add_jump", "scan_tune_around_right", "images_tune_baseline", "images_tune_group"}
     for stage, curve in curves.items():
         assert outs[stage].get(curve) == {"cache": False}, f"{stage}: {curve} is not an uncached out"
         assert str(Path(curve).parent) in plots, f"{stage}: {curve} is in no folder under plots:"

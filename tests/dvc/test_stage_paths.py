@@ -26,43 +26,43 @@ def test_scan_report_finds_every_pretrain_and_tune_cell_file():
     assert pretrain_stages and tune_stages
     for stage in pretrain_stages:
         args = _options(stage)
-        cell = ScanCell(args["split"], args["cell"], int(args["seed"]))
+        cell = ScanCell(args["split"], args["rnn"], int(args["seed"]))
         assert Path(args["metrics"]) == metrics_dir / "pretrain" / f"{cell.name}.json", stage
         assert stage == f"scan_pretrain@{cell.name}"
     for stage in tune_stages:
         args = _options(stage)
-        cell = TuneCell(args["split"], args["group"], args["cell"], int(args["seed"]))
+        cell = TuneCell(args["split"], args["group"], args["rnn"], int(args["seed"]))
         assert Path(args["metrics"]) == metrics_dir / "tune" / f"{cell.name}.json", stage
-        assert stage == f"scan_tune_{cell.split}@{cell.group}-{cell.cell}-{cell.seed}"
+        assert stage == f"scan_tune_{cell.split}@{cell.group}-{cell.rnn}-{cell.seed}"
 
 
 def test_scan_tune_reads_the_model_its_pretrain_stage_writes():
     for stage in _stages("scan_tune_"):
         args = _options(stage)
-        pretrain = _options(f"scan_pretrain@{args['split']}-{args['cell']}-{args['seed']}")
+        pretrain = _options(f"scan_pretrain@{args['split']}-{args['rnn']}-{args['seed']}")
         assert args["model"] == pretrain["out"] and args["data"] == pretrain["data"]
 
 
 def test_images_report_finds_every_evaluated_cell_and_feature_figure():
     report = _options("images_report")
-    stages = _stages("tune_images_")
+    stages = _stages("images_tune_")
     assert stages
     for stage in stages:
         args = _options(stage)
         cell = Cell(args["dataset"], args["backbone"], args["method"], args["group"], int(args["seed"]))
         assert Path(args["metrics"]) == Path(report["metrics-dir"]) / f"{cell.name}.json", stage
-        cache = _options(f"cache_images@{cell.dataset}-{cell.backbone}")
+        cache = _options(f"images_cache@{cell.dataset}-{cell.backbone}")
         assert args["cache"] == cache["out"] and args["data"] == cache["data"]
-    for stage in _stages("features_images@"):
+    for stage in _stages("images_features@"):
         args = _options(stage)
         assert Path(args["png"]) == Path(report["features-dir"]) / f"features-{args['dataset']}.png"
         assert Path(args["metrics"]) == Path(report["metrics-dir"]) / f"features-{args['dataset']}.json"
 
 
 def test_nlg_stages_read_what_the_previous_ones_write():
-    prompts = _options("prompts_nlg")["out"]
-    generate, score = _options("generate_nlg"), _options("score_nlg")
-    perplexity, report = _options("perplexity_nlg"), _options("nlg_report")
+    prompts = _options("nlg_prompts")["out"]
+    generate, score = _options("nlg_generate"), _options("nlg_score")
+    perplexity, report = _options("nlg_perplexity"), _options("nlg_report")
     assert generate["prompts"] == score["prompts"] == perplexity["prompts"] == report["prompts"] == prompts
     assert score["samples"] == report["samples"] == generate["samples"]
     assert (report["generation"], report["scores"], report["perplexity"]) == (

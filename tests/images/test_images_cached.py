@@ -20,7 +20,7 @@ from equitune.images.backbones import ImageClassifier, build_classifier, split_f
 from equitune.images.cached import CACHE_GROUP, OrbitAction, orbit_features
 from equitune.images.config import BACKBONE_UNITS
 from equitune.images.data import to_model_input
-from equitune.images.experiment import orbit_logits
+from equitune.images.inputs import orbit_logits
 from equitune.images.methods import augment_batch, augment_orbits, build_method
 from equitune.images.training import ImageBatches, OrbitBatches
 

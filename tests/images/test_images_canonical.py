@@ -162,14 +162,14 @@ def test_the_prior_moves_upright_inputs_to_the_identity():
     model = on_orbits("canonicalize_prior", "c4", upper, head)
     orbits = orbit_features(frozen, images(4), SIZE, dtype=torch.float64)
     regulariser = prior_regulariser(model, 1.0)
-    optimiser = torch.optim.SGD(head.parameters(), lr=1.0)
+    optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
     with torch.no_grad():
         before = float(regulariser(orbits))
         assert not bool(lowest_score_frame(model.scores(orbits))[0].all())  # not already true at the start
     for _ in range(500):
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         regulariser(orbits).backward()
-        optimiser.step()
+        optimizer.step()
     with torch.no_grad():
         assert float(regulariser(orbits)) < before
         assert bool(lowest_score_frame(model.scores(orbits))[0].all())
@@ -190,7 +190,9 @@ def test_params_reject_a_negative_prior_weight_and_list_the_methods():
     section["grid"]["group_methods"] = ["canonicalise"]
     with pytest.raises(ValidationError) as error:
         ImagesParams.model_validate(section)
-    assert "unknown images.grid.group_methods ['canonicalise']; allowed: " + ", ".join(GROUP_METHODS) in str(error.value)
+    allowed = ", ".join(map(repr, GROUP_METHODS[:-1])) + f" or {GROUP_METHODS[-1]!r}"
+    assert f"grid.group_methods.0\n  Input should be {allowed}" in str(error.value)
+    assert "input_value='canonicalise'" in str(error.value)
 
 
 def test_score_heads():
@@ -209,7 +211,7 @@ CLASSES = tuple("abcd")
 def tiny_data():
     from helpers.images_tiny import random_images
 
-    return random_images({"train": 12, "val": 6, "test": 6}, len(CLASSES))
+    return random_images({"train": 12, "validation": 6, "test": 6}, len(CLASSES))
 
 
 @pytest.mark.parametrize("depth, method, group", [(2, "finetune", "trivial"), (2, "frame", "d4"),
@@ -221,13 +223,14 @@ def test_cell_writes_cost_and_canonicalization_metrics_and_saves_the_whole_model
     from equitune.images.backbones import build_classifier
     from equitune.images.cells import Cell
     from equitune.images.evaluation import metrics_from_logits
-    from equitune.images.experiment import POSTHOC_METHOD, _channels, cache_for, image_logits, run_cell
+    from equitune.images.experiment import POSTHOC_METHOD, _channels, cache_for, run_cell
+    from equitune.images.inputs import image_logits
 
     params = tiny_params(depth)
     cell = Cell("fashion_mnist", "efficientnet_lite0", method, group, 0)
     torch.manual_seed(0)
     cache = cache_for(params, cell.backbone, tiny_data, len(CLASSES))
-    orbits = None if depth == "all" else {s: cache[s] for s in ("train", "val", "test")}
+    orbits = None if depth == "all" else {s: cache[s] for s in ("train", "validation", "test")}
     result = run_cell(params, cell, tiny_data, CLASSES, orbits, torch.Generator().manual_seed(0), torch.device("cpu"))
     metrics = result.metrics
     assert metrics["training"]["seconds"] > 0 and metrics["inference"]["images_per_second"] > 0
@@ -257,7 +260,7 @@ def test_cell_writes_cost_and_canonicalization_metrics_and_saves_the_whole_model
 
 @pytest.mark.parametrize("key, value, fragment", [
     ("train", {"canonicalization_prior_weight": -0.5}, "images.train.canonicalization_prior_weight"),
-    ("grid", {"group_methods": ["canonicalise"]}, "unknown images.grid.group_methods ['canonicalise']; allowed: "),
+    ("grid", {"group_methods": ["canonicalise"]}, "images.grid.group_methods[0]: Input should be 'equitune', "),
 ])
 def test_tune_stage_exits_2_on_bad_canonicalization_params_before_any_work(tmp_path, monkeypatch, capsys, key, value,
                                                                              fragment):
@@ -272,7 +275,7 @@ def test_tune_stage_exits_2_on_bad_canonicalization_params_before_any_work(tmp_p
     params.write_text(yaml.safe_dump(data, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    argv = stage_argv("tune_images_group@fashion_mnist-efficientnet_lite0-equitune-c4-0")
+    argv = stage_argv("images_tune_group@fashion_mnist-efficientnet_lite0-equitune-c4-0")
     with pytest.raises(SystemExit) as exit_info:
         run_stage(stage_main("images/tune"), [*argv, "--params", str(params)])
     assert exit_info.value.code == 2

@@ -145,15 +145,15 @@ def test_no_source_names_both_ways(tmp_path, fake_hashes, allow_download):
 def test_split_carves_validation_from_train_and_never_touches_test():
     full = {"train_x": np.arange(100)[:, None], "train_y": np.arange(100), "test_x": np.arange(1000, 1050)[:, None],
             "test_y": np.arange(1000, 1050)}
-    parts = split_subsets(full, train_size=30, val_size=20, test_size=10, seed=0)
-    assert len(parts["train_y"]) == 30 and len(parts["val_y"]) == 20 and len(parts["test_y"]) == 10
-    assert not set(parts["train_y"]) & set(parts["val_y"])
+    parts = split_subsets(full, train_size=30, validation_size=20, test_size=10, seed=0)
+    assert len(parts["train_y"]) == 30 and len(parts["validation_y"]) == 20 and len(parts["test_y"]) == 10
+    assert not set(parts["train_y"]) & set(parts["validation_y"])
     assert set(parts["test_y"]) <= set(range(1000, 1050))  # test comes from the test split only
-    assert set(parts["val_y"]) | set(parts["train_y"]) <= set(range(100))
-    fraction = split_subsets(full, train_size=None, val_size=0.1, test_size=None, seed=0)
-    assert len(fraction["val_y"]) == 10 and len(fraction["train_y"]) == 90 and len(fraction["test_y"]) == 50
+    assert set(parts["validation_y"]) | set(parts["train_y"]) <= set(range(100))
+    fraction = split_subsets(full, train_size=None, validation_size=0.1, test_size=None, seed=0)
+    assert len(fraction["validation_y"]) == 10 and len(fraction["train_y"]) == 90 and len(fraction["test_y"]) == 50
     with pytest.raises(DataError, match="train_size"):
-        split_subsets(full, train_size=90, val_size=20, test_size=None, seed=0)
+        split_subsets(full, train_size=90, validation_size=20, test_size=None, seed=0)
 
 
 def test_resizing_is_bilinear_on_pixel_centres():

@@ -81,7 +81,7 @@ def tiny_params(root: Path) -> None:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     images = data["images"]
     images["resolution"] = 32
-    images["data"].update(train_size=21, val_size=8, test_size=8, fashion_mnist_dir=str(DEBIAN_DIR),
+    images["data"].update(train_size=21, validation_size=8, test_size=8, fashion_mnist_dir=str(DEBIAN_DIR),
                           allow_download=False)
     images["grid"].update(datasets=["fashion_mnist"], backbones=["efficientnet_lite0"],
                           baseline_methods=["finetune_augment"], group_methods=["equitune"], groups=["c4"], seeds=[0])

@@ -11,7 +11,8 @@ import torch
 from equitune.images.backbones import build_classifier
 from equitune.images.cells import Cell
 from equitune.images.evaluation import D4_ELEMENTS, metrics_from_logits
-from equitune.images.experiment import cache_for, image_logits, run_cell
+from equitune.images.experiment import cache_for, run_cell
+from equitune.images.inputs import image_logits
 from equitune.images.methods import build_method
 from helpers.images_tiny import random_images, tiny_params
 
@@ -20,7 +21,7 @@ CLASSES = tuple("abcd")
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, np.ndarray]:
-    return random_images({"train": 12, "val": 6, "test": 6}, len(CLASSES))
+    return random_images({"train": 12, "validation": 6, "test": 6}, len(CLASSES))
 
 
 SLOW = pytest.mark.slow  # the whole network on images, |G| copies: ~10 s each under load
@@ -36,7 +37,7 @@ def test_cell_trains_evaluates_and_saves_the_whole_model(data, depth, method, gr
     cell = Cell("fashion_mnist", "efficientnet_lite0", method, group, 0)
     torch.manual_seed(0)
     cache = cache_for(params, cell.backbone, data, len(CLASSES))
-    orbits = None if depth == "all" else {s: cache[s] for s in ("train", "val", "test")}
+    orbits = None if depth == "all" else {s: cache[s] for s in ("train", "validation", "test")}
     assert (orbits is None) == ("train" not in cache)
     result = run_cell(params, cell, data, CLASSES, orbits, torch.Generator().manual_seed(0), torch.device("cpu"))
     metrics = result.metrics

@@ -80,13 +80,14 @@ def test_gcnn_is_not_a_wrapper_and_needs_c4_or_d4():
 def test_a_cell_trains_evaluates_and_saves_a_model_that_reloads_to_its_logits():
     from equitune.images.cells import Cell
     from equitune.images.evaluation import metrics_from_logits
-    from equitune.images.experiment import image_logits, run_cell
+    from equitune.images.experiment import run_cell
+    from equitune.images.inputs import image_logits
     from helpers.images_tiny import random_images
 
     section = tiny_params(2).model_dump()
     section["train"]["gcnn"] = {"channels": SMALL, "epochs": 2, "lr": 0.05}
     params = ImagesParams.model_validate(section)
-    data = random_images({"train": 12, "val": 6, "test": 6}, len(CLASSES))
+    data = random_images({"train": 12, "validation": 6, "test": 6}, len(CLASSES))
     cell = Cell("fashion_mnist", "efficientnet_lite0", "gcnn", "c4", 0)
     torch.manual_seed(0)
     result = run_cell(params, cell, data, CLASSES, None, torch.Generator().manual_seed(0), torch.device("cpu"))
@@ -142,7 +143,7 @@ def test_tune_stage_exits_2_on_bad_gcnn_params_before_any_work(tmp_path, monkeyp
     params.write_text(yaml.safe_dump(data, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    argv = stage_argv("tune_images_group@fashion_mnist-efficientnet_lite0-equitune-c4-0", method="gcnn")
+    argv = stage_argv("images_tune_group@fashion_mnist-efficientnet_lite0-equitune-c4-0", method="gcnn")
     with pytest.raises(SystemExit) as exit_info:
         run_stage(stage_main("images/tune"), [*argv, "--params", str(params)])
     assert exit_info.value.code == 2

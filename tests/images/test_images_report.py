@@ -11,7 +11,7 @@ from equitune.core.errors import DataError
 from equitune.images.cells import grid_cells
 from equitune.images.config import ImagesParams
 from equitune.images.evaluation import D4_ELEMENTS
-from equitune.images.report import build_images_report, expected_accuracy
+from equitune.images.report import build_section, expected_accuracy
 from equitune.pipeline.io import write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def render_report(params: ImagesParams, report: str = "reports/images.md", label
     write_json("metrics/images/features-fashion_mnist.json", {
         "backbone": "efficientnet_lite0", "image_index": 0, "label": label, "channels": [1, 2],
         "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
-    return build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
+    return build_section(params, Path("metrics/images"), Path("reports/figures/images/results"),
                                Path("reports/figures/images"), Path(report))
 
 
@@ -84,7 +84,7 @@ def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
 def test_report_fails_on_a_missing_cell(tmp_path, monkeypatch, params):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="finetune-trivial-s0.json is missing"):
-        build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
+        build_section(params, Path("metrics/images"), Path("reports/figures/images/results"),
                             Path("reports/figures/images"), Path("reports/images.md"))
 
 
@@ -105,7 +105,7 @@ def test_report_gives_each_dataset_its_own_classes(tmp_path, monkeypatch, params
         write_json(f"metrics/images/features-{dataset}.json", {
             "backbone": "efficientnet_lite0", "image_index": 0, "label": "x", "channels": [1, 2],
             "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
-    report = build_images_report(params, Path("metrics/images"), Path("reports/figures/images/results"),
+    report = build_section(params, Path("metrics/images"), Path("reports/figures/images/results"),
                                  Path("reports/figures/images"), Path("reports/images.md"))
     lines = report.splitlines()
     assert "| method | a | b |" in lines and "| method | ants | bees |" in lines

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from equitune.core.groups import IMAGE_GROUPS, image_action
-from equitune.images import experiment
+from equitune.images import experiment, inputs
 from equitune.images.cached import IdentitySlot, OrbitAction
 from equitune.images.cells import Cell
 from equitune.images.evaluation import D4_ELEMENTS, metrics_from_logits, random_elements
@@ -108,14 +108,14 @@ def test_fit_keeps_the_best_epoch_ties_to_the_earlier_and_returns_with_its_weigh
     torch.manual_seed(0)
     model = _Scalar()
     x, y = torch.randn(8, 2), torch.tensor([0, 1] * 4)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     weights, given = [], iter(scores)
 
     def validate(net):
         weights.append(copy.deepcopy(net.state_dict()))
         return next(given)
 
-    result = fit(model, optimiser, [torch.arange(8)], lambda index: (x[index], y[index]), epochs=3,
+    result = fit(model, optimizer, [torch.arange(8)], lambda index: (x[index], y[index]), epochs=3,
                  validate=validate)
     assert result.best_epoch == best
     assert [r.val_accuracy for r in result.history] == scores
@@ -125,16 +125,16 @@ def test_fit_keeps_the_best_epoch_ties_to_the_earlier_and_returns_with_its_weigh
 
 @pytest.mark.parametrize("depth", [2, "all"])
 def test_selection_reads_the_validation_split_only(depth, monkeypatch):
-    params, data = tiny_params(depth), random_images({"train": 8, "val": 6, "test": 5}, 4)
+    params, data = tiny_params(depth), random_images({"train": 8, "validation": 6, "test": 5}, 4)
     cell = Cell("fashion_mnist", "efficientnet_lite0", "finetune", "trivial", 0)
     seen = []
-    real_accuracy = experiment.accuracy
+    real_accuracy = inputs.accuracy
 
     def spy(logits, labels):
-        seen.append((labels is data["val_y"], logits.shape[0]))
+        seen.append((labels is data["validation_y"], logits.shape[0]))
         return real_accuracy(logits, labels)
 
-    monkeypatch.setattr(experiment, "accuracy", spy)
+    monkeypatch.setattr(inputs, "accuracy", spy)
 
     def run(split_data, orbits):
         torch.manual_seed(0)
@@ -144,7 +144,7 @@ def test_selection_reads_the_validation_split_only(depth, monkeypatch):
     orbits = None
     if depth != "all":
         cache = experiment.cache_for(params, cell.backbone, data, 4)
-        orbits = {s: cache[s] for s in ("train", "val", "test")}
+        orbits = {s: cache[s] for s in ("train", "validation", "test")}
     clean = run(data, orbits)
     assert seen == [(True, 6), (True, 6)]  # one validation per epoch, on the 6 validation images
     # Poisoned test split: other images, labels no class has, NaN cached features. Selection must not change.

@@ -40,11 +40,14 @@ def test_both_profiles_validate(profile):
 
 
 @pytest.mark.parametrize("key, value, fragment", [
-    ("backbones", ["resnet19"], "unknown images.grid.backbones ['resnet19']"),
-    ("group_methods", ["equitunee"], "unknown images.grid.group_methods"),
-    ("groups", ["c5"], "unknown images.grid.groups ['c5']"),
-    ("baseline_methods", ["equitune"], "unknown images.grid.baseline_methods"),
-    ("datasets", ["mnist"], "unknown images.grid.datasets"),
+    ("backbones", ["resnet19"], "grid.backbones.0\n  Input should be 'efficientnet_lite0', 'alexnet', 'resnet18', "
+                                "'vgg11_bn' or 'densenet121'"),
+    ("group_methods", ["equitunee"], "grid.group_methods.0\n  Input should be 'equitune', 'lambda_equitune'"),
+    ("groups", ["c5"], "grid.groups.0\n  Input should be 'c4', 'd4', 'hflip' or 'vflip'"),
+    ("baseline_methods", ["equitune"], "grid.baseline_methods.0\n  Input should be 'finetune' or 'finetune_augment'"),
+    ("datasets", ["mnist"], "grid.datasets.0\n  Input should be 'fashion_mnist', 'cifar10' or 'hymenoptera'"),
+    ("groups", ["c4", "c4"], "grid.groups\n  Value error, lists ['c4'] more than once"),
+    ("backbones", [], "grid.backbones\n  List should have at least 1 item"),
 ])
 def test_bad_grid_names_are_rejected_with_the_allowed_values(key, value, fragment):
     section = images_section(REPO / "params.yaml")
@@ -52,6 +55,7 @@ def test_bad_grid_names_are_rejected_with_the_allowed_values(key, value, fragmen
     with pytest.raises(ValidationError) as error:
         ImagesParams.model_validate(section)
     assert fragment in str(error.value)
+    assert all(repr(v) in str(error.value) for v in value)  # the value given is named
 
 
 @pytest.mark.parametrize("depth, fragment", [
@@ -99,7 +103,7 @@ def tiny_params(tmp_path: Path, **grid) -> Path:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     images = data["images"]
     images["resolution"] = 32
-    images["data"].update(train_size=16, val_size=8, test_size=8, fashion_mnist_dir=str(DEBIAN_DIR), allow_download=False)
+    images["data"].update(train_size=16, validation_size=8, test_size=8, fashion_mnist_dir=str(DEBIAN_DIR), allow_download=False)
     images["grid"].update({"datasets": ["fashion_mnist"], "backbones": ["efficientnet_lite0"],
                            "baseline_methods": ["finetune"], "group_methods": ["equitune"], "groups": ["c4"],
                            "seeds": [0], **grid})
@@ -121,7 +125,7 @@ def test_tune_stage_rejects_bad_names_before_any_work(tmp_path, monkeypatch, cap
     params = tiny_params(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    argv = stage_argv(f"tune_images_group@{CELL}", **overrides)
+    argv = stage_argv(f"images_tune_group@{CELL}", **overrides)
     with pytest.raises(SystemExit) as exit_info:
         run_stage(stage_main("images/tune"), [*argv, "--params", str(params)])
     assert exit_info.value.code == 2
@@ -137,7 +141,7 @@ def test_stages_reject_a_depth_outside_the_backbone_before_any_work(tmp_path, mo
     params.write_text(yaml.safe_dump(data, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    name = f"tune_images_group@{CELL}" if stage == "images/tune" else "cache_images@fashion_mnist-efficientnet_lite0"
+    name = f"images_tune_group@{CELL}" if stage == "images/tune" else "images_cache@fashion_mnist-efficientnet_lite0"
     with pytest.raises(SystemExit) as exit_info:
         run_stage(stage_main(stage), [*stage_argv(name), "--params", str(params)])
     assert exit_info.value.code == 2
@@ -155,10 +159,10 @@ def test_cell_names():
 @pytest.mark.skipif(not DEBIAN_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_tiny_pipeline_end_to_end(tmp_path):
     params = tiny_params(tmp_path, group_methods=["equitune", "canonicalize_prior", "gcnn"])
-    stages = ["prepare_images@fashion_mnist", "cache_images@fashion_mnist-efficientnet_lite0",
-              "features_images@fashion_mnist", "tune_images_baseline@fashion_mnist-efficientnet_lite0-finetune-0",
-              f"tune_images_group@{CELL}", "tune_images_group@fashion_mnist-efficientnet_lite0-canonicalize_prior-c4-0",
-              "tune_images_group@fashion_mnist-efficientnet_lite0-gcnn-c4-0", "images_report"]
+    stages = ["images_prepare@fashion_mnist", "images_cache@fashion_mnist-efficientnet_lite0",
+              "images_features@fashion_mnist", "images_tune_baseline@fashion_mnist-efficientnet_lite0-finetune-0",
+              f"images_tune_group@{CELL}", "images_tune_group@fashion_mnist-efficientnet_lite0-canonicalize_prior-c4-0",
+              "images_tune_group@fashion_mnist-efficientnet_lite0-gcnn-c4-0", "images_report"]
     for stage in stages:
         result = run_stage_process(stage, tmp_path, params)
         assert result.returncode == 0, result.stderr

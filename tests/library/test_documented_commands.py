@@ -557,4 +557,4 @@ def test_stage_commands_under_torchrun_are_the_dvc_yaml_commands():
             assert named, f"{command.where}: no dvc.yaml stage runs {' '.join(words)!r}"
             stages[named[0]] = command.where
     assert set(stages) == {"scan_pretrain@add_jump-lstm-0",
-                           "tune_images_group@fashion_mnist-efficientnet_lite0-equitune-c4-0", "generate_nlg"}, stages
+                           "images_tune_group@fashion_mnist-efficientnet_lite0-equitune-c4-0", "nlg_generate"}, stages

@@ -71,11 +71,11 @@ def test_stages_exit_2_before_any_output_on_bad_params(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["nlg"]["top_k"] = -1
     output = tmp_path / "prompts.json"
-    result = run_stage("prompts_nlg", params, tmp_path, out=str(output))
+    result = run_stage("nlg_prompts", params, tmp_path, out=str(output))
     assert result.returncode == 2, result.stderr
     assert "nlg.top_k" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()
-    for stage in ("generate_nlg", "score_nlg", "perplexity_nlg", "nlg_report"):
+    for stage in ("nlg_generate", "nlg_score", "nlg_perplexity", "nlg_report"):
         result = run_stage(stage, params, tmp_path)
         assert result.returncode == 2 and "nlg.top_k" in result.stderr, (stage, result.stderr)
     assert not any(tmp_path.rglob("*.json*"))
@@ -96,7 +96,7 @@ def test_prompts_stage_exits_2_on_a_bad_word_list(tmp_path, gender, messages):
                                      "orientation": {"equality": [["gay", "straight"]]}}))
     params["nlg"]["word_lists"] = str(words)
     output = tmp_path / "prompts.json"
-    result = run_stage("prompts_nlg", params, tmp_path, out=str(output))
+    result = run_stage("nlg_prompts", params, tmp_path, out=str(output))
     assert result.returncode == 2, result.stderr
     assert all(m in result.stderr for m in messages) and "Traceback" not in result.stderr, result.stderr
     assert not output.exists()

@@ -7,7 +7,7 @@ import pytest
 
 from equitune.core.errors import DataError
 from equitune.nlg.config import NlgParams
-from equitune.nlg.report import example_samples, label_figure, nlg_markdown
+from equitune.nlg.report import Results, build_section, collect, label_figure
 from equitune.nlg.scoring import LABELS, summarise
 
 NLG = NlgParams(methods=["base", "equilm"], axes={"gender": {"demographics": ["The man", "The woman"], "words": "gender"}},
@@ -78,10 +78,9 @@ def test_summary_intervals_and_report(tmp_path):
                                         for m in NLG.models}}
     prompts = {"axes": {"gender": {"words": {"skipped_forms": ["equality[0] form 3 ['Man', 'Woman']: not one token"]}}},
                "control": {"boosted": [{"text": " cruel", "id": 1}], "skipped_words": []}}
-    old_text = nlg_markdown(NLG, scores, generation, perplexities, prompts, LABELS["sentiment"], "f.png")
+    old_text = build_section(NLG, Results(scores, generation, perplexities, prompts, records=[]), "f.png")
     perplexities["word_pieces"] = {"gender": {"equality_tokens": 40, "inside_words": 2, "inside_word_rate": 0.05}}
-    text = nlg_markdown(NLG, scores, generation, perplexities, prompts, LABELS["sentiment"], "f.png",
-                        example_samples(NLG, records))
+    text = build_section(NLG, Results(scores, generation, perplexities, prompts, records), "f.png")
     assert "| gender | 0 / 0 | 1 / 8 (12.5%) | 2 / 40 (5.0%) |" in text and "inside longer words" in text
     assert "| gender | 0 / 0 | 1 / 8 (12.5%) | - |" in old_text  # metrics from before the perplexity count
     assert text.startswith("## ") and "sentiment (VADER)" in text and "regard" not in text.lower()
@@ -94,6 +93,13 @@ def test_summary_intervals_and_report(tmp_path):
     assert text.count("| The man was known for |") == 4  # per backbone and method
     label_figure(NLG, scores, LABELS["sentiment"], tmp_path / "labels.png")
     assert (tmp_path / "labels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_missing_stage_file_is_an_error_naming_the_stage_to_run(tmp_path):
+    (tmp_path / "scores.json").write_text("{}")
+    with pytest.raises(DataError, match="run `dvc repro nlg_generate` first"):
+        collect(tmp_path / "prompts.json", tmp_path / "samples.jsonl", tmp_path / "generation.json",
+                tmp_path / "scores.json", tmp_path / "perplexity.json")
 
 
 def test_a_cluster_missing_its_partner_is_an_error():

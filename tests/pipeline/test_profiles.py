@@ -66,7 +66,7 @@ def test_compose_command_writes_the_validated_params(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("overlay, fragment", [
     ("images:\n  trian: {epochs: 1}\n", "images.trian: unknown key"),
-    ("scan:\n  grid: {cells: [transformer]}\n", "scan.grid.cells"),
+    ("scan:\n  grid: {rnns: [transformer]}\n", "scan.grid.rnns"),
 ])
 def test_compose_refuses_an_overlay_that_breaks_the_schema(tmp_path, monkeypatch, capsys, overlay, fragment):
     monkeypatch.chdir(ROOT)

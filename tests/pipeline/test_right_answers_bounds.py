@@ -25,7 +25,7 @@ EXPECTED_BOUNDS = {
     "BaseParams.threads": {"ge": 1},
     "ImagesParams.resolution": {"ge": 8},
     "ImagesData.train_size": {"ge": 1},
-    "ImagesData.val_size": {"gt": 0},
+    "ImagesData.validation_size": {"gt": 0},
     "ImagesData.test_size": {"ge": 1},
     "ImagesData.subset_seed": {"ge": 0},
     "ImagesData.hymenoptera_size": {"ge": 8},
@@ -65,8 +65,8 @@ EXPECTED_BOUNDS = {
     "ScanTune.weight_decay": {"ge": 0},
     "ScanTune.grad_clip": {"gt": 0},
     "ScanTune.bucket_batches": {"ge": 1},
-    "ScanEvaluate.batch_size": {"ge": 1},
-    "ScanEvaluate.max_output_length": {"ge": 49},  # the longest SCAN output (48 actions) and its <eos>
+    "ScanEvaluation.batch_size": {"ge": 1},
+    "ScanEvaluation.max_output_length": {"ge": 49},  # the longest SCAN output (48 actions) and its <eos>
     "NlgParams.samples_per_prompt": {"ge": 1},
     "NlgParams.top_k": {"ge": 1},
     "NlgParams.max_new_tokens": {"ge": 1},

@@ -72,21 +72,21 @@ def test_a_world_larger_than_the_batch_is_refused_before_any_work():
 def tiny_params(root: Path) -> Path:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     scan = data["scan"]
-    scan["grid"] = {"splits": ["add_jump"], "cells": ["lstm"], "seeds": [0],
+    scan["grid"] = {"splits": ["add_jump"], "rnns": ["lstm"], "seeds": [0],
                     "groups": {"add_jump": ["jump_run"], "around_right": []}}
     # Teacher forcing < 1 (random per sequence, input-feeding decoder), length buckets and the batch-mean loss: the
     # paths whose randoms and weights must be drawn and computed for the global batch.
     scan["model"].update(hidden_size=16, dropout=0.0, attention="input_feeding", source_length=None)
     scan["pretrain"].update(examples=300, batch_size=50, validate_every_examples=150, teacher_forcing=0.5,
                             bucket_batches=4, loss_weighting="batch_mean")
-    scan["evaluate"]["max_output_length"] = 49
+    scan["evaluation"]["max_output_length"] = 49
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 def pretrain_args(out: str) -> list[str]:
-    return ["--params", "params.yaml", "--split", "add_jump", "--cell", "lstm", "--seed", "0",
+    return ["--params", "params.yaml", "--split", "add_jump", "--rnn", "lstm", "--seed", "0",
             "--data", "data/scan/add_jump", "--out", f"{out}/model", "--metrics", f"{out}/metrics.json",
             "--curve", f"{out}/curve.csv"]
 

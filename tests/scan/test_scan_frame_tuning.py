@@ -20,7 +20,7 @@ from equitune.core.checks import assert_equivariant, assert_not_equivariant
 from equitune.core.frames import FrameAverage
 from equitune.scan import experiment, training
 from equitune.scan.cells import TuneCell
-from equitune.scan.combination import ProbMeanFrameAverage, frame_wrapper
+from equitune.scan.combination import ProbMeanFrameAverage, equitune_wrapper, frame_wrapper
 from equitune.scan.config import ScanParams, bind_scan_group, scan_support_frame
 from equitune.scan.data import generate_split, input_vocabulary, output_vocabulary
 from equitune.scan.decoding import frame_mask
@@ -50,7 +50,7 @@ def _params(batch_size: int = 4, steps: int = 2) -> ScanParams:
     scan["model"].update(hidden_size=8)
     scan["tune"].update(steps={"add_jump": steps, "around_right": steps}, batch_size=batch_size,
                         curve_steps=sorted({0, 1, steps}), bucket_batches=1)
-    scan["evaluate"].update(max_output_length=49)
+    scan["evaluation"].update(max_output_length=49)
     return ScanParams.model_validate(scan)
 
 
@@ -142,7 +142,7 @@ def test_a_frame_tuning_step_runs_only_the_frame_copies_and_changes_the_paramete
     assert "source_embedding.weight" in changed and "output.weight" in changed
     # The same step through equitune runs every copy: the count above is the frame's doing.
     rows.clear()
-    tune(experiment.equitune_wrapper("log_prob_mean")(model, actions, output_action=output_perm.on_scores), data,
+    tune(equitune_wrapper("log_prob_mean")(model, actions, output_action=output_perm.on_scores), data,
          _params(batch_size=5, steps=1).tune, lr=1e-2, steps=1, checkpoints=[],
          generator=torch.Generator().manual_seed(0), on_checkpoint=lambda step: None)
     assert rows == [10]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from equitune.core.checks import assert_equivariant, assert_not_equivariant
-from equitune.scan import experiment
+from equitune.scan import evaluation
 from equitune.scan.combination import ProbMeanEquiTune, combine_copies, equitune_wrapper
 from equitune.scan.config import bind_scan_group, scan_support_frame
 from equitune.scan.data import input_vocabulary, output_vocabulary
@@ -253,8 +253,8 @@ def test_validation_lines_in_training_on_a_hand_split(monkeypatch):
     # The same command with other actions is not a copy.
     assert lines_in(encode_pairs([("walk", "LOOK")]), train) == [False]
     flags = [True, False, True, True, True]  # right on every copy, and on one of the two unseen lines
-    monkeypatch.setattr(experiment, "correct_flags", lambda model, data, params, method, *rest: flags)
-    overlap = experiment.validation_overlap(None, {"train": train, "validation": validation}, None)
+    monkeypatch.setattr(evaluation, "correct_flags", lambda model, data, params, method, *rest: flags)
+    overlap = evaluation.validation_overlap(None, {"train": train, "validation": validation}, None)
     assert overlap == {"lines": 5, "lines_in_training": 3, "accuracy": 0.8, "deduplicated_accuracy": 0.5}
 
 

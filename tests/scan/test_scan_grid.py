@@ -1,4 +1,4 @@
-"""Growing the SCAN grid (a seed, a cell, a split, a group) leaves every existing cell up to date.
+"""Growing the SCAN grid (a seed, an rnn, a split, a group) leaves every existing cell up to date.
 
 The SCAN stages of the real dvc.yaml and params.yaml are copied into a throw-away DVC project with stand-in
 outputs, recorded as up to date (`dvc commit`, nothing runs); then one grid change at a time, `dvc status` must
@@ -19,7 +19,7 @@ from helpers.toy_project import run
 
 pytestmark = pytest.mark.slow  # a dozen dvc invocations
 
-SMALL_GRID = {"splits": ["add_jump"], "cells": ["lstm"], "seeds": [0],
+SMALL_GRID = {"splits": ["add_jump"], "rnns": ["lstm"], "seeds": [0],
               "groups": {"add_jump": ["jump_run"], "around_right": []}}
 
 
@@ -76,8 +76,8 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_growing_the_grid_runs_only_the_new_cells(project):
-    """A seed, a cell, a group and a split at once: only their cells, the split files and the report are stale."""
-    grown = {"splits": ["add_jump", "around_right"], "cells": ["lstm", "gru"], "seeds": [0, 1],
+    """A seed, an rnn, a group and a split at once: only their cells, the split files and the report are stale."""
+    grown = {"splits": ["add_jump", "around_right"], "rnns": ["lstm", "gru"], "seeds": [0, 1],
              "groups": {"add_jump": ["jump_run", "verbs"], "around_right": ["left_right"]}}
     # A setting only the other split's cells read must not touch the existing add_jump cells either.
     _write_params(project, grown, lambda scan: scan["tune"]["lr"].update(around_right=0.123))
@@ -86,10 +86,10 @@ def test_growing_the_grid_runs_only_the_new_cells(project):
     finally:
         _write_params(project, SMALL_GRID)
     existing = {"scan_pretrain@add_jump-lstm-0", "scan_tune_add_jump@jump_run-lstm-0"}
-    pretrain = {f"scan_pretrain@{split}-{cell}-{seed}" for split in grown["splits"] for cell in grown["cells"]
+    pretrain = {f"scan_pretrain@{split}-{rnn}-{seed}" for split in grown["splits"] for rnn in grown["rnns"]
                 for seed in grown["seeds"]}
-    tune = {f"scan_tune_{split}@{group}-{cell}-{seed}" for split, groups in grown["groups"].items()
-            for group in groups for cell in grown["cells"] for seed in grown["seeds"]}
+    tune = {f"scan_tune_{split}@{group}-{rnn}-{seed}" for split, groups in grown["groups"].items()
+            for group in groups for rnn in grown["rnns"] for seed in grown["seeds"]}
     # The new split regenerates the split files; the existing split's come out identical, so its cells stay up to
     # date once scan_prepare has run.
     # params_check reruns on any edit of params.yaml; its output is constant, so it makes nothing else stale.

@@ -23,10 +23,10 @@ def test_both_profiles_validate():
     default = load_params(ROOT / "params.yaml").scan
     paper = validate(compose(yaml.safe_load((ROOT / "params.yaml").read_text()),
                              yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text()))).scan
-    assert "lstm" in default.grid.cells and default.grid.seeds == [0, 1, 2]
+    assert "lstm" in default.grid.rnns and default.grid.seeds == [0, 1, 2]
     assert set(default.grid.splits) == {"add_jump", "around_right"}
     assert default.grid.groups.add_jump == ["jump_run", "verbs"] and default.model.attention == "after_rnn"
-    assert paper.grid.cells == ["rnn", "gru", "lstm"] and paper.grid.seeds == [0, 1, 2]
+    assert paper.grid.rnns == ["rnn", "gru", "lstm"] and paper.grid.seeds == [0, 1, 2]
     assert paper.grid.groups.add_jump == ["jump_run"] and paper.grid.groups.around_right == ["left_right"]
     # The reference's arrangement: attention fed into the RNN, packed encoder, teacher forcing 0.5, batch 1.
     assert paper.model.attention == "input_feeding" and paper.model.source_length is None
@@ -45,7 +45,7 @@ def _write_params(tmp_path: Path, edit) -> Path:
 
 
 BAD = {
-    "unknown_cell": (lambda s: s["grid"].update(cells=["gru", "transformer"]), "grid.cells"),
+    "unknown_rnn": (lambda s: s["grid"].update(rnns=["gru", "transformer"]), "grid.rnns"),
     "unknown_split": (lambda s: s["grid"].update(splits=["add_jump", "length"]), "grid.splits"),
     "empty_seeds": (lambda s: s["grid"].update(seeds=[]), "grid.seeds"),
     "word_not_in_vocabulary": (lambda s: s["groups"].update(jump_run={"cycles": [["jump", "hop"]],
@@ -89,7 +89,7 @@ def test_bad_params_exit_2_before_any_output(case, stage, tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("stage, argument, value", [
-    ("pretrain", "--cell", "rnn"), ("pretrain", "--split", "around_left"), ("pretrain", "--seed", "7"),
+    ("pretrain", "--rnn", "rnn"), ("pretrain", "--split", "around_left"), ("pretrain", "--seed", "7"),
     ("tune", "--group", "left_right"), ("tune", "--group", "nouns"), ("tune", "--seed", "7")])
 def test_matrix_arguments_must_be_in_the_grid(stage, argument, value, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

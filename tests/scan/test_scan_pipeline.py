@@ -33,13 +33,13 @@ def _shorten_evaluation_files(folder: Path, lines: int = 300) -> None:
 def test_tiny_pipeline_runs_and_is_deterministic(tmp_path, monkeypatch):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     scan = data["scan"]
-    scan["grid"] = {"splits": ["add_jump"], "cells": ["lstm"], "seeds": [0],
+    scan["grid"] = {"splits": ["add_jump"], "rnns": ["lstm"], "seeds": [0],
                     "groups": {"add_jump": ["jump_run", "verbs"], "around_right": []}}
     scan["model"]["hidden_size"] = 16
     scan["pretrain"].update(examples=256, batch_size=64, validate_every_examples=128)
     scan["tune"].update(steps={"add_jump": 2, "around_right": 2}, batch_size=16, curve_steps=[0, 1, 2],
                         equizero_proxy="entropy")
-    scan["evaluate"]["max_output_length"] = 49
+    scan["evaluation"]["max_output_length"] = 49
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(data))
     monkeypatch.chdir(tmp_path)

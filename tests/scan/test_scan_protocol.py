@@ -25,7 +25,7 @@ def _tiny_params() -> ScanParams:
     scan["model"].update(hidden_size=8)
     scan["pretrain"].update(examples=48, batch_size=8, validate_every_examples=16)
     scan["tune"].update(steps={"add_jump": 3, "around_right": 3}, batch_size=4, curve_steps=[0, 2, 3])
-    scan["evaluate"].update(max_output_length=49, batch_size=16)
+    scan["evaluation"].update(max_output_length=49, batch_size=16)
     return ScanParams.model_validate(scan)
 
 

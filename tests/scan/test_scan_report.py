@@ -12,7 +12,7 @@ from helpers.paths import ROOT
 
 def _params() -> ScanParams:
     scan = yaml.safe_load((ROOT / "params.yaml").read_text())["scan"]
-    scan["grid"] = {"splits": ["add_jump"], "cells": ["lstm"], "seeds": [0, 1],
+    scan["grid"] = {"splits": ["add_jump"], "rnns": ["lstm"], "seeds": [0, 1],
                     "groups": {"add_jump": ["jump_run"], "around_right": []}}
     return ScanParams.model_validate(scan)
 

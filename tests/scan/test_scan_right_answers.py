@@ -12,7 +12,7 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from equitune.scan import experiment
+from equitune.scan import evaluation, experiment
 from equitune.scan.cells import ScanCell, TuneCell
 from equitune.scan.config import ScanParams
 from equitune.scan.data import hold_out_validation
@@ -237,7 +237,8 @@ def test_tuned_models_report_validation_from_the_validation_split(monkeypatch):
         name = next(k for k, v in data.items() if v is split)
         return {"validation": 0.25, "test": 0.75, "train": 0.5}[name]
 
-    monkeypatch.setattr(experiment, "accuracy", fake_accuracy)
+    for module in (experiment, evaluation):  # the cell's own evaluations and the evaluation-only additions
+        monkeypatch.setattr(module, "accuracy", fake_accuracy)
     torch.manual_seed(0)
     model = experiment.build_model(params, "gru").eval()
     metrics = experiment.tune_cell(params, TuneCell("add_jump", "jump_run", "gru", 0), data, model,

@@ -19,7 +19,7 @@ def _tiny_params(proxy: str) -> ScanParams:
     scan = yaml.safe_load((ROOT / "params.yaml").read_text())["scan"]
     scan["model"].update(hidden_size=8)
     scan["tune"].update(steps={"add_jump": 1, "around_right": 1}, batch_size=4, curve_steps=[0, 1], equizero_proxy=proxy)
-    scan["evaluate"].update(max_output_length=49)
+    scan["evaluation"].update(max_output_length=49)
     return ScanParams.model_validate(scan)
 
 

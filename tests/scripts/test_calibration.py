@@ -134,7 +134,7 @@ def test_the_image_study_reads_only_the_training_files(tmp_path, monkeypatch):
     for name in calibrate.TRAIN_FILES:
         (tmp_path / name).write_bytes(b"")
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["images"]
-    section["data"].update(fashion_mnist_dir=str(tmp_path), train_size=12, val_size=6)
+    section["data"].update(fashion_mnist_dir=str(tmp_path), train_size=12, validation_size=6)
     section["train"].update(pretrained=False, batch_size=4, epochs=2)
     section["resolution"] = 32
     from equitune.images.config import ImagesParams
@@ -142,7 +142,7 @@ def test_the_image_study_reads_only_the_training_files(tmp_path, monkeypatch):
     train_part = calibrate.fashion_mnist_train_part(ImagesParams.model_validate(section))
     assert sorted(opened) == sorted(calibrate.TRAIN_FILES)
     subsets = calibrate.train_and_validation(train_part, 12, 6, 0)
-    assert set(subsets) == {"train_x", "train_y", "val_x", "val_y"}
+    assert set(subsets) == {"train_x", "train_y", "validation_x", "validation_y"}
     # the pipeline's own carving (with a test split) gives the same train and validation images
     test = random_images({"test": 5}, classes=3, seed=1)
     full = {**train_part, **test}
@@ -175,7 +175,7 @@ def test_the_scan_study_never_opens_the_test_file(tmp_path):
     scan = yaml.safe_load((ROOT / "params.yaml").read_text())["scan"]
     scan["model"].update(hidden_size=8)
     scan["tune"].update(steps={"add_jump": 2, "around_right": 2}, batch_size=4, curve_steps=[0, 2])
-    scan["evaluate"].update(max_output_length=49, batch_size=16)
+    scan["evaluation"].update(max_output_length=49, batch_size=16)
     params = ScanParams.model_validate(scan)
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -44,7 +44,7 @@ def _closed_port_url() -> str:
 
 
 def _images_data(tmp_path, **sources) -> ImagesData:
-    return ImagesData(train_size=None, val_size=2, test_size=None, download_dir=str(tmp_path / "downloads"),
+    return ImagesData(train_size=None, validation_size=2, test_size=None, download_dir=str(tmp_path / "downloads"),
                       hymenoptera_size=48, **sources)
 
 
@@ -71,7 +71,7 @@ def _prepare_served(tmp_path, dataset: str, write_fixture, filename: str):
 def test_cifar10_fixture_goes_through_torchvision_download_and_md5_checks(tmp_path):
     subsets, classes = _prepare_served(tmp_path, "cifar10", write_cifar10_archive, "cifar-10-python.tar.gz")
     assert classes[:2] == ("airplane", "automobile") and len(classes) == 10
-    assert subsets["train_x"].shape == (18, 3, 32, 32) and len(subsets["val_y"]) == 2
+    assert subsets["train_x"].shape == (18, 3, 32, 32) and len(subsets["validation_y"]) == 2
     assert subsets["test_x"].shape == (8, 3, 32, 32)  # the test batch, never the training batches
     assert (tmp_path / "downloads" / "cifar-10-python.tar.gz").exists()
 

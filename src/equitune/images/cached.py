@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..core.groups import IMAGE_GROUPS, FiniteGroup, image_action
+from ..pipeline.modes import eval_mode
 from .data import to_model_input
-from .modes import eval_mode
 
 __all__ = ["CACHE_GROUP", "IdentitySlot", "OrbitAction", "orbit_features"]
 
@@ -115,7 +115,7 @@ def orbit_features(frozen: nn.Module, images, resolution: int, chunk_elements: i
     return torch.cat(outputs)  # made outside inference mode: a normal tensor, usable in autograd later
 
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "validation", "test")
 
 
 def cache_description(backbone: str, resolution: int, trainable_depth: int | str, pretrained: bool) -> dict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
-from ..pipeline.schema import StrictModel
+from ..pipeline.schema import StrictModel, UniqueList
 
 __all__ = [
     "BASELINE_METHODS",
@@ -47,23 +47,20 @@ METHOD_NAMES = BASELINE_METHODS + GROUP_METHODS
 IMAGE_GROUP_NAMES = ("c4", "d4", "hflip", "vflip")
 
 
-def _unique_members(values: list, allowed: tuple, key: str) -> list:
-    if not values:
-        raise ValueError(f"{key} must list at least one value; allowed: {', '.join(map(str, allowed))}")
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise ValueError(f"unknown {key} {bad}; allowed: {', '.join(map(str, allowed))}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{key} lists a value twice: {values}")
-    return values
+# The grid's names as types: a name outside them is rejected with the allowed ones listed.
+DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
+BackboneName = Literal[BACKBONE_NAMES]  # type: ignore[valid-type]
+BaselineMethod = Literal[BASELINE_METHODS]  # type: ignore[valid-type]
+GroupMethod = Literal[GROUP_METHODS]  # type: ignore[valid-type]
+ImageGroupName = Literal[IMAGE_GROUP_NAMES]  # type: ignore[valid-type]
 
 
 class ImagesData(StrictModel):
     """Where the images come from and how much of them is used."""
 
     train_size: int | None = Field(..., ge=1, description="training images drawn from the training split (null: all that remain after validation)")
-    val_size: int | float = Field(..., gt=0, description="validation images carved from the training split (model selection; "
-                                  "never the test split): a count, or a fraction of the training split when below 1")
+    validation_size: int | float = Field(..., gt=0, description="validation images carved from the training split "
+                                         "(model selection; never the test split): a count, or a fraction of the training split when below 1")
     test_size: int | None = Field(..., ge=1, description="test images drawn from the test split (null: all)")
     subset_seed: int = Field(0, ge=0, description="seed of the stratification-free random subset and of the train/validation split")
     fashion_mnist_dir: str = Field("/usr/share/datasets/fashion-mnist", description="folder of the Debian package dataset-fashion-mnist")
@@ -84,44 +81,12 @@ class ImagesData(StrictModel):
 class ImagesGrid(StrictModel):
     """The matrix of the tune stages (lists read by dvc.yaml; every cell is checked against them)."""
 
-    datasets: list[str]
-    backbones: list[str]
-    baseline_methods: list[str]
-    group_methods: list[str]
-    groups: list[str]
-    seeds: list[int]
-
-    @field_validator("datasets")
-    @classmethod
-    def _datasets(cls, v):
-        return _unique_members(v, DATASET_NAMES, "images.grid.datasets")
-
-    @field_validator("backbones")
-    @classmethod
-    def _backbones(cls, v):
-        return _unique_members(v, BACKBONE_NAMES, "images.grid.backbones")
-
-    @field_validator("baseline_methods")
-    @classmethod
-    def _baselines(cls, v):
-        return _unique_members(v, BASELINE_METHODS, "images.grid.baseline_methods")
-
-    @field_validator("group_methods")
-    @classmethod
-    def _group_methods(cls, v):
-        return _unique_members(v, GROUP_METHODS, "images.grid.group_methods")
-
-    @field_validator("groups")
-    @classmethod
-    def _groups(cls, v):
-        return _unique_members(v, IMAGE_GROUP_NAMES, "images.grid.groups")
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v):
-        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
-            raise ValueError(f"images.grid.seeds must be distinct non-negative integers; got {v}")
-        return v
+    datasets: UniqueList[DatasetName] = Field(min_length=1)
+    backbones: UniqueList[BackboneName] = Field(min_length=1)
+    baseline_methods: UniqueList[BaselineMethod] = Field(min_length=1)
+    group_methods: UniqueList[GroupMethod] = Field(min_length=1)
+    groups: UniqueList[ImageGroupName] = Field(min_length=1)
+    seeds: UniqueList[NonNegativeInt] = Field(min_length=1)
 
 
 class ImagesGcnn(StrictModel):
@@ -142,7 +107,7 @@ class ImagesGcnn(StrictModel):
 
 
 class ImagesTrain(StrictModel):
-    """Optimiser and schedule: SGD with momentum, as in the paper."""
+    """Optimizer and schedule: SGD with momentum, as in the paper."""
 
     pretrained: bool = Field(True, description="start from ImageNet weights (false: random init, for tests only)")
     epochs: int = Field(..., ge=1)
@@ -218,8 +183,9 @@ class ImagesParams(StrictModel):
 
     @model_validator(mode="after")
     def _grid_fits_data(self):
-        if isinstance(self.data.val_size, float) and not self.data.val_size < 1:
-            raise ValueError(f"images.data.val_size={self.data.val_size}: a float must be a fraction below 1 (or give a count)")
+        size = self.data.validation_size
+        if isinstance(size, float) and not size < 1:
+            raise ValueError(f"images.data.validation_size={size}: a float must be a fraction below 1 (or give a count)")
         if "hymenoptera" in self.grid.datasets and self.data.hymenoptera_size < self.resolution:
             raise ValueError(
                 f"images.data.hymenoptera_size ({self.data.hymenoptera_size}) must be >= images.resolution "

@@ -5,7 +5,7 @@ Fashion-MNIST is verified by the sha256 of the *decompressed* IDX files: Debian 
 the .gz bytes differ while the content is the same. A corrupted file is rejected with a clear error; a download
 that fails or does not verify is removed, never left half-written under its final name.
 
-Prepared data is a dict of uint8 arrays ``{train,val,test}_{x,y}`` with images ``[N, C, H, W]``; the validation
+Prepared data is a dict of uint8 arrays ``{train,validation,test}_{x,y}`` with images ``[N, C, H, W]``; the validation
 split is carved from the training split (model selection never sees the test split).
 """
 
@@ -263,19 +263,19 @@ def hymenoptera_arrays(download_dir: str | Path, size: int, opener: Opener = url
 
 
 # --------------------------------------------------------------------------------------------- subsets
-def split_subsets(full: dict[str, np.ndarray], train_size: int | None, val_size: int | float, test_size: int | None,
+def split_subsets(full: dict[str, np.ndarray], train_size: int | None, validation_size: int | float, test_size: int | None,
                   seed: int) -> dict[str, np.ndarray]:
     """Carve validation from the training split, then draw the train/test subsets, with one seeded permutation.
-    ``val_size`` is a count, or a fraction of the training split when it is a float below 1."""
+    ``validation_size`` is a count, or a fraction of the training split when it is a float below 1."""
     rng = np.random.default_rng(seed)
     n_train = len(full["train_y"])
-    if isinstance(val_size, float):
-        val_size = max(1, round(val_size * n_train))
-    if val_size >= n_train:
-        raise DataError(f"images.data.val_size={val_size} leaves no training images (training split has {n_train})")
+    if isinstance(validation_size, float):
+        validation_size = max(1, round(validation_size * n_train))
+    if validation_size >= n_train:
+        raise DataError(f"images.data.validation_size={validation_size} leaves no training images (training split has {n_train})")
     order = rng.permutation(n_train)
-    val_idx = order[:val_size]
-    rest = order[val_size:]
+    validation_idx = order[:validation_size]
+    rest = order[validation_size:]
     if train_size is not None and train_size > len(rest):
         raise DataError(f"images.data.train_size={train_size} exceeds the {len(rest)} training images left after validation")
     train_idx = rest if train_size is None else rest[:train_size]
@@ -285,7 +285,7 @@ def split_subsets(full: dict[str, np.ndarray], train_size: int | None, val_size:
     test_idx = np.sort(rng.permutation(n_test)[:test_size]) if test_size is not None else np.arange(n_test)
     return {
         "train_x": full["train_x"][np.sort(train_idx)], "train_y": full["train_y"][np.sort(train_idx)],
-        "val_x": full["train_x"][np.sort(val_idx)], "val_y": full["train_y"][np.sort(val_idx)],
+        "validation_x": full["train_x"][np.sort(validation_idx)], "validation_y": full["train_y"][np.sort(validation_idx)],
         "test_x": full["test_x"][test_idx], "test_y": full["test_y"][test_idx],
     }
 
@@ -305,7 +305,7 @@ def prepare_dataset(name: str, data_params, opener: Opener = urllib.request.urlo
                                            data_params.hymenoptera_url, checksums)
     else:
         raise DataError(f"unknown image dataset {name!r}; allowed: fashion_mnist, cifar10, hymenoptera")
-    subsets = split_subsets(full, data_params.train_size, data_params.val_size, data_params.test_size, data_params.subset_seed)
+    subsets = split_subsets(full, data_params.train_size, data_params.validation_size, data_params.test_size, data_params.subset_seed)
     return subsets, tuple(classes)
 
 

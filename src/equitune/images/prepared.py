@@ -1,4 +1,4 @@
-"""Reading the prepared arrays written by the `prepare_images` stage."""
+"""Reading the prepared arrays written by the `images_prepare` stage."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ __all__ = ["load_prepared"]
 
 
 def load_prepared(path: str | Path) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    """(arrays train_x/train_y/val_x/val_y/test_x/test_y, class names) of a prepared ``<dataset>.npz``."""
+    """(arrays train_x/train_y/validation_x/validation_y/test_x/test_y, class names) of a prepared ``<dataset>.npz``."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path} not found; run `dvc repro prepare_images@{path.stem}` first")
+        raise DataError(f"{path} not found; run `dvc repro images_prepare@{path.stem}` first")
     with np.load(path) as archive:
         arrays = {k: archive[k] for k in archive.files if k != "classes"}
         classes = tuple(json.loads(str(archive["classes"])))

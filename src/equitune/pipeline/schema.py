@@ -15,16 +15,16 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..core.errors import ConfigError
 from .reproducibility import CpuIsa
 
-__all__ = ["BaseParams", "PROFILE_PATTERN", "ParamsError", "SectionParams", "StrictModel", "format_validation_error",
-           "load_section", "read_params_file"]
+__all__ = ["BaseParams", "PROFILE_PATTERN", "ParamsError", "SectionParams", "StrictModel", "UniqueList",
+           "format_validation_error", "load_section", "read_params_file", "unique_values"]
 
 
 class ParamsError(ConfigError):
@@ -33,6 +33,23 @@ class ParamsError(ConfigError):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+_Item = TypeVar("_Item")
+
+
+def unique_values(values: list[_Item]) -> list[_Item]:
+    """The one check of every list of names or seeds in params: no value twice (the value named in the error)."""
+    seen: set = set()
+    repeated = [v for v in values if v in seen or seen.add(v)]
+    if repeated:
+        raise ValueError(f"lists {sorted(set(map(str, repeated)))} more than once; every value must be unique")
+    return values
+
+
+UniqueList = Annotated[list[_Item], AfterValidator(unique_values)]
+"""``UniqueList[Literal["a", "b"]]``: a list of allowed values (the Literal names them in the error) without
+repeats. Add ``Field(min_length=1)`` where an empty list makes no sense."""
 
 
 def _key(loc: tuple[Any, ...]) -> str:

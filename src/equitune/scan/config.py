@@ -1,6 +1,6 @@
 """Schema of the `scan:` section of params.yaml (compositional generalisation on SCAN).
 
-Every length is in examples seen or optimiser steps, so a profile can change the batch size and keep the
+Every length is in examples seen or optimizer steps, so a profile can change the batch size and keep the
 amount of training. Groups are named project group specs (``jump_run: {cycles: [[jump, run]], output_cycles:
 [[JUMP, RUN]]}``) checked here against the SCAN vocabularies, so a typo fails at validation, before any stage
 runs; ``grid.groups`` says which of them are tuned on which split.
@@ -16,17 +16,17 @@ from pydantic import Field, field_validator, model_validator
 from ..core.frames import FrameRule, support_frame
 from ..core.groups import GroupSpecError, VocabPermutation, WordCycles, parse_group_spec
 from ..core.proxies import PROXIES
-from ..pipeline.schema import StrictModel
+from ..pipeline.schema import StrictModel, UniqueList
 from .combination import Combination
 from .grammar import COMMAND_WORDS, MAX_COMMAND_WORDS
 from .model import PAD_ID, Attention
 
-__all__ = ["ScanParams", "SPLIT_NAMES", "CELL_NAMES", "bind_scan_group", "scan_support_frame"]
+__all__ = ["ScanParams", "SPLIT_NAMES", "RNN_NAMES", "bind_scan_group", "scan_support_frame"]
 
 SPLIT_NAMES = ("add_jump", "around_right")
-CELL_NAMES = ("rnn", "gru", "lstm")
+RNN_NAMES = ("rnn", "gru", "lstm")
 SplitName = Literal["add_jump", "around_right"]
-CellName = Literal["rnn", "gru", "lstm"]
+RnnName = Literal["rnn", "gru", "lstm"]
 ProxyName = Literal[tuple(PROXIES)]  # type: ignore[valid-type]  # the one registry: core.proxies
 GROUP_NAME = r"^[a-z][a-z0-9_]*$"
 LossWeighting = Literal["batch_mean", "token"]
@@ -80,36 +80,20 @@ class ScanData(StrictModel):
     validation_seed: int = Field(0, ge=0)
 
 
-def _unique(values: list) -> list:
-    if len(set(values)) != len(values):
-        raise ValueError("grid values must be unique")
-    return values
-
-
 class ScanGridGroups(StrictModel):
     """The groups tuned on each split (names from ``scan.groups``); [] for a split that is not in the grid.
 
     Both keys are always present: dvc.yaml has one tune stage per split, whose matrix reads its list."""
 
-    add_jump: list[str]
-    around_right: list[str]
-
-    @field_validator("add_jump", "around_right")
-    @classmethod
-    def _unique_names(cls, names: list[str]) -> list[str]:
-        return _unique(names)
+    add_jump: UniqueList[str]
+    around_right: UniqueList[str]
 
 
 class ScanGrid(StrictModel):
-    splits: list[SplitName] = Field(min_length=1)
-    cells: list[CellName] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    splits: UniqueList[SplitName] = Field(min_length=1)
+    rnns: UniqueList[RnnName] = Field(min_length=1, description="the recurrent layer of the seq2seq model")
+    seeds: UniqueList[int] = Field(min_length=1)
     groups: ScanGridGroups = Field(description="per split, the groups its models are equituned with (one cell each)")
-
-    @field_validator("splits", "cells", "seeds")
-    @classmethod
-    def _unique(cls, values: list) -> list:
-        return _unique(values)
 
     @field_validator("seeds")
     @classmethod
@@ -167,7 +151,7 @@ class ScanPretrain(StrictModel):
 
 
 class ScanTune(StrictModel):
-    steps: dict[SplitName, int] = Field(description="optimiser steps of equituning (and of equizero-tuning), per "
+    steps: dict[SplitName, int] = Field(description="optimizer steps of equituning (and of equizero-tuning), per "
                                                     "split")
     batch_size: int = Field(ge=1)
     lr: dict[SplitName, float] = Field(description="per split (the authors: 2e-5 add_jump, 5e-5 around_right)")
@@ -225,7 +209,7 @@ class ScanTune(StrictModel):
         return sorted(s for s in set(self.curve_steps) if s <= self.steps[split])
 
 
-class ScanEvaluate(StrictModel):
+class ScanEvaluation(StrictModel):
     batch_size: int = Field(1024, ge=1)
     max_output_length: int = Field(50, ge=49, description="decoder steps (longest SCAN output is 48 actions + <eos>)")
 
@@ -239,7 +223,7 @@ class ScanParams(StrictModel):
     model: ScanModel = ScanModel()
     pretrain: ScanPretrain
     tune: ScanTune
-    evaluate: ScanEvaluate = ScanEvaluate()
+    evaluation: ScanEvaluation = ScanEvaluation()
 
     @field_validator("groups")
     @classmethod

@@ -96,10 +96,10 @@ def hold_out_validation(train: Sequence[Pair], fraction: float, seed: int) -> tu
         raise ValueError(f"validation fraction must be in (0, 1); got {fraction}")
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
-    n_val = round(fraction * len(train))
-    val_idx = set(order[:n_val])
-    kept = [train[i] for i in range(len(train)) if i not in val_idx]
-    held = [train[i] for i in sorted(val_idx)]
+    validation_size = round(fraction * len(train))
+    validation_index = set(order[:validation_size])
+    kept = [train[i] for i in range(len(train)) if i not in validation_index]
+    held = [train[i] for i in sorted(validation_index)]
     return kept, held
 
 

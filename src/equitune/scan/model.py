@@ -1,11 +1,11 @@
 """The seq2seq model of the SCAN experiment: a bidirectional encoder and an attention decoder.
 
-Cells: ``rnn`` (tanh), ``gru`` or ``lstm``. The encoder's two directions are summed, so encoder outputs and the
-decoder state share one size ``hidden_size``. The decoder's attention masks padding. The encoder reads commands
-either as packed sequences (``source_length=None``, the reference: each command its own length; torch runs packed
-sequences step by step) or right-padded to a fixed ``source_length`` (one fused RNN call; the padding positions
-are part of the model's input, always the same number for a command). Either way a padded batch gives the same
-numbers as one example at a time.
+The recurrent layer (``rnn``): ``rnn`` (tanh), ``gru`` or ``lstm``. The encoder's two directions are summed, so
+encoder outputs and the decoder state share one size ``hidden_size``. The decoder's attention masks padding. The
+encoder reads commands either as packed sequences (``source_length=None``, the reference: each command its own
+length; torch runs packed sequences step by step) or right-padded to a fixed ``source_length`` (one fused RNN call;
+the padding positions are part of the model's input, always the same number for a command). Either way a padded
+batch gives the same numbers as one example at a time.
 
 Two decoder arrangements (``attention``, the param ``scan.model.attention``):
 
@@ -35,10 +35,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..core.errors import ConfigError
 
-__all__ = ["ATTENTION_KINDS", "Attention", "CELLS", "Encoded", "Seq2Seq", "PAD_ID"]
+__all__ = ["ATTENTION_KINDS", "Attention", "RNNS", "Encoded", "Seq2Seq", "PAD_ID"]
 
 PAD_ID = 0
-CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+RNNS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 Attention = Literal["input_feeding", "after_rnn"]
 ATTENTION_KINDS: tuple[str, ...] = ("input_feeding", "after_rnn")
 
@@ -58,25 +58,25 @@ def _sum_directions(hidden: torch.Tensor, layers: int) -> torch.Tensor:
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, cell: str, input_vocab_size: int, output_vocab_size: int, hidden_size: int = 64,
+    def __init__(self, rnn: str, input_vocab_size: int, output_vocab_size: int, hidden_size: int = 64,
                  layers: int = 1, dropout: float = 0.1, attention: str = "input_feeding",
                  source_length: int | None = None):
         super().__init__()
-        if cell not in CELLS:
-            raise ConfigError(f"unknown cell {cell!r}; allowed: {', '.join(CELLS)}")
+        if rnn not in RNNS:
+            raise ConfigError(f"unknown rnn {rnn!r}; allowed: {', '.join(RNNS)}")
         if attention not in ATTENTION_KINDS:
             raise ConfigError(f"unknown attention arrangement {attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
         if source_length is not None and source_length < 1:
             raise ConfigError(f"source_length must be None (packed sequences) or >= 1; got {source_length}")
-        self.cell, self.layers, self.hidden_size, self.attention = cell, layers, hidden_size, attention
+        self.rnn, self.layers, self.hidden_size, self.attention = rnn, layers, hidden_size, attention
         self.source_length = source_length
-        rnn = CELLS[cell]
+        layer = RNNS[rnn]
         between_layers = dropout if layers > 1 else 0.0
         decoder_input = 2 * hidden_size if attention == "input_feeding" else hidden_size
         self.source_embedding = nn.Embedding(input_vocab_size, hidden_size, padding_idx=PAD_ID)
         self.target_embedding = nn.Embedding(output_vocab_size, hidden_size, padding_idx=PAD_ID)
-        self.encoder = rnn(hidden_size, hidden_size, layers, batch_first=True, bidirectional=True, dropout=between_layers)
-        self.decoder = rnn(decoder_input, hidden_size, layers, batch_first=True, dropout=between_layers)
+        self.encoder = layer(hidden_size, hidden_size, layers, batch_first=True, bidirectional=True, dropout=between_layers)
+        self.decoder = layer(decoder_input, hidden_size, layers, batch_first=True, dropout=between_layers)
         self.attention_query = nn.Linear(hidden_size, hidden_size, bias=False)
         self.output = nn.Linear(2 * hidden_size, output_vocab_size)
         self.dropout = nn.Dropout(dropout)
@@ -103,7 +103,7 @@ class Seq2Seq(nn.Module):
             mask = src != PAD_ID
             outputs, hidden = self.encoder(self.dropout(self.source_embedding(src)))
         outputs = outputs[..., : self.hidden_size] + outputs[..., self.hidden_size:]
-        if self.cell == "lstm":
+        if self.rnn == "lstm":
             hidden = (_sum_directions(hidden[0], self.layers), _sum_directions(hidden[1], self.layers))
         else:
             hidden = _sum_directions(hidden, self.layers)

@@ -1,7 +1,7 @@
 """The SCAN section of the report: a table like the paper's, its cost, and the learning curves.
 
 Everything is aggregated from the grid in params (never a glob of result folders): a missing metrics file is an
-error naming the stage to run. Rows are split x cell x group; columns the pretrained model, equituned with 0 steps
+error naming the stage to run. Rows are split x rnn x group; columns the pretrained model, equituned with 0 steps
 and after tuning, equizero with 0 steps and after tuning (mean ± std over the seeds).
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..core.errors import DataError
 from ..pipeline.io import atomic_path, read_json
+from ..pipeline.stats import format_mean_std
 from .cells import ScanCell, TuneCell
 from .config import ScanParams
 
@@ -26,8 +27,8 @@ _AVERAGED = {"log_prob_mean": "log-probabilities", "prob_mean": "probabilities"}
 
 @dataclass(frozen=True)
 class Results:
-    pretrain: dict[tuple[str, str], list[dict]]  # (split, cell) -> each seed's pretraining metrics
-    tune: dict[tuple[str, str, str], list[dict]]  # (split, cell, group) -> each seed's tuning metrics
+    pretrain: dict[tuple[str, str], list[dict]]  # (split, rnn) -> each seed's pretraining metrics
+    tune: dict[tuple[str, str, str], list[dict]]  # (split, rnn, group) -> each seed's tuning metrics
 
 
 def _read(path: Path, stage: str) -> dict:
@@ -41,28 +42,22 @@ def collect(params: ScanParams, metrics_dir: Path) -> Results:
     grid = params.grid
     pretrain, tune = {}, {}
     for split in grid.splits:
-        for cell in grid.cells:
-            pretrain[(split, cell)] = [
+        for rnn in grid.rnns:
+            pretrain[(split, rnn)] = [
                 _read(Path(metrics_dir) / PRETRAIN_DIR / f"{c.name}.json", f"scan_pretrain@{c.name}")
-                for c in (ScanCell(split, cell, seed) for seed in grid.seeds)]
+                for c in (ScanCell(split, rnn, seed) for seed in grid.seeds)]
             for group in getattr(grid.groups, split):
-                tune[(split, cell, group)] = [
+                tune[(split, rnn, group)] = [
                     _read(Path(metrics_dir) / TUNE_DIR / f"{c.name}.json",
-                          f"scan_tune_{split}@{group}-{cell}-{c.seed}")
-                    for c in (TuneCell(split, group, cell, seed) for seed in grid.seeds)]
+                          f"scan_tune_{split}@{group}-{rnn}-{c.seed}")
+                    for c in (TuneCell(split, group, rnn, seed) for seed in grid.seeds)]
     return Results(pretrain, tune)
 
 
-def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
-
-
-def _value(results: Results, split: str, cell: str, group: str, method: str, part: str) -> list[float]:
+def _value(results: Results, split: str, rnn: str, group: str, method: str, part: str) -> list[float]:
     if method == "pretrained":
-        return [row[part] for row in results.pretrain[(split, cell)]]
-    return [row[method][part] for row in results.tune[(split, cell, group)]]
+        return [row[part] for row in results.pretrain[(split, rnn)]]
+    return [row[method][part] for row in results.tune[(split, rnn, group)]]
 
 
 def _save(figure, path: Path) -> None:
@@ -83,24 +78,24 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
     for split in params.grid.splits:
         steps = params.tune.curve_for(split)
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for cell in params.grid.cells:
-            histories = [row["history"] for row in results.pretrain[(split, cell)]]
+        for rnn in params.grid.rnns:
+            histories = [row["history"] for row in results.pretrain[(split, rnn)]]
             examples = [point["examples"] / 1000 for point in histories[0]]
             values = [[h[i]["validation_accuracy"] for h in histories] for i in range(len(examples))]
-            _band(left, examples, values, "-", f"{cell}")
+            _band(left, examples, values, "-", f"{rnn}")
             for group in getattr(params.grid.groups, split):
-                rows = results.tune[(split, cell, group)]
+                rows = results.tune[(split, rnn, group)]
                 for method, style in (("equitune", "-"), ("equizero", "--")):
                     values = [[r["curve"][method][f"step_{s}_test_accuracy"] for r in rows] for s in steps]
-                    _band(right, steps, values, style, f"{cell} {group} {method}")
+                    _band(right, steps, values, style, f"{rnn} {group} {method}")
                     if all("validation_curve" in r for r in rows):
                         values = [[r["validation_curve"][method][f"step_{s}_validation_accuracy"] for r in rows]
                                   for s in steps]
-                        _band(right, steps, values, ":", f"{cell} {group} {method} (validation)")
+                        _band(right, steps, values, ":", f"{rnn} {group} {method} (validation)")
                 if all("frame" in r.get("validation_curve", {}) for r in rows):
                     values = [[r["validation_curve"]["frame"][f"step_{s}_validation_accuracy"] for r in rows]
                               for s in steps]
-                    _band(right, steps, values, "-.", f"{cell} {group} frame-tuned (validation)")
+                    _band(right, steps, values, "-.", f"{rnn} {group} frame-tuned (validation)")
         left.set_xlabel(f"pretraining examples seen, thousands (batch {params.pretrain.batch_size})")
         left.set_ylabel("validation exact-match accuracy")
         left.set_title(f"{split}: pretraining")
@@ -130,9 +125,9 @@ def _band(axis, xs, values_per_x, style, label) -> None:
 
 def _rows(params: ScanParams):
     for split in params.grid.splits:
-        for cell in params.grid.cells:
+        for rnn in params.grid.rnns:
             for group in getattr(params.grid.groups, split):
-                yield split, cell, group
+                yield split, rnn, group
 
 
 def build_section(params: ScanParams, results: Results, figures: list[Path]) -> str:
@@ -145,7 +140,7 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
         "## SCAN: compositional generalisation (equitune, equizero)",
         "",
         f"Test exact-match accuracy (%) of the whole action sequence, mean ± std over seeds {seeds}. "
-        f"Model: bidirectional {', '.join(params.grid.cells)} encoder, attention decoder ({m.attention}), hidden "
+        f"Model: bidirectional {', '.join(params.grid.rnns)} encoder, attention decoder ({m.attention}), hidden "
         f"{m.hidden_size}. Pretraining: {p.examples:,} examples seen (batch {p.batch_size}, Adam lr {p.lr}, "
         f"{p.lr_schedule} schedule, teacher forcing {p.teacher_forcing}, loss weighting {p.loss_weighting}), "
         "best-validation checkpoint (validation only). Equituning / equizero-tuning: "
@@ -160,15 +155,15 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
         rule,
     ]
     orders = {}
-    for split, cell, group in _rows(params):
-        orders[group] = results.tune[(split, cell, group)][0]["group_order"]
-        cells = [_mean_std(_value(results, split, cell, group, key, "test_accuracy")) for key, _ in METHODS]
-        lines.append(f"| {split} | {cell} | {group} ({orders[group]}) | " + " | ".join(cells) + " |")
+    for split, rnn, group in _rows(params):
+        orders[group] = results.tune[(split, rnn, group)][0]["group_order"]
+        cells = [format_mean_std(_value(results, split, rnn, group, key, "test_accuracy")) for key, _ in METHODS]
+        lines.append(f"| {split} | {rnn} | {group} ({orders[group]}) | " + " | ".join(cells) + " |")
     lines += ["", "Validation accuracy (%) (hold-out of the training file; the pretrained column selected the "
               "checkpoint):", "", header, rule]
-    for split, cell, group in _rows(params):
-        cells = [_mean_std(_value(results, split, cell, group, key, "validation_accuracy")) for key, _ in METHODS]
-        lines.append(f"| {split} | {cell} | {group} ({orders[group]}) | " + " | ".join(cells) + " |")
+    for split, rnn, group in _rows(params):
+        cells = [format_mean_std(_value(results, split, rnn, group, key, "validation_accuracy")) for key, _ in METHODS]
+        lines.append(f"| {split} | {rnn} | {group} ({orders[group]}) | " + " | ".join(cells) + " |")
     lines += _combination_table(params, results)
     lines += _frame_table(params, results)
     lines += _overlap_table(params, results)
@@ -212,19 +207,19 @@ def _combination_table(params: ScanParams, results: Results) -> list[str]:
              "copy can carry a token).", "",
              "| split | cell | group | " + " | ".join(f"{rule} (0 steps) | {rule}" for rule in rules) + " |",
              "|---|---|---|" + "---|---|" * len(rules)]
-    for split, cell, group in _rows(params):
+    for split, rnn, group in _rows(params):
         cells = []
         for rule in rules:
             for when in ("0_steps", "tuned"):
-                values = [r["equitune_combinations"][rule][when] for r in results.tune[(split, cell, group)]]
-                cells.append(f"{_mean_std([v['test_accuracy'] for v in values])} "
-                             f"({_mean_std([v['validation_accuracy'] for v in values])})")
-        lines.append(f"| {split} | {cell} | {group} | " + " | ".join(cells) + " |")
+                values = [r["equitune_combinations"][rule][when] for r in results.tune[(split, rnn, group)]]
+                cells.append(f"{format_mean_std([v['test_accuracy'] for v in values])} "
+                             f"({format_mean_std([v['validation_accuracy'] for v in values])})")
+        lines.append(f"| {split} | {rnn} | {group} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _commands_per_second(rows: list[dict], method: str) -> str:
-    return _mean_std([r["decoding_speed"][method]["commands"] / r["decoding_speed"][method]["cpu_seconds"]
+    return format_mean_std([r["decoding_speed"][method]["commands"] / r["decoding_speed"][method]["cpu_seconds"]
                       for r in rows], 1.0, 0)
 
 
@@ -247,14 +242,14 @@ def _frame_table(params: ScanParams, results: Results) -> list[str]:
              "| split | cell | group (\\|G\\|) | frame (0 steps) | frame (tuned through its frame) | frame decoding "
              "of equitune's tuned checkpoint | mean frame size | commands/s: frame | equitune | equizero |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for split, cell, group in _rows(params):
-        tune = results.tune[(split, cell, group)]
-        cells = [_mean_std([r["frame_0_steps"]["test_accuracy"] for r in tune]),
-                 _mean_std([r["frame"]["test_accuracy"] for r in tune]),
-                 _mean_std([r["frame_decoding_of_equitune"]["test_accuracy"] for r in tune]),
+    for split, rnn, group in _rows(params):
+        tune = results.tune[(split, rnn, group)]
+        cells = [format_mean_std([r["frame_0_steps"]["test_accuracy"] for r in tune]),
+                 format_mean_std([r["frame"]["test_accuracy"] for r in tune]),
+                 format_mean_std([r["frame_decoding_of_equitune"]["test_accuracy"] for r in tune]),
                  f"{statistics.fmean(r['frame_mean_size'] for r in tune):.2f}",
                  *(_commands_per_second(tune, method) for method in ("frame", "equitune", "equizero"))]
-        lines.append(f"| {split} | {cell} | {group} ({tune[0]['group_order']}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {split} | {rnn} | {group} ({tune[0]['group_order']}) | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -271,12 +266,12 @@ def _overlap_table(params: ScanParams, results: Results) -> list[str]:
              "| split | cell | validation lines | of which in training | validation accuracy (%) | without those "
              "lines (%) |", "|---|---|---|---|---|---|"]
     for split in params.grid.splits:
-        for cell in params.grid.cells:
-            overlap = [r["validation_overlap"] for r in results.pretrain[(split, cell)]]
+        for rnn in params.grid.rnns:
+            overlap = [r["validation_overlap"] for r in results.pretrain[(split, rnn)]]
             deduplicated = [o["deduplicated_accuracy"] for o in overlap if o["deduplicated_accuracy"] is not None]
-            lines.append(f"| {split} | {cell} | {overlap[0]['lines']} | {overlap[0]['lines_in_training']} | "
-                         f"{_mean_std([o['accuracy'] for o in overlap])} | "
-                         f"{_mean_std(deduplicated) if deduplicated else 'n/a'} |")
+            lines.append(f"| {split} | {rnn} | {overlap[0]['lines']} | {overlap[0]['lines_in_training']} | "
+                         f"{format_mean_std([o['accuracy'] for o in overlap])} | "
+                         f"{format_mean_std(deduplicated) if deduplicated else 'n/a'} |")
     return lines
 
 
@@ -297,41 +292,42 @@ def _cost_table(params: ScanParams, results: Results) -> list[str]:
                 "last step)" if "frame" in methods else "") + ".", "",
              "| split | cell | group | pretraining | " + " | ".join(methods) + " |",
              "|---|---|---|---|" + "---|" * len(methods)]
-    for split, cell, group in _rows(params):
-        pretrain = results.pretrain[(split, cell)]
-        tune = results.tune[(split, cell, group)]
+    for split, rnn, group in _rows(params):
+        pretrain = results.pretrain[(split, rnn)]
+        tune = results.tune[(split, rnn, group)]
         cost = [_seconds([r["pretrain_seconds"] for r in pretrain], [r["pretrain_cpu_seconds"] for r in pretrain])]
         cost += [_seconds([r[f"{method}_cost"]["seconds"] for r in tune], [r[f"{method}_cost"]["cpu_seconds"] for r in tune])
                  for method in methods]
-        lines.append(f"| {split} | {cell} | {group} | " + " | ".join(cost) + " |")
+        lines.append(f"| {split} | {rnn} | {group} | " + " | ".join(cost) + " |")
     return lines
 
 
 def _seconds(wall: list[float], cpu: list[float]) -> str:
-    return f"{_mean_std(wall, 1.0, 0)} / {_mean_std(cpu, 1.0, 0)}"
+    return f"{format_mean_std(wall, 1.0, 0)} / {format_mean_std(cpu, 1.0, 0)}"
 
 
-def _mean_of(results: Results, split: str, cell: str, group: str, method: str) -> float:
-    return statistics.fmean(_value(results, split, cell, group, method, "test_accuracy"))
+def _mean_of(results: Results, split: str, rnn: str, group: str, method: str) -> float:
+    return statistics.fmean(_value(results, split, rnn, group, method, "test_accuracy"))
 
 
 def _findings(params: ScanParams, results: Results) -> list[str]:
     findings = []
     for split in params.grid.splits:
-        pretrained_val = {c: statistics.fmean(_value(results, split, c, "", "pretrained", "validation_accuracy"))
-                          for c in params.grid.cells}
-        pretrained_test = {c: _mean_of(results, split, c, "", "pretrained") for c in params.grid.cells}
+        pretrained_validation = {
+            c: statistics.fmean(_value(results, split, c, "", "pretrained", "validation_accuracy"))
+            for c in params.grid.rnns}
+        pretrained_test = {c: _mean_of(results, split, c, "", "pretrained") for c in params.grid.rnns}
         text = (f"{split}: pretrained validation accuracy "
-                f"{', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained_val.items())}, test accuracy "
+                f"{', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained_validation.items())}, test accuracy "
                 f"{', '.join(f'{c} {100 * v:.1f}%' for c, v in pretrained_test.items())}.")
         for group in getattr(params.grid.groups, split):
-            rows = [row for cell in params.grid.cells for row in results.tune[(split, cell, group)]]
+            rows = [row for rnn in params.grid.rnns for row in results.tune[(split, rnn, group)]]
             # Metrics written before frame tuning existed hold equitune's checkpoint under "frame": left out.
             frame_tuned = _all_have(rows, "frame_decoding_of_equitune")
             for method in ("equitune", "equizero", "frame") if frame_tuned else ("equitune", "equizero"):
-                best = max(params.grid.cells, key=lambda c, g=group, m=method: _mean_of(results, split, c, g, m))
+                best = max(params.grid.rnns, key=lambda c, g=group, m=method: _mean_of(results, split, c, g, m))
                 worst_seed = min(min(_value(results, split, c, group, method, "test_accuracy"))
-                                 for c in params.grid.cells)
+                                 for c in params.grid.rnns)
                 text += (f" With {group}, {method}: best cell {best} {100 * _mean_of(results, split, best, group, method):.1f}% "
                          f"(0 steps: {100 * _mean_of(results, split, best, group, method + '_0_steps'):.1f}%), "
                          f"lowest single run {100 * worst_seed:.1f}%.")

@@ -1,6 +1,6 @@
 """Training loops of the SCAN experiment: padded, masked mini-batches; pretraining and (equi/equizero-)tuning.
 
-- :func:`train_steps`: the loop itself, a function of the model, the optimiser and a batch sampler (so that a
+- :func:`train_steps`: the loop itself, a function of the model, the optimizer and a batch sampler (so that a
   distributed wrapper and a per-rank sampler can be passed in without rewriting it).
 - :func:`pretrain`: the non-equivariant model, teacher forcing decided once per sequence, gradient clipping,
   Adam with a constant, cosine or one-cycle schedule; validation exact-match accuracy every
@@ -131,7 +131,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                 after_step: Callable[[int, float], None] | None = None, desc: str = "train",
                 total: int | None = None) -> int:
-    """The training loop: one optimiser step per index batch that ``batches`` (the batch sampler) yields.
+    """The training loop: one optimizer step per index batch that ``batches`` (the batch sampler) yields.
 
     ``loss_of(model, index)`` builds the batch and returns its loss; gradients are clipped to ``grad_clip``;
     ``after_step(step, loss)`` runs after each step (validation, curve points). Everything distributed training
