@@ -6,7 +6,7 @@ in a fresh interpreter, round-robin over ``--repeats`` rounds (so machine load h
 
 - ``python -c pass``: the interpreter alone (the baseline the other rows are shown against);
 - ``import X`` for the heavy libraries a stage may load: torch, torchvision, mlflow, transformers, e2cnn,
-  efficientnet_pytorch;
+  efficientnet_lite_pytorch;
 - each stage script with ``--help``: its module-level imports (what it pays before parsing its arguments);
 - DVC around a stage: ``dvc repro --single-item --force params_check`` in a scratch clone versus the same command
   run directly; the difference is DVC's own cost per stage (start-up, reading dvc.yaml's matrices, hashing the
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import timing
 
-LIBRARIES = ("torch", "torchvision", "mlflow", "transformers", "e2cnn", "efficientnet_pytorch")
+LIBRARIES = ("torch", "torchvision", "mlflow", "transformers", "e2cnn", "efficientnet_lite_pytorch")
 
 
 def _seconds(command: list[str], cwd: Path, env: dict[str, str]) -> float:
