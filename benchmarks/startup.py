@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import timing
@@ -33,9 +32,8 @@ LIBRARIES = ("torch", "torchvision", "mlflow", "transformers", "e2cnn", "efficie
 
 
 def _seconds(command: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return timing.time_once(lambda: subprocess.run(command, cwd=cwd, env=env, check=True,
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 def _items(quick: bool) -> dict[str, list[str]]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -38,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from equitune.pipeline.io import write_json, write_text  # noqa: E402
+from equitune.pipeline.io import read_json, write_json, write_text  # noqa: E402
 from equitune.pipeline.reproducibility import apply_cpu_isa  # noqa: E402
 from equitune.pipeline.schema import load_section  # noqa: E402
 from equitune.pipeline.seeding import seed_everything  # noqa: E402
@@ -119,7 +118,7 @@ def _split_table(params: ScanParams, split: str, group: str, seeds: list[int], d
         raise SystemExit(f"data/scan/{split}/test.txt has {len(kind_of)} lines, the encoded split {len(data['test'])}")
     per_seed = []
     for seed in seeds:
-        committed = json.loads((ROOT / "metrics" / "scan" / "tune" / f"{split}-{group}-lstm-{seed}.json").read_text())
+        committed = read_json(ROOT / "metrics" / "scan" / "tune" / f"{split}-{group}-lstm-{seed}.json")
         flags = _flags(params, split, group, seed, data, device, committed, deterministic)
         per_seed.append({method: {name: statistics.fmean(f for f, k in zip(flags[method], kind_of, strict=True)
                                                          if k == name)
