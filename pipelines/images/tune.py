@@ -1,13 +1,14 @@
 """Stage `images_tune_*@<cell>`: fine-tune one backbone with one method (best epoch on the validation split), then
-evaluate it on the test split -> the cell's training folder (model.pt: the whole model's best-validation weights;
-curves.json: per-epoch train loss and validation accuracy) and its metrics file (the same dict to MLflow)."""
+evaluate it on the test split -> the cell's training folder (model.pt: the whole model's best-validation weights),
+its curve file (per-epoch train loss and validation accuracy, a DVC plots file) and its metrics file (the same dict
+to MLflow)."""
 
 from __future__ import annotations
 
 from equitune.images.cached import load_cache
 from equitune.images.cells import Cell, add_cell_arguments
 from equitune.images.config import SCRATCH_METHODS, ImagesParams
-from equitune.images.experiment import CHECKPOINT, CURVES, cell_cache_description, check_distributed, run_cell
+from equitune.images.experiment import CHECKPOINT, cell_cache_description, check_distributed, run_cell
 from equitune.images.methods import method_group
 from equitune.images.prepared import load_prepared
 from equitune.pipeline.context import open_stage
@@ -47,12 +48,11 @@ def main(argv=None) -> None:
             if not stage.is_main:
                 return  # rank 0 alone writes outputs
             save_torch(args.out / CHECKPOINT, result.state)
-            write_json(args.out / CURVES, result.curves)
             run.reference_output(args.out, "checkpoint")
             run.log_final(result.metrics)
         write_json(args.metrics, result.metrics)  # last (rank 0 only): a run that fails to close leaves none
     metrics = result.metrics
-    print(f"{cell.name}: best epoch {result.curves['best_epoch']}, upright {metrics['test_accuracy_upright']:.4f}, "
+    print(f"{cell.name}: best epoch {result.metrics['training']['best_epoch']}, upright {metrics['test_accuracy_upright']:.4f}, "
           f"random C4 {metrics['test_accuracy_random']['c4']:.4f}, random D4 {metrics['test_accuracy_random']['d4']:.4f}, "
           f"invariance error {metrics['invariance_error']}")
 

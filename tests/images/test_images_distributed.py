@@ -25,6 +25,7 @@ from equitune.core.errors import ConfigError
 from equitune.images.config import ImagesParams
 from equitune.images.experiment import check_distributed
 from equitune.images.training import load_share
+from equitune.pipeline.curves import read_curve
 from equitune.pipeline.distributed import DistributedContext
 from helpers.paths import ROOT
 from helpers.torchrun import (
@@ -114,15 +115,16 @@ def test_two_processes_tune_the_same_model_as_one(tmp_path):
         one, two = (load_state(tmp_path / out / "train/model.pt") for out in outs.values())
         difference = max_weight_difference(one, two)
         assert difference <= WEIGHTS_TOLERANCE, f"{method}, 1 vs 2 processes: weights differ by {difference:.3g}"
-        curves = [read_json(tmp_path / out / "train/curves.json") for out in outs.values()]
-        assert curves[0]["best_epoch"] == curves[1]["best_epoch"]
-        for a, b in zip(curves[0]["epochs"], curves[1]["epochs"], strict=True):
+        curves = [read_curve(tmp_path / out / "curve.csv", "images/tune") for out in outs.values()]
+        assert list(curves[0]) == list(curves[1]) and len(curves[0]) == 2  # the same epochs, both of them
+        for a, b in zip(curves[0].values(), curves[1].values(), strict=True):
             assert a["val_accuracy"] == b["val_accuracy"]
             assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=LOSS_RELATIVE_TOLERANCE)
         metrics = [read_json(tmp_path / out / "metrics.json") for out in outs.values()]
+        assert metrics[0]["training"]["best_epoch"] == metrics[1]["training"]["best_epoch"]
         assert metrics[0]["test_accuracy_by_element"] == metrics[1]["test_accuracy_by_element"]
         for n, out in outs.items():  # rank 0 alone wrote
             assert sorted(p.name for p in (tmp_path / out).rglob("*") if p.is_file()) == [
-                "curve.csv", "curves.json", "metrics.json", "model.pt"], n
+                "curve.csv", "metrics.json", "model.pt"], n
         assert world_sizes_logged(tmp_path / "mlflow.db", "equitune-images", method) == ["1", "2"]
     assert not temp_files(tmp_path)

@@ -12,6 +12,7 @@ from equitune.images.cells import grid_cells
 from equitune.images.config import ImagesParams
 from equitune.images.evaluation import D4_ELEMENTS
 from equitune.images.report import build_section, expected_accuracy
+from equitune.pipeline.curves import Curve
 from equitune.pipeline.io import write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,15 @@ def fake_metrics(upright: float, rotated: float, error: float) -> dict:
     }
 
 
+def write_cell(cell, metrics: dict) -> None:
+    """A cell's outputs as its stage writes them: the metrics file and the curve file (DVC plots) of its training."""
+    write_json(f"metrics/images/{cell.name}.json", metrics)
+    curve = Curve(f"plots/images/train/{cell.name}.csv", "epoch", ("train_loss", "val_accuracy"))
+    for epoch, values in metrics["training"]["curve"].items():
+        curve.add(int(epoch.removeprefix("epoch")), values)
+    curve.write()
+
+
 @pytest.fixture
 def params() -> ImagesParams:
     section = yaml.safe_load((REPO / "params.yaml").read_text())["images"]
@@ -49,8 +59,8 @@ def render_report(params: ImagesParams, report: str = "reports/images.md", label
     write_json("metrics/images/features-fashion_mnist.json", {
         "backbone": "efficientnet_lite0", "image_index": 0, "label": label, "channels": [1, 2],
         "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
-    return build_section(params, Path("metrics/images"), Path("reports/figures/images/results"),
-                               Path("reports/figures/images"), Path(report))
+    return build_section(params, Path("metrics/images"), Path("plots/images/train"),
+                         Path("reports/figures/images/results"), Path("reports/figures/images"), Path(report))
 
 
 def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
@@ -58,7 +68,7 @@ def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
     values = {("finetune", 0): (0.9, 0.3), ("finetune", 1): (0.8, 0.5), ("equitune", 0): (0.7, 0.7), ("equitune", 1): (0.6, 0.6)}
     for cell in grid_cells(params):
         upright, rotated = values[(cell.method, cell.seed)]
-        write_json(f"metrics/images/{cell.name}.json", fake_metrics(upright, rotated, 1e-7 if cell.method == "equitune" else 0.5))
+        write_cell(cell, fake_metrics(upright, rotated, 1e-7 if cell.method == "equitune" else 0.5))
     write_json("metrics/images/stale-cell-not-in-grid.json", fake_metrics(0.0, 0.0, 9.0))  # must be ignored
     report = render_report(params, label="Trouser")
     assert report.startswith("## ")
@@ -84,8 +94,18 @@ def test_report_aggregates_seeds_from_the_grid(tmp_path, monkeypatch, params):
 def test_report_fails_on_a_missing_cell(tmp_path, monkeypatch, params):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="finetune-trivial-s0.json is missing"):
-        build_section(params, Path("metrics/images"), Path("reports/figures/images/results"),
-                            Path("reports/figures/images"), Path("reports/images.md"))
+        render_report(params)
+
+
+def test_report_fails_on_a_missing_curve_file_naming_the_stage(tmp_path, monkeypatch, params):
+    """The learning curves come from the cells' DVC plots files: one missing is an error naming its stage."""
+    monkeypatch.chdir(tmp_path)
+    for cell in grid_cells(params):
+        write_cell(cell, fake_metrics(0.9, 0.5, 0.1))
+    Path("plots/images/train/fashion_mnist-efficientnet_lite0-equitune-c4-s1.csv").unlink()
+    with pytest.raises(DataError, match=r"equitune-c4-s1.csv is missing: run dvc repro "
+                                        r"images_tune_group@fashion_mnist-efficientnet_lite0-equitune-c4-1$"):
+        render_report(params)
 
 
 def test_report_gives_each_dataset_its_own_classes(tmp_path, monkeypatch, params):
@@ -100,13 +120,14 @@ def test_report_gives_each_dataset_its_own_classes(tmp_path, monkeypatch, params
             classes = {"ants": 0.5} if cell.method == "finetune" else {"ants": 0.25, "bees": 0.75}
             metrics["per_class_accuracy_upright"] = classes
             metrics["per_class_accuracy_random"] = {"c4": classes, "d4": classes}
-        write_json(f"metrics/images/{cell.name}.json", metrics)
+        write_cell(cell, metrics)
     for dataset in params.grid.datasets:
         write_json(f"metrics/images/features-{dataset}.json", {
             "backbone": "efficientnet_lite0", "image_index": 0, "label": "x", "channels": [1, 2],
             "pretrained_feature_equivariance_error": 6.0, "equituned_feature_equivariance_error": 4e-7})
-    report = build_section(params, Path("metrics/images"), Path("reports/figures/images/results"),
-                                 Path("reports/figures/images"), Path("reports/images.md"))
+    report = build_section(params, Path("metrics/images"), Path("plots/images/train"),
+                           Path("reports/figures/images/results"), Path("reports/figures/images"),
+                           Path("reports/images.md"))
     lines = report.splitlines()
     assert "| method | a | b |" in lines and "| method | ants | bees |" in lines
     assert "| finetune | 50 | - |" in lines and "| equitune (c4) | 25 | 75 |" in lines
@@ -142,7 +163,7 @@ def cost_report(tmp_path, monkeypatch, params, canonical_rotated: float) -> str:
         else:
             metrics = with_cost(fake_metrics(canonical_rotated, canonical_rotated, 2e-7), 12.0, 1.5 - cell.seed, 800.0,
                                 identity=0.25 + 0.5 * cell.seed)
-        write_json(f"metrics/images/{cell.name}.json", metrics)
+        write_cell(cell, metrics)
     return render_report(params, label="Trouser")
 
 
@@ -187,7 +208,7 @@ def test_report_tolerates_metrics_without_costs(tmp_path, monkeypatch, params):
     """Metrics written before the costs were measured: dashes, no cost figure, advice without calls."""
     monkeypatch.chdir(tmp_path)
     for cell in grid_cells(params):
-        write_json(f"metrics/images/{cell.name}.json", fake_metrics(0.9, 0.5, 0.1))
+        write_cell(cell, fake_metrics(0.9, 0.5, 0.1))
     report = render_report(params)
     assert "| finetune | 90.0 ± 0.0 | 60.0 ± 0.0 | 55.0 ± 0.0 | 1.0e-01 | — | — | — | — |" in report
     assert "accuracy_vs_cost" not in report and "| posthoc_equitune" not in report
@@ -202,7 +223,7 @@ def test_report_renders_the_from_scratch_gcnn_row_and_says_what_it_is(tmp_path, 
             metrics = with_cost(fake_metrics(0.7, 0.7, 1e-7), 20.0, 1, 5000.0)
         else:
             metrics = with_cost(fake_metrics(0.9, 0.5 if cell.method == "finetune" else 0.9, 0.1), 10.0, 1, 1000.0)
-        write_json(f"metrics/images/{cell.name}.json", metrics)
+        write_cell(cell, metrics)
     report = render_report(params)
     assert "| gcnn (c4) | 70.0 ± 0.0 | 70.0 ± 0.0 | 70.0 ± 0.0 | 1.0e-07 | 20.0 ± 0.0 | 1.00 ± 0.00 | 5000 ± 0 | — |" in report
     channels = "-".join(map(str, params.train.gcnn.channels))

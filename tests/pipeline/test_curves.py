@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from equitune.core.errors import ConfigError
-from equitune.pipeline.curves import Curve
+from equitune.core.errors import ConfigError, DataError
+from equitune.pipeline.curves import Curve, read_curve
 
 
 def read(path):
@@ -61,3 +61,18 @@ def test_the_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_text() == "epoch,loss\n0,1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv"]
+
+
+def test_read_curve_gives_back_what_was_written_empty_cells_left_out(tmp_path):
+    curve = Curve(tmp_path / "c.csv", x="step", y=("equitune", "equizero"))
+    curve.add(100, {"equizero": 0.5})
+    curve.add(0, {"equitune": 1 / 3, "equizero": 0.25})
+    assert read_curve(curve.write(), "scan_tune") == {0: {"equitune": 1 / 3, "equizero": 0.25}, 100: {"equizero": 0.5}}
+
+
+def test_read_curve_names_the_stage_to_run_when_the_file_is_missing(tmp_path):
+    with pytest.raises(DataError, match=r"missing: run dvc repro images_tune_group@cell"):
+        read_curve(tmp_path / "cell.csv", "images_tune_group@cell")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="no header"):
+        read_curve(tmp_path / "empty.csv", "scan_tune")

@@ -3,10 +3,23 @@ written by hand: the numbers land in the right cells, and metrics written before
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
+from equitune.core.errors import DataError
+from equitune.pipeline.curves import Curve
+from equitune.pipeline.io import write_json
 from equitune.scan.config import ScanParams
-from equitune.scan.report import Results, _combination_table, _cost_table, _findings, _frame_table, _overlap_table
+from equitune.scan.report import (
+    Results,
+    _combination_table,
+    _cost_table,
+    _findings,
+    _frame_table,
+    _overlap_table,
+    collect,
+    plot_curves,
+)
 from helpers.paths import ROOT
 
 
@@ -93,3 +106,44 @@ def test_the_findings_name_the_frame_tuned_model_beside_equitunes_checkpoint_dec
     for row in tune:
         del row["frame_decoding_of_equitune"]  # metrics from before frame tuning: "frame" was equitune's checkpoint
     assert "frame" not in _findings(params, results)[0]
+
+
+def _write_cell_files(root, params: ScanParams) -> None:
+    """Each cell's metrics file and curve file (DVC plots), as the pretraining and tuning stages write them."""
+    steps = params.tune.curve_for("add_jump")
+    for seed in params.grid.seeds:
+        write_json(root / "metrics/pretrain" / f"add_jump-lstm-{seed}.json", _pretrain())
+        write_json(root / "metrics/tune" / f"add_jump-jump_run-lstm-{seed}.json", _tune(seed))
+        pretrain = Curve(root / "plots/pretrain" / f"add_jump-lstm-{seed}.csv", "examples",
+                         ("train_loss", "validation_accuracy"))
+        for examples in (1000, 2000):
+            pretrain.add(examples, {"train_loss": 1 / examples, "validation_accuracy": examples / 2000})
+        pretrain.write()
+        tune = Curve(root / "plots/tune" / f"add_jump-jump_run-lstm-{seed}.csv", "step",
+                     ("equitune_test_accuracy", "equizero_test_accuracy", "equitune_validation_accuracy"))
+        for step in steps:
+            tune.add(step, {"equitune_test_accuracy": 0.5, "equizero_test_accuracy": 0.25,
+                            "equitune_validation_accuracy": 0.75})
+        tune.write()
+
+
+def test_the_curves_come_from_the_dvc_plots_files(tmp_path):
+    params = _params()
+    _write_cell_files(tmp_path, params)
+    results = collect(params, tmp_path / "metrics", tmp_path / "plots")
+    assert results.pretrain_curves[("add_jump", "lstm")][1] == {1000: {"train_loss": 1e-3, "validation_accuracy": 0.5},
+                                                               2000: {"train_loss": 5e-4, "validation_accuracy": 1.0}}
+    assert [path.name for path in plot_curves(params, results, tmp_path / "figures")] == ["curves_add_jump.png"]
+    (tmp_path / "plots/tune/add_jump-jump_run-lstm-1.csv").unlink()
+    with pytest.raises(DataError, match=r"add_jump-jump_run-lstm-1.csv is missing: run dvc repro "
+                                        r"scan_tune_add_jump@jump_run-lstm-1$"):
+        collect(params, tmp_path / "metrics", tmp_path / "plots")
+
+
+def test_a_curve_without_a_test_column_at_every_step_is_an_error_naming_the_setting(tmp_path):
+    params = _params()
+    _write_cell_files(tmp_path, params)
+    results = collect(params, tmp_path / "metrics", tmp_path / "plots")
+    del results.tune_curves[("add_jump", "lstm", "jump_run")][0][100]["equizero_test_accuracy"]
+    with pytest.raises(DataError, match=r"lack equizero_test_accuracy at steps \[100\] \(scan.tune.curve_steps\)"):
+        plot_curves(params, results, tmp_path / "figures")

@@ -51,11 +51,10 @@ from .training import (
     predict,
 )
 
-__all__ = ["CHECKPOINT", "CURVES", "POSTHOC_METHOD", "CellResult", "cache_for", "check_distributed",
+__all__ = ["CHECKPOINT", "POSTHOC_METHOD", "CellResult", "cache_for", "check_distributed",
            "cell_cache_description", "inference_cost", "run_cell"]
 
 CHECKPOINT = "model.pt"
-CURVES = "curves.json"
 INVARIANCE_GROUPS = ("c4", "d4")
 POSTHOC_METHOD = "posthoc_equitune"
 """The fine-tuned classifier averaged over a group at test time only: evaluated inside each ``finetune`` cell, for
@@ -224,7 +223,8 @@ def _detached(state: dict) -> dict:
 
 
 def _record_training(metrics: dict, result: TrainingResult, seconds: float) -> dict:
-    """The cell's curves (``curves.json``), recorded under ``metrics["training"]`` too with the training time."""
+    """The cell's per-epoch record (kept in memory: the stage's curve file holds it for DVC plots and the report),
+    summarised under ``metrics["training"]`` with the training time."""
     curves = {
         "best_epoch": result.best_epoch,
         "epochs": [{"epoch": r.epoch, "train_loss": r.train_loss, "val_accuracy": r.val_accuracy}

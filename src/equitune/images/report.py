@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DataError
+from ..pipeline.curves import read_curve
 from ..pipeline.io import atomic_path, read_json
 from ..pipeline.stats import format_mean_std, mean_std
 from .cells import Cell, grid_cells
@@ -47,10 +48,16 @@ def collect(params: ImagesParams, metrics_dir: Path) -> dict[tuple, list[tuple[C
     for cell in grid_cells(params):
         path = metrics_dir / f"{cell.name}.json"
         if not path.exists():
-            stage = "images_tune_baseline" if cell.group == "trivial" else "images_tune_group"
-            raise DataError(f"{path} is missing: run the {stage} stage of {cell.name} first")
+            raise DataError(f"{path} is missing: run dvc repro {_stage(cell)}")
         rows.setdefault((cell.dataset, cell.backbone, cell.method, cell.group), []).append((cell, read_json(path)))
     return _with_posthoc_rows(rows)
+
+
+def _stage(cell: Cell) -> str:
+    """The stage that trains ``cell`` (and writes its metrics and curve files), as ``dvc repro`` names it."""
+    if cell.group == "trivial":
+        return f"images_tune_baseline@{cell.dataset}-{cell.backbone}-{cell.method}-{cell.seed}"
+    return f"images_tune_group@{cell.dataset}-{cell.backbone}-{cell.method}-{cell.group}-{cell.seed}"
 
 
 def _with_posthoc_rows(rows: dict[tuple, list[tuple[Cell, dict]]]) -> dict[tuple, list[tuple[Cell, dict]]]:
@@ -119,7 +126,9 @@ def _bars_figure(rows: dict, keys: list[tuple], conditions: list[tuple[str, Call
     _save(fig, plt, path)
 
 
-def _curves_figure(rows: dict, path: Path) -> None:
+def _curves_figure(rows: dict, plots_dir: Path, path: Path) -> None:
+    """Training loss and validation accuracy per epoch (mean ± std over seeds), read from each cell's curve file
+    ``<plots_dir>/<cell>.csv`` (its DVC plots file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,11 +136,11 @@ def _curves_figure(rows: dict, path: Path) -> None:
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, cells in rows.items():
-        curves = [m["training"]["curve"] for _, m in cells]
-        epochs = sorted(int(e.removeprefix("epoch")) for e in curves[0])
+        curves = [read_curve(plots_dir / f"{cell.name}.csv", _stage(cell)) for cell, _ in cells]
+        epochs = list(curves[0])
         label = f"{key[0]}/{key[1]}: {_label(key)}" if len({k[:2] for k in rows}) > 1 else _label(key)
         for ax, name in ((loss_ax, "train_loss"), (acc_ax, "val_accuracy")):
-            values = np.array([[c[f"epoch{e}"][name] for e in epochs] for c in curves])
+            values = np.array([[c[e][name] for e in epochs] for c in curves])
             ax.errorbar(epochs, values.mean(axis=0), yerr=values.std(axis=0, ddof=1) if len(values) > 1 else None,
                         marker="o", capsize=2, label=label)
     loss_ax.set(xlabel="epoch", ylabel="training loss (mean over epoch)", title="training loss")
@@ -223,10 +232,11 @@ def _class_mean(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.0f}" if values else "-"
 
 
-def build_section(params: ImagesParams, metrics_dir: Path, figures_dir: Path, features_dir: Path,
-                        out: Path) -> str:
-    """The section written to ``out``: tables, and figures written to ``figures_dir`` (the feature figures of the
-    features stage are in ``features_dir``); links are relative to ``out``'s folder."""
+def build_section(params: ImagesParams, metrics_dir: Path, plots_dir: Path, figures_dir: Path, features_dir: Path,
+                  out: Path) -> str:
+    """The section written to ``out``: tables, and figures written to ``figures_dir`` (the cells' curve files are in
+    ``plots_dir``, the feature figures of the features stage in ``features_dir``); links are relative to ``out``'s
+    folder."""
     rows = collect(params, metrics_dir)
 
     def link(path: Path) -> str:
@@ -260,7 +270,7 @@ def build_section(params: ImagesParams, metrics_dir: Path, figures_dir: Path, fe
         keys = [k for k in rows if k[:2] == (dataset, backbone)]
         lines += _dataset_section(rows, keys, dataset, backbone, params, figures_dir, link)
     curves = figures_dir / "learning_curves.png"
-    _curves_figure({k: v for k, v in rows.items() if k[2] != POSTHOC_METHOD}, curves)  # posthoc: finetune's curve
+    _curves_figure({k: v for k, v in rows.items() if k[2] != POSTHOC_METHOD}, plots_dir, curves)  # posthoc: finetune's curve
     lines += ["### Learning curves", "", f"![learning curves]({link(curves)})", ""]
     lines += ["### Feature maps under rotation", ""]
     for dataset in grid.datasets:

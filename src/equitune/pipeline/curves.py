@@ -5,7 +5,8 @@ A training stage names its curve file (a path from dvc.yaml) and the values that
 MLflow's metric history are the same numbers. dvc.yaml declares the files under ``plots:`` with their axes, which
 is what ``dvc plots show`` draws and ``dvc plots diff <rev> <rev>`` overlays across experiments.
 
-Values logged at the same step fill one row; a value not logged at a step leaves its cell empty.
+Values logged at the same step fill one row; a value not logged at a step leaves its cell empty. The reports read
+their curves back from these files with :func:`read_curve` (the one curve format of the pipeline).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DataError
 from .io import atomic_path
 
-__all__ = ["Curve"]
+__all__ = ["Curve", "read_curve"]
 
 
 class Curve:
@@ -63,3 +64,19 @@ class Curve:
 def _format(value: float) -> str:
     """Steps as integers when they are whole; values with repr precision (what MLflow stores too)."""
     return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
+
+
+def read_curve(path: str | os.PathLike, stage: str) -> dict[float, dict[str, float]]:
+    """A curve file as ``{step: {column: value}}`` in step order (a cell left empty is not in its step's dict);
+    a DataError naming ``stage`` (the stage that writes the file) when it is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} is missing: run dvc repro {stage}")
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        x = reader.fieldnames[0] if reader.fieldnames else None
+        if x is None:
+            raise DataError(f"{path}: not a curve file (no header); rerun dvc repro {stage}")
+        rows = {float(row[x]): {key: float(value) for key, value in row.items() if key != x and value != ""}
+                for row in reader}
+    return dict(sorted(rows.items()))

@@ -8,10 +8,11 @@ and after tuning, equizero with 0 steps and after tuning (mean ± std over the s
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import DataError
+from ..pipeline.curves import read_curve
 from ..pipeline.io import atomic_path, read_json
 from ..pipeline.stats import format_mean_std
 from .cells import ScanCell, TuneCell
@@ -29,6 +30,9 @@ _AVERAGED = {"log_prob_mean": "log-probabilities", "prob_mean": "probabilities"}
 class Results:
     pretrain: dict[tuple[str, str], list[dict]]  # (split, rnn) -> each seed's pretraining metrics
     tune: dict[tuple[str, str, str], list[dict]]  # (split, rnn, group) -> each seed's tuning metrics
+    # the same keys -> each seed's curve (its DVC plots file: {examples or step: {column: value}}); the figures' data
+    pretrain_curves: dict[tuple[str, str], list[dict[float, dict[str, float]]]] = field(default_factory=dict)
+    tune_curves: dict[tuple[str, str, str], list[dict[float, dict[str, float]]]] = field(default_factory=dict)
 
 
 def _read(path: Path, stage: str) -> dict:
@@ -37,21 +41,27 @@ def _read(path: Path, stage: str) -> dict:
     return read_json(path)
 
 
-def collect(params: ScanParams, metrics_dir: Path) -> Results:
-    """Every cell's metrics from ``<metrics_dir>/pretrain/<cell>.json`` and ``<metrics_dir>/tune/<cell>.json``."""
+def collect(params: ScanParams, metrics_dir: Path, plots_dir: Path) -> Results:
+    """Every cell's metrics from ``<metrics_dir>/pretrain/<cell>.json`` and ``<metrics_dir>/tune/<cell>.json``, and
+    its curve from the same names under ``plots_dir`` (``.csv``)."""
     grid = params.grid
-    pretrain, tune = {}, {}
+    pretrain, tune, pretrain_curves, tune_curves = {}, {}, {}, {}
     for split in grid.splits:
         for rnn in grid.rnns:
-            pretrain[(split, rnn)] = [
-                _read(Path(metrics_dir) / PRETRAIN_DIR / f"{c.name}.json", f"scan_pretrain@{c.name}")
-                for c in (ScanCell(split, rnn, seed) for seed in grid.seeds)]
+            cells = [ScanCell(split, rnn, seed) for seed in grid.seeds]
+            stages = [f"scan_pretrain@{c.name}" for c in cells]
+            pretrain[(split, rnn)] = [_read(Path(metrics_dir) / PRETRAIN_DIR / f"{c.name}.json", stage)
+                                      for c, stage in zip(cells, stages, strict=True)]
+            pretrain_curves[(split, rnn)] = [read_curve(Path(plots_dir) / PRETRAIN_DIR / f"{c.name}.csv", stage)
+                                             for c, stage in zip(cells, stages, strict=True)]
             for group in getattr(grid.groups, split):
-                tune[(split, rnn, group)] = [
-                    _read(Path(metrics_dir) / TUNE_DIR / f"{c.name}.json",
-                          f"scan_tune_{split}@{group}-{rnn}-{c.seed}")
-                    for c in (TuneCell(split, group, rnn, seed) for seed in grid.seeds)]
-    return Results(pretrain, tune)
+                cells = [TuneCell(split, group, rnn, seed) for seed in grid.seeds]
+                stages = [f"scan_tune_{split}@{group}-{rnn}-{c.seed}" for c in cells]
+                tune[(split, rnn, group)] = [_read(Path(metrics_dir) / TUNE_DIR / f"{c.name}.json", stage)
+                                             for c, stage in zip(cells, stages, strict=True)]
+                tune_curves[(split, rnn, group)] = [read_curve(Path(plots_dir) / TUNE_DIR / f"{c.name}.csv", stage)
+                                                    for c, stage in zip(cells, stages, strict=True)]
+    return Results(pretrain, tune, pretrain_curves, tune_curves)
 
 
 def _value(results: Results, split: str, rnn: str, group: str, method: str, part: str) -> list[float]:
@@ -79,23 +89,23 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
         steps = params.tune.curve_for(split)
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
         for rnn in params.grid.rnns:
-            histories = [row["history"] for row in results.pretrain[(split, rnn)]]
-            examples = [point["examples"] / 1000 for point in histories[0]]
-            values = [[h[i]["validation_accuracy"] for h in histories] for i in range(len(examples))]
+            # the i-th validation of each seed, at the first seed's count of examples (the counts differ by a few
+            # dozen between seeds: each epoch ends on a partial batch, and the training split's size varies)
+            curves = [list(curve.items()) for curve in results.pretrain_curves[(split, rnn)]]
+            examples = [x / 1000 for x, _ in curves[0]]
+            values = [[points[i][1]["validation_accuracy"] for points in curves] for i in range(len(examples))]
             _band(left, examples, values, "-", f"{rnn}")
             for group in getattr(params.grid.groups, split):
-                rows = results.tune[(split, rnn, group)]
+                curves = results.tune_curves[(split, rnn, group)]
                 for method, style in (("equitune", "-"), ("equizero", "--")):
-                    values = [[r["curve"][method][f"step_{s}_test_accuracy"] for r in rows] for s in steps]
-                    _band(right, steps, values, style, f"{rnn} {group} {method}")
-                    if all("validation_curve" in r for r in rows):
-                        values = [[r["validation_curve"][method][f"step_{s}_validation_accuracy"] for r in rows]
-                                  for s in steps]
-                        _band(right, steps, values, ":", f"{rnn} {group} {method} (validation)")
-                if all("frame" in r.get("validation_curve", {}) for r in rows):
-                    values = [[r["validation_curve"]["frame"][f"step_{s}_validation_accuracy"] for r in rows]
-                              for s in steps]
-                    _band(right, steps, values, "-.", f"{rnn} {group} frame-tuned (validation)")
+                    _band(right, steps, _at_steps(curves, steps, f"{method}_test_accuracy", required=True), style,
+                          f"{rnn} {group} {method}")
+                    validation = _at_steps(curves, steps, f"{method}_validation_accuracy")
+                    if validation is not None:
+                        _band(right, steps, validation, ":", f"{rnn} {group} {method} (validation)")
+                validation = _at_steps(curves, steps, "frame_validation_accuracy")
+                if validation is not None:
+                    _band(right, steps, validation, "-.", f"{rnn} {group} frame-tuned (validation)")
         left.set_xlabel(f"pretraining examples seen, thousands (batch {params.pretrain.batch_size})")
         left.set_ylabel("validation exact-match accuracy")
         left.set_title(f"{split}: pretraining")
@@ -113,6 +123,17 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+def _at_steps(curves: list[dict[float, dict[str, float]]], steps: list[int], column: str,
+              required: bool = False) -> list[list[float]] | None:
+    """``column`` at each of ``steps`` in every seed's curve (one list per step); None when a seed did not log it at
+    every step (a method the tuning stage did not validate), a DataError instead when it is ``required``."""
+    missing = [step for curve in curves for step in steps if column not in curve.get(step, {})]
+    if missing and required:
+        raise DataError(f"the SCAN tuning curves lack {column} at steps {sorted(set(missing))} (scan.tune.curve_steps): "
+                        "rerun the scan_tune stages")
+    return None if missing else [[curve[step][column] for curve in curves] for step in steps]
 
 
 def _band(axis, xs, values_per_x, style, label) -> None:
