@@ -43,10 +43,9 @@ from equitune.pipeline.schema import load_section  # noqa: E402
 from equitune.pipeline.seeding import seed_everything  # noqa: E402
 from equitune.pipeline.stats import format_mean_std  # noqa: E402
 from equitune.scan.cells import ScanCell  # noqa: E402
-from equitune.scan.combination import equitune_wrapper  # noqa: E402
 from equitune.scan.config import ScanParams, bind_scan_group, scan_support_frame  # noqa: E402
 from equitune.scan.evaluation import correct_flags  # noqa: E402
-from equitune.scan.experiment import load_pretrained  # noqa: E402
+from equitune.scan.experiment import load_pretrained, tuning_wrapper  # noqa: E402
 from equitune.scan.splits import load_split_files  # noqa: E402
 from equitune.scan.training import tune  # noqa: E402
 
@@ -92,8 +91,7 @@ def _flags(params: ScanParams, split: str, group: str, seed: int, data: dict, de
     generator = seed_everything(seed, params.threads, deterministic)
     model = copy.deepcopy(pretrained)
     settings = params.tune
-    wrapper = equitune_wrapper(settings.combination)(model, (perms[0].on_ids, perms[1].on_ids),
-                                                     output_action=perms[1].on_scores)
+    wrapper, _ = tuning_wrapper("equitune", model, settings, perms)
     tune(wrapper, data["train"], settings, lr=settings.lr[split], steps=settings.steps[split], checkpoints=[],
          generator=generator, on_checkpoint=lambda step: None, device=device, desc=f"equitune {split} seed {seed}")
     model.eval()

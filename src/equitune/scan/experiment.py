@@ -39,7 +39,7 @@ from .model import Seq2Seq
 from .training import EncodedPairs, pretrain, tune
 
 __all__ = ["CHECKPOINT", "TUNED_METHODS", "build_model", "load_pretrained", "pretrain_cell", "tune_cell",
-           "tune_through_frame"]
+           "tune_through_frame", "tuning_wrapper"]
 
 CHECKPOINT = "pretrained.pt"
 TUNED_METHODS = ("equitune", "equizero")
@@ -186,7 +186,7 @@ def _tune_method(method: str, params: ScanParams, cell: TuneCell, data: dict[str
     settings = params.tune
     steps = settings.steps[cell.split]
     model = copy.deepcopy(pretrained)
-    wrapper, proxy = _tuning_wrapper(method, model, settings, perms)
+    wrapper, proxy = tuning_wrapper(method, model, settings, perms)
     curve: dict[str, float] = {}
     validation: dict[int, float] = {}
 
@@ -213,9 +213,10 @@ def _tune_method(method: str, params: ScanParams, cell: TuneCell, data: dict[str
     return _Tuned(model, curve, validation, steps, cost)
 
 
-def _tuning_wrapper(method: str, model: Seq2Seq, settings: ScanTune, perms: Perms
+def tuning_wrapper(method: str, model: Seq2Seq, settings: ScanTune, perms: Perms
                     ) -> tuple[nn.Module, ProxyScore | None]:
-    """The wrapper ``method`` tunes the model through, and equizero's proxy score (None for equitune)."""
+    """The wrapper ``method`` tunes the model through, and equizero's proxy score (None for equitune): what the
+    tune stage trains, for scripts that retrace it (scripts/scan_limits.py)."""
     input_perm, output_perm = perms
     actions = (input_perm.on_ids, output_perm.on_ids)
     if method == "equitune":
