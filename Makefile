@@ -57,8 +57,9 @@ PORT ?= 5000
 ui: setup
 	python -m equitune.pipeline.ui --port $(PORT)
 
-# A team's tracking server (README, "Scaling out"): PostgreSQL + S3 artifact store + MLflow's basic auth, on
-# 127.0.0.1:5000 unless TEAM_ARGS says otherwise (e.g. TEAM_ARGS="--port 5001"). The admin account comes from
+# A team's tracking server (README, "Scaling out"): the recipe in deploy/team-server run without Docker (PostgreSQL +
+# S3 stand-in + MLflow's basic auth), on 127.0.0.1:5000 unless TEAM_ARGS says otherwise (e.g. TEAM_ARGS="--port
+# 5001"); with Docker: docker compose -f deploy/team-server/docker-compose.yml up -d. The admin account comes from
 # MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD (or --admin-credentials FILE in TEAM_ARGS).
 team-server: setup
 	python scripts/team_server.py start $(TEAM_ARGS)

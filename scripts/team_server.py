@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """A team's MLflow tracking server: PostgreSQL backend store, S3 artifact store, MLflow's built-in authentication.
 
+The server is the recipe in deploy/team-server/ (MLflow's docker-compose layout; its README.md). This script manages
+its accounts, and runs the same recipe where Docker is not (CI, a trial):
+
     python scripts/team_server.py start            # PostgreSQL + S3 stand-in + mlflow server, on 127.0.0.1
     python scripts/team_server.py add-user NAME --role writer|reader
     python scripts/team_server.py grant NAME --permission EDIT
@@ -12,28 +15,17 @@ Credentials never live in the repository or in params:
   from ``--admin-credentials FILE`` (an ini file with ``[admin]`` ``username`` and ``password``; it must be outside
   the repository and readable by its owner only); MLflow wants a password of at least 12 characters;
 - a new user's password comes from EQUITUNE_NEW_USER_PASSWORD, or is asked for on the terminal;
-- the server's internal secrets (the PostgreSQL password, Flask's secret key) are generated once into the state
-  folder (``--dir``, default ``~/.local/share/equitune-team``, ``/var/lib/equitune-team`` for root), mode 0600.
-Clients (the pipeline) need no code change: MLFLOW_TRACKING_URI plus MLFLOW_TRACKING_USERNAME /
-MLFLOW_TRACKING_PASSWORD (or ``~/.mlflow/credentials``). Artifacts go through the server (``--serve-artifacts``),
-so only the server holds the S3 credentials.
+- the server's internal secrets (the PostgreSQL password, Flask's secret key) are generated: by this script once
+  into the state folder (``--dir``, default ``~/.local/share/equitune-team``, ``/var/lib/equitune-team`` for root),
+  mode 0600; into the recipe's git-ignored .env by whoever runs compose.
 
-What runs where:
-- backend store: a PostgreSQL cluster created in ``<dir>/postgres`` (initdb/pg_ctl from Debian's postgresql
-  package, run as the ``postgres`` user when started as root), listening on 127.0.0.1 only with password
-  authentication; or an existing database given by ``--backend-store-uri postgresql+psycopg2://...`` (name the
-  driver: with SQLAlchemy 2.1 a bare ``postgresql://`` selects psycopg 3, which is not installed);
-- artifact store: ``--artifacts-destination s3://bucket/prefix`` with ``--s3-endpoint-url`` for a non-AWS S3
-  (MinIO, Ceph) and the AWS_* credentials of the environment; without them, a local ``moto`` S3 server (a
-  stand-in for tests and trials: it keeps objects in memory, so artifacts are gone when it stops);
-- accounts: MLflow's basic-auth app with its user store in the same PostgreSQL; ``default_permission = READ``: a
-  new account can read everything and write nowhere until it is granted EDIT (``add-user --role writer`` grants
-  it on the team's experiments: every one a pipeline stage logs to, equitune-scan, -images, -nlg and -report,
-  created by the admin when missing, so that every writer shares them and can run every stage, the report
-  included; ``grant NAME`` gives an existing account the same); MLflow lets any account create experiments of its
-  own.
-The server binds to 127.0.0.1 unless ``--host`` says otherwise (then give ``--allowed-hosts`` too, and put TLS in
-front of it: basic auth sends passwords in every request).
+``start`` runs the recipe's mlflow service (its ``command``, every variable its ``environment`` names, here with
+local values, and its basic_auth.ini filled from them) on a PostgreSQL cluster in ``<dir>/postgres``
+(pytest-postgresql's executor) and a ``moto`` S3 server in place of MinIO (in memory: artifacts are gone when it
+stops), bound to 127.0.0.1 unless ``--host`` says otherwise (then give ``--allowed-hosts`` too, and put TLS in front
+of it: basic auth sends passwords in every request). ``add-user --role writer`` (and ``grant NAME``) gives EDIT on
+every experiment a pipeline stage logs to, created by the admin when missing so that all writers share them; the
+default permission is READ.
 """
 
 from __future__ import annotations
@@ -44,29 +36,34 @@ import getpass
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
+import string
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pytest_postgresql.executors import PostgreSQLExecutor
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))  # the repository's equitune, installed or not
 from equitune.pipeline.services import (  # noqa: E402
+    LOOPBACK,
     ServiceError,
     alive,
     detach,
     executor,
     free_port,
-    log_tail,
     port_is_used,
     start,
     stop_pid,
 )
 
 BIN = Path(sys.executable).parent
+RECIPE = REPO / "deploy" / "team-server"
 DEFAULT_DIR = Path("/var/lib/equitune-team") if os.geteuid() == 0 else Path.home() / ".local/share/equitune-team"
 LOCAL_S3_BUCKET = "equitune-mlflow"
 MIN_PASSWORD = 12  # MLflow refuses shorter admin passwords
@@ -141,26 +138,93 @@ def internal_secrets(folder: Path) -> dict:
     return values
 
 
-# ----- PostgreSQL -----
+# ----- the recipe: deploy/team-server -----
 
-def postgres_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
-    if candidates:
-        return candidates[-1]
-    raise TeamServerError(f"PostgreSQL's {name} was not found: install the server (apt-get install postgresql; "
-                          "scripts/setup.sh does it), or pass --backend-store-uri for an existing database")
+def recipe_service() -> dict:
+    """The mlflow service of the recipe's docker-compose.yml (its command, the names of its environment)."""
+    import yaml
+    return yaml.safe_load((RECIPE / "docker-compose.yml").read_text())["services"]["mlflow"]
 
 
-def as_postgres_user(command: list[str]) -> list[str]:
-    """initdb and postgres refuse to run as root: run them as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+def auth_config(env: dict[str, str]) -> str:
+    """The recipe's basic_auth.ini with its ${NAME}s filled from ``env``, as the container's entrypoint fills it."""
+    return string.Template((RECIPE / "basic_auth.ini").read_text()).substitute(env)
 
 
-def start_postgres(folder: Path, port: int, password: str) -> None:
-    data = folder / "postgres"
+def server_values(folder: Path, *, backend: str, destination: str, s3: dict[str, str],
+                  admin: tuple[str, str], secret_key: str, host: str, port: int, workers: int,
+                  allowed_hosts: str | None, auth_cache_seconds: int) -> dict[str, str | None]:
+    """A value for each variable of the recipe's mlflow service (None: MLflow's default); the accounts live in the
+    tracking store's database, as in the recipe."""
+    return {"MLFLOW_BACKEND_STORE_URI": backend, "MLFLOW_AUTH_DATABASE_URI": backend,
+            "MLFLOW_ARTIFACTS_DESTINATION": destination, **s3,
+            "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
+            "MLFLOW_AUTH_CACHE_SECONDS": str(auth_cache_seconds), "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key,
+            "MLFLOW_HOST": host, "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": str(workers),
+            "MLFLOW_SERVER_ALLOWED_HOSTS": allowed_hosts, "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def server_url(host: str, port: int | str) -> str:
+    return f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def mlflow_executor(folder: Path, values: dict[str, str | None], timeout: float):
+    """`mlflow server` as the recipe runs it: the mlflow service's command, with every variable its environment
+    names set from ``values``, and its basic_auth.ini filled from them (mode 0600: it holds the database password)."""
+    service = recipe_service()
+    missing = sorted(set(service["environment"]) - set(values))
+    if missing:
+        raise TeamServerError(f"the recipe's mlflow service (deploy/team-server/docker-compose.yml) sets "
+                              f"{', '.join(missing)}, which scripts/team_server.py does not: give them a value here")
+    env = {name: value for name, value in values.items() if value is not None}
+    write_private(Path(env["MLFLOW_AUTH_CONFIG_PATH"]), auth_config({**os.environ, **env}))
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # the server's own subprocesses find this venv
+    command = service["command"]
+    return executor([str(BIN / command[0]), *command[1:]], log=folder / "logs" / "mlflow.log", env=env,
+                    timeout=timeout, url=server_url(env["MLFLOW_HOST"], env["MLFLOW_PORT"]) + "/health")
+
+
+# ----- PostgreSQL: pytest-postgresql's executor, for a cluster that outlives the command -----
+
+PG_CTL_AS_POSTGRES = """#!/bin/sh
+# Debian's pg_ctl as the postgres user: initdb and postgres refuse to run as root. initdb's password file, written
+# by pytest-postgresql's executor as root (mode 0600), is handed to the postgres user first.
+for word in $*; do case "$word" in --pwfile=*) chown postgres "${{word#--pwfile=}}";; esac; done
+exec runuser -u postgres -- {pg_ctl} "$@"
+"""
+
+
+class TeamPostgres(PostgreSQLExecutor):
+    """pytest-postgresql's executor (pg_ctl started and waited for by mirakuru), keeping its cluster: initdb runs
+    once, and the data folder stays when the server stops (the executor removes it: it is made for test databases)."""
+
+    def init_directory(self) -> None:
+        if (Path(self.datadir) / "PG_VERSION").exists():
+            return
+        super().init_directory()
+        # The executor's initdb asks for cleartext "password" authentication; the team's cluster keeps the hashed
+        # challenge (scram-sha-256, which matches PostgreSQL's default password_encryption): same lines, stronger method.
+        hba = Path(self.datadir) / "pg_hba.conf"
+        hba.write_text(re.sub(r"\bpassword$", "scram-sha-256", hba.read_text(), flags=re.MULTILINE))
+
+    def clean_directory(self) -> None:
+        pass
+
+
+def pg_ctl() -> str:
+    found = shutil.which("pg_ctl") or max(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), default=None,
+                                          key=lambda path: int(path.split("/")[4]))
+    if not found:
+        raise TeamServerError("PostgreSQL's pg_ctl was not found: install the server (apt-get install postgresql; "
+                              "scripts/setup.sh does it), or run the recipe with Docker (deploy/team-server)")
+    return found
+
+
+def postgres_executor(folder: Path, port: int, password: str | None = None) -> TeamPostgres:
+    """The cluster in ``<folder>/postgres`` (data, log, socket) on 127.0.0.1:``port``, user ``mlflow``."""
+    home, executable = folder / "postgres", pg_ctl()
+    home.mkdir(mode=0o700, exist_ok=True)
     if os.geteuid() == 0:
         import pwd
         try:
@@ -168,61 +232,59 @@ def start_postgres(folder: Path, port: int, password: str) -> None:
         except KeyError:
             raise TeamServerError("running as root but there is no 'postgres' user to run PostgreSQL as: install "
                                   "Debian's postgresql package, or run this as an ordinary user") from None
-    if not (data / "PG_VERSION").exists():
-        data.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pwfile = folder / "postgres-password.tmp"
-        write_private(pwfile, password + "\n")
-        if os.geteuid() == 0:
-            os.chown(data, owner.pw_uid, owner.pw_gid)
-            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-        try:
-            result = subprocess.run(as_postgres_user([postgres_bin("initdb"), "-D", str(data), "-U", "mlflow",
-                                                      f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8",
-                                                      "--no-locale"]), capture_output=True, text=True)
-        finally:
-            pwfile.unlink(missing_ok=True)
-        if result.returncode != 0:
-            hint = (f"; the postgres user must be able to reach {folder} (its parent folders need o+x), or choose "
-                    "another --dir" if os.geteuid() == 0 else "")
-            raise TeamServerError(f"initdb failed: {result.stderr.strip()[-800:]}{hint}")
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-    result = subprocess.run(as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-l", str(data / "server.log"),
-                                              "-w", "-t", "120", "-o", options, "start"]),
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise TeamServerError(f"PostgreSQL did not start: {result.stderr.strip()}\n{log_tail(data / 'server.log')}")
-    for database in ("mlflow", "mlflow_auth"):
-        create_database(port, password, database)
+        os.chown(home, owner.pw_uid, owner.pw_gid)
+        wrapper = folder / "pg_ctl"
+        wrapper.write_text(PG_CTL_AS_POSTGRES.format(pg_ctl=executable))
+        wrapper.chmod(0o755)
+        executable = str(wrapper)
+    # fsync stays on (the executor turns it off, which a test database can afford and the team's cannot).
+    return TeamPostgres(executable=executable, host=LOOPBACK, port=port, datadir=str(home / "data"),
+                        unixsocketdir=str(home), logfile=str(home / "server.log"), startparams="-w -t 120",
+                        dbname="mlflow", user="mlflow", password=password, timeout=120,
+                        postgres_options=f"-c listen_addresses={LOOPBACK} -c fsync=on")
 
 
-def create_database(port: int, password: str, name: str) -> None:
-    import psycopg2
-    connection = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", password=password, dbname="postgres")
-    connection.autocommit = True
+def start_postgres(postgres: TeamPostgres) -> str:
+    """Start the cluster (initdb the first time), create the ``mlflow`` database when missing; its URI."""
+    import psycopg
+    from pytest_postgresql.janitor import DatabaseJanitor
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cursor.fetchone() is None:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        connection.close()
+        start(postgres, "PostgreSQL", Path(postgres.logfile))
+    except subprocess.CalledProcessError as error:
+        raise TeamServerError(f"initdb failed (exit {error.returncode}); the postgres user must be able to reach "
+                              f"{postgres.datadir} (its parent folders need o+x), or choose another --dir") from None
+    try:
+        DatabaseJanitor(user=postgres.user, host=postgres.host, port=postgres.port, dbname=postgres.dbname,
+                        password=postgres.password).init()
+    except psycopg.errors.DuplicateDatabase:
+        pass  # a cluster started before
+    return (f"postgresql+psycopg2://{postgres.user}:{postgres.password}@{postgres.host}:{postgres.port}/"
+            f"{postgres.dbname}")
 
 
-def stop_postgres(folder: Path) -> None:
-    data = folder / "postgres"
-    if (data / "postmaster.pid").exists():
-        subprocess.run(as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True, text=True)
+def stop_postgres(folder: Path, port: int | None) -> None:
+    if port and (folder / "postgres" / "data" / "PG_VERSION").exists():
+        postgres = postgres_executor(folder, port)
+        if postgres.running():
+            postgres.stop()
 
 
-# ----- background processes (moto, mlflow): mirakuru starts and waits, services.stop_pid stops -----
+# ----- the S3 stand-in -----
 
-def start_service(command: list[str], what: str, log: Path, env: dict[str, str], timeout: float,
-                  url: str | None = None, port: int | None = None) -> int:
-    """Start ``command`` in the background, wait until it answers, and return its pid; it outlives this command
-    (``stop`` ends it from the pid in the state file)."""
-    return detach(start(executor(command, log=log, env=env, timeout=timeout, url=url, port=port), what, log))
+def start_local_s3(folder: Path, port: int) -> tuple[int, dict[str, str]]:
+    """moto's S3 server on 127.0.0.1:``port`` with the bucket; its pid and the variables that point MLflow at it."""
+    import boto3
+    pid = detach(start(executor([str(BIN / "moto_server"), "-H", LOOPBACK, "-p", str(port)],
+                                log=folder / "logs" / "moto.log", env={}, timeout=120, port=port),
+                       "the moto S3 server", folder / "logs" / "moto.log"))
+    s3 = {"MLFLOW_S3_ENDPOINT_URL": f"http://{LOOPBACK}:{port}", "AWS_ACCESS_KEY_ID": "moto",
+          "AWS_SECRET_ACCESS_KEY": "moto", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="moto", aws_secret_access_key="moto").create_bucket(Bucket=LOCAL_S3_BUCKET)
+    return pid, s3
 
+
+# ----- accounts and permissions, through MLflow's own clients, as the admin -----
 
 def http_ok(url: str) -> bool:
     try:
@@ -231,17 +293,6 @@ def http_ok(url: str) -> bool:
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
 
-
-def ensure_bucket(endpoint: str, bucket: str) -> None:
-    import boto3
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="moto",
-                          aws_secret_access_key="moto")
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    if bucket not in existing:
-        client.create_bucket(Bucket=bucket)
-
-
-# ----- accounts and permissions, through MLflow's own clients, as the admin -----
 
 def admin_clients(base: str, admin: tuple[str, str]):
     """MLflow's tracking client and its auth client, authenticated as the admin (credentials in this process's
@@ -256,7 +307,7 @@ def admin_clients(base: str, admin: tuple[str, str]):
     return mlflow.MlflowClient(base), get_app_client("basic-auth", tracking_uri=base)
 
 
-def server_url(args) -> str:
+def started_url(args) -> str:
     if args.url:
         return args.url.rstrip("/")
     state = read_state(Path(args.dir).expanduser())
@@ -284,8 +335,7 @@ def grant(base: str, admin: tuple[str, str], username: str, permission: str, exp
 
 # ----- commands -----
 
-def command_start(args) -> None:
-    folder = Path(args.dir).expanduser().resolve()
+def check_start(args, folder: Path) -> None:
     if inside_repository(folder):
         raise TeamServerError(f"--dir {folder} is inside the repository: the state folder holds secrets and "
                               "databases; choose one outside it")
@@ -296,74 +346,44 @@ def command_start(args) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allowed_hosts:
         raise TeamServerError(f"--host {args.host} exposes the server beyond this machine: also pass --allowed-hosts "
                               "(the host names clients use), and put TLS in front of it")
-    admin = admin_credentials(args)
     if port_is_used(args.port):
         raise TeamServerError(f"port {args.port} is already in use: choose another --port")
+
+
+def command_start(args) -> None:
+    folder = Path(args.dir).expanduser().resolve()
+    check_start(args, folder)
+    admin = admin_credentials(args)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o711)  # the postgres user must traverse it; nothing in it is readable by others
     (folder / "logs").mkdir(exist_ok=True)
     internal = internal_secrets(folder)
     state = {"dir": str(folder)}
     write_state(folder, state)
-    # The services get this process's environment plus `env` (mirakuru's way): a client's MLFLOW_TRACKING_* (a user's
-    # credentials, a URI) must not reach the server, so they leave this process first; `start` opens no client.
+    # The services get this process's environment plus their own (mirakuru's way): a client's MLFLOW_TRACKING_* (a
+    # user's credentials, a URI) must not reach the server, so they leave this process first; `start` opens no client.
     for name in [name for name in os.environ if name.startswith("MLFLOW_TRACKING_")]:
         del os.environ[name]
-    env = dict(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true",
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     try:
-        if args.backend_store_uri:
-            backend, auth_db = args.backend_store_uri, args.auth_store_uri or args.backend_store_uri
-        else:
-            state["postgres_port"] = args.postgres_port or free_port()
-            write_state(folder, state)
-            start_postgres(folder, state["postgres_port"], internal["postgres_password"])
-            base = f"postgresql+psycopg2://mlflow:{internal['postgres_password']}@127.0.0.1:{state['postgres_port']}"
-            backend, auth_db = f"{base}/mlflow", f"{base}/mlflow_auth"
-        if backend.startswith("postgresql://"):
-            raise TeamServerError("--backend-store-uri: write postgresql+psycopg2://... (with SQLAlchemy 2.1 a bare "
-                                  "postgresql:// selects psycopg 3, which is not installed)")
-
-        if args.artifacts_destination:
-            destination = args.artifacts_destination
-            if args.s3_endpoint_url:
-                env["MLFLOW_S3_ENDPOINT_URL"] = args.s3_endpoint_url
-        else:
-            state["s3_port"] = args.s3_port or free_port()
-            state["moto_pid"] = start_service([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
-                                               str(state["s3_port"])], "the moto S3 server",
-                                              folder / "logs" / "moto.log", env, timeout=120, port=state["s3_port"])
-            write_state(folder, state)
-            endpoint = f"http://127.0.0.1:{state['s3_port']}"
-            ensure_bucket(endpoint, LOCAL_S3_BUCKET)
-            destination = f"s3://{LOCAL_S3_BUCKET}/artifacts"
-            env.update(MLFLOW_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="moto", AWS_SECRET_ACCESS_KEY="moto",
-                       AWS_DEFAULT_REGION="us-east-1")
-
-        auth_ini = folder / "basic_auth.ini"
-        write_private(auth_ini, "[mlflow]\ndefault_permission = READ\n"
-                                f"database_uri = {auth_db}\n"
-                                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-                                # Each request re-hashes the password (PBKDF2: about a second of CPU on a busy
-                                # machine); MLflow's credential cache skips that for a minute. The cost: on a
-                                # server with several workers a changed or deleted password works up to 60 s more.
-                                f"auth_cache_ttl_seconds = {args.auth_cache_seconds}\n")
-        env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_ini), MLFLOW_AUTH_ADMIN_USERNAME=admin[0],
-                   MLFLOW_AUTH_ADMIN_PASSWORD=admin[1], MLFLOW_FLASK_SERVER_SECRET_KEY=internal["flask_secret_key"],
-                   MLFLOW_BACKEND_STORE_URI=backend)  # from the environment: no password on the command line
-        command = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--artifacts-destination", destination,
-                   "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
-        if args.allowed_hosts:
-            command += ["--allowed-hosts", args.allowed_hosts]
-        client_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        state["url"] = f"http://{client_host}:{args.port}"
-        state["mlflow_pid"] = start_service(command, "mlflow server", folder / "logs" / "mlflow.log", env,
-                                            timeout=args.timeout, url=state["url"] + "/health")
+        state["postgres_port"], state["s3_port"] = free_port(), free_port()
+        write_state(folder, state)
+        postgres = postgres_executor(folder, state["postgres_port"], internal["postgres_password"])
+        backend = start_postgres(postgres)
+        detach(postgres)  # it outlives this command; `stop` ends it
+        state["moto_pid"], s3 = start_local_s3(folder, state["s3_port"])
+        write_state(folder, state)
+        values = server_values(folder, backend=backend, destination=f"s3://{LOCAL_S3_BUCKET}/artifacts",
+                               s3=s3, admin=admin, secret_key=internal["flask_secret_key"], host=args.host,
+                               port=args.port, workers=args.workers, allowed_hosts=args.allowed_hosts,
+                               auth_cache_seconds=args.auth_cache_seconds)
+        state["url"] = server_url(args.host, args.port)
+        state["mlflow_pid"] = detach(start(mlflow_executor(folder, values, args.timeout), "mlflow server",
+                                           folder / "logs" / "mlflow.log"))
         write_state(folder, state)
     except BaseException:
         stop(folder)
         raise
-    print(f"[team-server] MLflow at {state['url']} (backend: PostgreSQL, artifacts: {destination}); state in {folder}")
+    print(f"[team-server] MLflow at {state['url']} (PostgreSQL, moto S3); state in {folder}")
     print("[team-server] clients: export MLFLOW_TRACKING_URI=" + state["url"] +
           " and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials);"
           " add accounts with: python scripts/team_server.py add-user NAME --role writer|reader")
@@ -373,7 +393,7 @@ def stop(folder: Path) -> None:
     state = read_state(folder)
     stop_pid(state.get("mlflow_pid"))
     stop_pid(state.get("moto_pid"))
-    stop_postgres(folder)
+    stop_postgres(folder, state.get("postgres_port"))
     if state:
         write_state(folder, {"dir": state.get("dir", str(folder))})
 
@@ -394,7 +414,7 @@ def command_status(args) -> None:
 
 
 def command_add_user(args) -> None:
-    base, admin = server_url(args), admin_credentials(args)
+    base, admin = started_url(args), admin_credentials(args)
     password = os.environ.get("EQUITUNE_NEW_USER_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
     if len(password) < MIN_PASSWORD:
         raise TeamServerError(f"the password for {args.username} is shorter than {MIN_PASSWORD} characters")
@@ -410,7 +430,7 @@ def command_add_user(args) -> None:
 
 
 def command_grant(args) -> None:
-    grant(server_url(args), admin_credentials(args), args.username, args.permission,
+    grant(started_url(args), admin_credentials(args), args.username, args.permission,
           team_experiments(args.experiments))
 
 
@@ -422,19 +442,12 @@ def main(argv=None) -> None:
                         "MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD variables)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    start = commands.add_parser("start", help="start PostgreSQL, the S3 stand-in (unless given one) and mlflow server")
+    start = commands.add_parser("start", help="run deploy/team-server without Docker: PostgreSQL, a moto S3 "
+                                "stand-in, mlflow server")
     start.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     start.add_argument("--port", type=int, default=5000)
     start.add_argument("--workers", type=int, default=2)
     start.add_argument("--allowed-hosts", help="Host headers to accept when binding beyond 127.0.0.1")
-    start.add_argument("--postgres-port", type=int, help="port of the local PostgreSQL (default: a free one)")
-    start.add_argument("--backend-store-uri", default=os.environ.get("MLFLOW_BACKEND_STORE_URI"),
-                       help="an existing database, postgresql+psycopg2://user:pw@host/db (default: "
-                            "$MLFLOW_BACKEND_STORE_URI, which keeps the password off the command line)")
-    start.add_argument("--auth-store-uri", help="database of the accounts (default: the backend store)")
-    start.add_argument("--artifacts-destination", help="s3://bucket/prefix of a real S3 (default: a local moto one)")
-    start.add_argument("--s3-endpoint-url", help="endpoint of a non-AWS S3 (MinIO, Ceph) for --artifacts-destination")
-    start.add_argument("--s3-port", type=int, help="port of the local moto S3 server (default: a free one)")
     start.add_argument("--auth-cache-seconds", type=int, default=60,
                        help="how long a verified password is cached per worker (0: hash every request)")
     start.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server (default 300)")

@@ -1,7 +1,11 @@
-"""A team's tracking server (scripts/team_server.py): PostgreSQL backend store, S3 artifact store (moto as the
-stand-in), MLflow's basic authentication, and the pipeline logging to it through MLFLOW_TRACKING_URI alone.
+"""A team's tracking server (the recipe in deploy/team-server, run without Docker): PostgreSQL backend store, S3
+artifact store (moto as the stand-in), MLflow's basic authentication, and the pipeline logging to it through
+MLFLOW_TRACKING_URI alone.
 
-Every server binds to 127.0.0.1 and is stopped by the test that started it.
+The first test runs `scripts/team_server.py start` / `stop` end to end (what `make team-server` runs); the tests about
+the server start it themselves from the recipe: PostgreSQL through pytest-postgresql's executor, S3 through moto's
+ThreadedMotoServer, and the recipe's mlflow command and environment. Every server binds to 127.0.0.1 and is stopped
+by the test that started it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from equitune.pipeline import tracking
-from equitune.pipeline.services import alive, free_port
+from equitune.pipeline.services import alive, free_port, running
+from helpers.servers import S3_CREDENTIALS, s3_server
 from helpers.toy_project import (
     ASSETS,
     clean_env,
@@ -98,6 +103,7 @@ def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, stat
         state = json.loads((state_dir / "state.json").read_text())
         url = state["url"]
         assert url == f"http://127.0.0.1:{port}"
+        assert_runs_the_recipe(state["mlflow_pid"])
         experiments = ["--experiments", "equitune-toy", "equitune-scan", "equitune-images", "equitune-nlg"]
         adding = [subprocess.Popen([sys.executable, str(TEAM_SERVER), "--dir", str(state_dir), "add-user", name,
                                     "--role", role, *experiments], env={**env, "EQUITUNE_NEW_USER_PASSWORD": password},
@@ -171,7 +177,26 @@ def test_team_server_serves_concurrent_stages_with_authentication(tmp_path, stat
     assert stopped.returncode == 0, stopped.stderr
     for name in ("mlflow_pid", "moto_pid"):
         assert not alive(state.get(name)), f"{name} still running after stop"
-    assert not (state_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL still running after stop"
+    assert (state_dir / "postgres" / "data" / "PG_VERSION").exists(), "no PostgreSQL cluster in the state folder"
+    assert not (state_dir / "postgres" / "data" / "postmaster.pid").exists(), "PostgreSQL still running after stop"
+    methods = {line.split()[-1] for line in (state_dir / "postgres" / "data" / "pg_hba.conf").read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")}
+    assert methods == {"scram-sha-256"}, f"every connection needs the hashed password challenge, got {methods}"
+
+
+def assert_runs_the_recipe(pid: int) -> None:
+    """The server `start` left running is the recipe's: the mlflow service's command, every variable of its
+    environment set (the values are this machine's), and the accounts' settings read from the recipe's ini."""
+    import psutil
+    import yaml
+    service = yaml.safe_load((REPO / "deploy" / "team-server" / "docker-compose.yml").read_text())["services"]["mlflow"]
+    process = psutil.Process(pid)
+    assert process.cmdline()[-len(service["command"]) + 1:] == service["command"][1:], process.cmdline()
+    assert Path(process.cmdline()[-len(service["command"])]).name == "mlflow", process.cmdline()
+    environment = process.environ()
+    unset = set(service["environment"]) - set(environment) - {"MLFLOW_SERVER_ALLOWED_HOSTS"}  # empty: MLflow's default
+    assert not unset, f"the recipe sets {sorted(unset)}, the no-Docker server does not"
+    assert "default_permission = READ" in Path(environment["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
 
 
 def run_count_in_postgres(state_dir: Path, port: int) -> int:
@@ -240,31 +265,36 @@ def test_admin_credentials_come_from_outside_the_repository(tmp_path, monkeypatc
         module.admin_credentials(args)
 
 
-def postgres_ctl(state_dir: Path, action: str) -> None:
-    """Stop or start the PostgreSQL cluster that `team_server.py start` created in ``state_dir`` (the test's own)."""
-    module = load_team_server()
-    if action == "stop":
-        module.stop_postgres(state_dir)
-        assert not (state_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL did not stop"
-    else:
-        state = json.loads((state_dir / "state.json").read_text())
-        password = json.loads((state_dir / "secrets.json").read_text())["postgres_password"]
-        module.start_postgres(state_dir, state["postgres_port"], password)
-
-
 @contextlib.contextmanager
-def running_team_server(state_dir: Path) -> Iterator[tuple[str, tuple[str, str], dict[str, str]]]:
-    """A team server (PostgreSQL, moto S3, mlflow server) with a fresh admin; yields its URL, the admin's
-    credentials and the environment that started it; stopped at the end, which must succeed."""
+def recipe_server(state_dir: Path) -> Iterator[tuple[str, tuple[str, str], dict[str, str], object]]:
+    """The recipe's server (deploy/team-server) on this machine, with a fresh admin: PostgreSQL from
+    pytest-postgresql's executor (run as the postgres user under root, as `team_server.py start` runs it), moto's
+    ThreadedMotoServer for S3, and `mlflow server` with the recipe's command, environment and basic_auth.ini. Yields
+    its URL, the admin's credentials, the environment for the script's account commands, and the PostgreSQL executor;
+    every service is stopped at the end, which must succeed."""
+    module = load_team_server()
     admin = ("admin", secrets.token_urlsafe(16))
     env = clean_env(MLFLOW_AUTH_ADMIN_USERNAME=admin[0], MLFLOW_AUTH_ADMIN_PASSWORD=admin[1])
-    started = team_server(state_dir, "start", "--port", str(free_port()), "--workers", "1", env=env)
+    (state_dir / "logs").mkdir()
+    postgres = module.postgres_executor(state_dir, free_port(), secrets.token_urlsafe(24))
+    backend = module.start_postgres(postgres)
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield json.loads((state_dir / "state.json").read_text())["url"], admin, env
+        with s3_server("equitune-mlflow") as endpoint:
+            port = free_port()
+            values = module.server_values(
+                state_dir, backend=backend, destination="s3://equitune-mlflow/artifacts",
+                s3={"MLFLOW_S3_ENDPOINT_URL": endpoint, **S3_CREDENTIALS}, admin=admin,
+                secret_key=secrets.token_urlsafe(32), host="127.0.0.1", port=port, workers=1, allowed_hosts=None,
+                auth_cache_seconds=60)
+            log = state_dir / "logs" / "mlflow.log"
+            with running(module.mlflow_executor(state_dir, values, timeout=300), "mlflow server", log) as server:
+                pid = server.process.pid
+                yield f"http://127.0.0.1:{port}", admin, env, postgres
+            assert not alive(pid), "mlflow server still running"
     finally:
-        stopped = team_server(state_dir, "stop", env=env, timeout=120)
-    assert stopped.returncode == 0, stopped.stderr
+        if postgres.running():
+            postgres.stop()
+    assert not postgres.running(), "PostgreSQL still running"
 
 
 @pytest.mark.longest(seconds=60)
@@ -276,7 +306,7 @@ def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_di
     import time
 
     import mlflow
-    with running_team_server(state_dir) as (url, admin, _):
+    with recipe_server(state_dir) as (url, admin, _, postgres):
         client = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": admin[0],
                   "MLFLOW_TRACKING_PASSWORD": admin[1]}
         root = make_toy_project(tmp_path / "toy", seed=0, epochs=400, epoch_seconds=0.25)
@@ -284,7 +314,8 @@ def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_di
         stage = toy_stage(root, TOY_PROGRESS=str(progress), **client)
         try:
             wait_for(lambda: "epoch 1" in progress_lines(progress), timeout=240, what="the stage to log epochs")
-            postgres_ctl(state_dir, "stop")
+            postgres.stop()
+            assert not postgres.running(), "PostgreSQL did not stop"
             stopped_at = time.monotonic()
             _, stderr = stage.communicate(timeout=300)
             seconds = time.monotonic() - stopped_at
@@ -302,7 +333,7 @@ def test_a_database_outage_mid_run_fails_the_stage_in_seconds(tmp_path, state_di
         assert seconds < 60, f"the stage took {seconds:.0f} s to give up"
         assert not (root / "metrics").exists() and not temp_files(root)  # the metrics file is written last
 
-        postgres_ctl(state_dir, "start")
+        postgres.start()
         os.environ.update(client)
         try:
             store = mlflow.MlflowClient(url)
@@ -329,12 +360,12 @@ def test_every_writer_can_run_every_stage_the_report_included(tmp_path, state_di
     """Two writers made with the defaults both log to every pipeline experiment, equitune-report included (shared
     experiments, created by the admin); a reader is refused with the role and the command that grants it."""
     import mlflow
-    with running_team_server(state_dir) as (url, _, env):
+    with recipe_server(state_dir) as (url, _, env, _postgres):
         try:
             accounts = {name: secrets.token_urlsafe(16) for name in ("ann", "ben", "reader")}
             for name, password in accounts.items():
                 role = "reader" if name == "reader" else "writer"
-                added = team_server(state_dir, "add-user", name, "--role", role,
+                added = team_server(state_dir, "add-user", name, "--role", role, "--url", url,
                                     env={**env, "EQUITUNE_NEW_USER_PASSWORD": password}, timeout=300)
                 assert added.returncode == 0, added.stdout + added.stderr
                 if role == "writer":
