@@ -134,6 +134,10 @@ def test_the_curves_come_from_the_dvc_plots_files(tmp_path):
     assert results.pretrain_curves[("add_jump", "lstm")][1] == {1000: {"train_loss": 1e-3, "validation_accuracy": 0.5},
                                                                2000: {"train_loss": 5e-4, "validation_accuracy": 1.0}}
     assert [path.name for path in plot_curves(params, results, tmp_path / "figures")] == ["curves_add_jump.png"]
+    metrics_only = collect(params, tmp_path / "metrics")  # the report's headline: no curves read
+    assert metrics_only.tune == results.tune and not metrics_only.tune_curves
+    with pytest.raises(ValueError, match="collect.*plots_dir"):
+        plot_curves(params, metrics_only, tmp_path / "figures")
     (tmp_path / "plots/tune/add_jump-jump_run-lstm-1.csv").unlink()
     with pytest.raises(DataError, match=r"add_jump-jump_run-lstm-1.csv is missing: run dvc repro "
                                         r"scan_tune_add_jump@jump_run-lstm-1$"):

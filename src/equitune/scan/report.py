@@ -41,9 +41,10 @@ def _read(path: Path, stage: str) -> dict:
     return read_json(path)
 
 
-def collect(params: ScanParams, metrics_dir: Path, plots_dir: Path) -> Results:
+def collect(params: ScanParams, metrics_dir: Path, plots_dir: Path | None = None) -> Results:
     """Every cell's metrics from ``<metrics_dir>/pretrain/<cell>.json`` and ``<metrics_dir>/tune/<cell>.json``, and
-    its curve from the same names under ``plots_dir`` (``.csv``)."""
+    with ``plots_dir`` its curve from the same names under it (``.csv``: what the figures draw; the report's
+    headline needs none)."""
     grid = params.grid
     pretrain, tune, pretrain_curves, tune_curves = {}, {}, {}, {}
     for split in grid.splits:
@@ -52,15 +53,18 @@ def collect(params: ScanParams, metrics_dir: Path, plots_dir: Path) -> Results:
             stages = [f"scan_pretrain@{c.name}" for c in cells]
             pretrain[(split, rnn)] = [_read(Path(metrics_dir) / PRETRAIN_DIR / f"{c.name}.json", stage)
                                       for c, stage in zip(cells, stages, strict=True)]
-            pretrain_curves[(split, rnn)] = [read_curve(Path(plots_dir) / PRETRAIN_DIR / f"{c.name}.csv", stage)
-                                             for c, stage in zip(cells, stages, strict=True)]
+            if plots_dir is not None:
+                pretrain_curves[(split, rnn)] = [read_curve(Path(plots_dir) / PRETRAIN_DIR / f"{c.name}.csv", stage)
+                                                 for c, stage in zip(cells, stages, strict=True)]
             for group in getattr(grid.groups, split):
                 cells = [TuneCell(split, group, rnn, seed) for seed in grid.seeds]
                 stages = [f"scan_tune_{split}@{group}-{rnn}-{c.seed}" for c in cells]
                 tune[(split, rnn, group)] = [_read(Path(metrics_dir) / TUNE_DIR / f"{c.name}.json", stage)
                                              for c, stage in zip(cells, stages, strict=True)]
-                tune_curves[(split, rnn, group)] = [read_curve(Path(plots_dir) / TUNE_DIR / f"{c.name}.csv", stage)
-                                                    for c, stage in zip(cells, stages, strict=True)]
+                if plots_dir is not None:
+                    tune_curves[(split, rnn, group)] = [
+                        read_curve(Path(plots_dir) / TUNE_DIR / f"{c.name}.csv", stage)
+                        for c, stage in zip(cells, stages, strict=True)]
     return Results(pretrain, tune, pretrain_curves, tune_curves)
 
 
@@ -83,6 +87,8 @@ def plot_curves(params: ScanParams, results: Results, folder: Path) -> list[Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not results.pretrain_curves:
+        raise ValueError("plot_curves draws the cells' curves: collect(params, metrics_dir, plots_dir) first")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for split in params.grid.splits:
