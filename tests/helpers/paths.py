@@ -5,21 +5,30 @@ from __future__ import annotations
 import functools
 import importlib.util
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root."""
 
 
-def stage_main(script: str) -> Callable:
-    """``main`` of a stage script, e.g. ``stage_main("scan/tune")`` for pipelines/scan/tune.py (loaded by path:
-    scripts are not a package, and no script imports another)."""
-    path = ROOT / "pipelines" / f"{script}.py"
-    spec = importlib.util.spec_from_file_location(f"stage_{script.replace('/', '_')}", path)
+def load_script(path: Path, name: str | None = None, *, register: bool = False) -> ModuleType:
+    """A script loaded as a module by its path (scripts are not a package, and no script imports another), named
+    ``name`` (default: the file's stem); ``register`` puts it in ``sys.modules`` first, for code that looks itself up
+    there (pydantic resolving a model's annotations)."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def stage_main(script: str) -> Callable:
+    """``main`` of a stage script, e.g. ``stage_main("scan/tune")`` for pipelines/scan/tune.py."""
+    return load_script(ROOT / "pipelines" / f"{script}.py", f"stage_{script.replace('/', '_')}").main
 
 
 @functools.cache

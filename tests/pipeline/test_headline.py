@@ -7,7 +7,6 @@ table DVC prints from them: narrow, one row per number.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -16,15 +15,12 @@ import pytest
 from equitune.core.errors import DataError
 from equitune.pipeline.headline import COLUMNS, over_seeds, statistic, write_headline
 from equitune.pipeline.schema import load_section
-from helpers.paths import ROOT
+from helpers.paths import ROOT, load_script
 from helpers.toy_project import run
 
 
 def _report_module():
-    spec = importlib.util.spec_from_file_location("stage_report_headline", ROOT / "pipelines" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "pipelines" / "report.py", "stage_report_headline")
 
 
 REPORT = _report_module()

@@ -4,7 +4,6 @@ split (its studies run here on tiny data with the test parts absent or poisoned)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
@@ -15,7 +14,7 @@ import yaml
 
 from equitune.scan.data import format_lines, generate_split
 from helpers.images_tiny import random_images
-from helpers.paths import ROOT
+from helpers.paths import ROOT, load_script
 
 # ---------------------------------------------------------------------------------------------- the comments
 # A number a comment reports as a result: a percentage or points (not a share "10% of" a split, not a cost).
@@ -111,10 +110,7 @@ def test_the_rule_on_single_comments(comment, flagged):
 
 # ---------------------------------------------------------------------------------------------- calibrate.py
 def _calibrate():
-    spec = importlib.util.spec_from_file_location("calibrate", ROOT / "scripts" / "calibrate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "calibrate.py")
 
 
 def test_the_image_study_reads_only_the_training_files(tmp_path, monkeypatch):

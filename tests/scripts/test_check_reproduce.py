@@ -6,7 +6,6 @@ end-to-end check on the toy DVC project, with a matching and a mismatching envir
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import subprocess
@@ -16,14 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.paths import load_script
 from helpers.toy_project import clean_env, make_toy_project, run
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-_spec = importlib.util.spec_from_file_location("check_reproduce", ROOT / "scripts" / "check_reproduce.py")
-check = importlib.util.module_from_spec(_spec)
-sys.modules["check_reproduce"] = check  # pydantic resolves the models' annotations through sys.modules
-_spec.loader.exec_module(check)
+# registered in sys.modules: pydantic resolves the models' annotations through it
+check = load_script(ROOT / "scripts" / "check_reproduce.py", register=True)
 rules = check.rules
 
 

@@ -3,20 +3,15 @@ pipeline's models, after `dvc repro`; its own check refuses to write unless it r
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from equitune.scan.data import generate_split
-from helpers.paths import ROOT
+from helpers.paths import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def limits():
-    spec = importlib.util.spec_from_file_location("scan_limits", ROOT / "scripts" / "scan_limits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "scan_limits.py")
 
 
 @pytest.mark.parametrize(("command", "kind"), [

@@ -10,7 +10,6 @@ its errors: an unknown experiment, an experiment without runs, a store that does
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.paths import ROOT
+from helpers.paths import ROOT, load_script
 
 SCRIPT = ROOT / "scripts" / "screenshot_ui.py"
 RUNS = {  # run name -> (cell tags, final metrics), as a SCAN pretrain stage and two tune stages log them
@@ -36,10 +35,7 @@ RUNS = {  # run name -> (cell tags, final metrics), as a SCAN pretrain stage and
 
 def _load_script():
     """The script as a module (scripts are not a package), for its ``main`` and its constants."""
-    spec = importlib.util.spec_from_file_location("screenshot_ui", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ service's entrypoint, run with this machine's Python.
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import re
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.paths import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "deploy" / "team-server"
 SECRETS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY")
@@ -25,10 +26,7 @@ INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<name>[A-Z0-9_]+)(?P<rule>:[-?][^}]*)
 
 
 def load_team_server():
-    spec = importlib.util.spec_from_file_location("team_server", REPO / "scripts" / "team_server.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "team_server.py")
 
 
 def compose() -> dict:

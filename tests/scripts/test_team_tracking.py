@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import secrets
@@ -29,6 +28,7 @@ import pytest
 
 from equitune.pipeline import tracking
 from equitune.pipeline.services import alive, free_port, running
+from helpers.paths import load_script
 from helpers.servers import S3_CREDENTIALS, s3_server
 from helpers.toy_project import (
     ASSETS,
@@ -46,10 +46,7 @@ TEAM_SERVER = REPO / "scripts" / "team_server.py"
 
 
 def load_team_server():
-    spec = importlib.util.spec_from_file_location("team_server", TEAM_SERVER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TEAM_SERVER)
 
 
 def team_server(state: Path, *args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
