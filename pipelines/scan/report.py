@@ -12,7 +12,8 @@ from equitune.scan.report import build_section, collect, plot_curves
 
 def main(argv=None) -> None:
     args = add_paths(argument_parser(__doc__), metrics_dir="folder of the cells' metrics files",
-                     plots_dir="folder of the cells' curve files (DVC plots)", out="the section's markdown file", figures="folder of its figures").parse_args(argv)
+                     plots_dir="folder of the cells' curve files (DVC plots)", out="the section's markdown file",
+                     figures="folder of its figures").parse_args(argv)
     with open_stage(args, "scan", ScanParams) as stage:
         params = stage.params
         results = collect(params, args.metrics_dir, args.plots_dir)  # a missing cell stops here, before the run
