@@ -22,7 +22,7 @@ def main(argv=None) -> None:
     with open_stage(args, "scan", ScanParams, cell=cell, distributed_run=True) as stage:
         params, context = stage.params, stage.distribution
         # A global batch with fewer examples than processes would leave a rank without work: refuse before any.
-        context.check_batches(params.pretrain.batch_size, what="scan.pretrain.batch_size")
+        context.check_batches(params.pretrain_for(cell.rnn).batch_size, what="scan.pretrain.batch_size")
         data = load_split_files(args.data)
         generator = stage.seed(cell.seed)
         context.reseed_stochastic_layers(cell.seed)

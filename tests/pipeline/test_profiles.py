@@ -76,3 +76,40 @@ def test_compose_refuses_an_overlay_that_breaks_the_schema(tmp_path, monkeypatch
     assert main(["compose", str(bad), "-o", str(out)]) == 2
     assert fragment in capsys.readouterr().err
     assert not out.exists()
+
+
+def _stages_with_params(folder, params_text: str) -> dict[str, tuple[str, dict]]:
+    """DVC's own expansion of dvc.yaml under ``params_text``: stage name -> (command, the values of its params)."""
+    import shutil
+    import subprocess
+
+    from dvc.repo import Repo
+
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
+    (folder / "params.yaml").write_text(params_text)
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=folder, check=True)
+    with Repo(str(folder)) as repo:
+        return {stage.name: (stage.cmd, {key: value for dep in stage.deps if hasattr(dep, "read_params")
+                                         for key, value in dep.read_params().items()})
+                for stage in repo.index.stages}
+
+
+def test_the_scan_table_overlay_adds_gru_and_rnn_cells_and_leaves_the_default_stages_up_to_date(tmp_path,
+                                                                                                monkeypatch):
+    """`make scan-table` must run only the new cells (and the SCAN report): every stage the default has keeps its
+    command and the values of its params, so DVC keeps it up to date."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "composed.yaml"
+    assert main(["compose", "profiles/scan-table.yaml", "-o", str(out)]) == 0
+    (tmp_path / "default").mkdir()
+    (tmp_path / "table").mkdir()
+    default = _stages_with_params(tmp_path / "default", (ROOT / "params.yaml").read_text())
+    table = _stages_with_params(tmp_path / "table", out.read_text())
+    added = set(table) - set(default)
+    assert not set(default) - set(table)
+    assert {name.split("@")[1].split("-")[-2] for name in added} == {"gru", "rnn"}
+    assert len(added) == 2 * (6 + 9), "per kind: 2 splits x 3 seeds pretrained, 3 groups x 3 seeds tuned"
+    changed = [name for name in default if default[name] != table[name]]
+    # the two reports read scan.grid (and the profile); params_check reads the file, so its command runs again and
+    # writes the same constant output
+    assert sorted(changed) == ["report", "scan_report"], changed

@@ -69,6 +69,11 @@ BAD = {
                                      "tune.frame_excluded_words.add_jump with group 'jump_run'"),
     "frame_excludes_an_unknown_word": (lambda s: s["tune"]["frame_excluded_words"].update(around_right=["rihgt"]),
                                        "rihgt"),
+    "recipe_unknown_key": (lambda s: s.update(recipes={"rnn": {"pretrain": {"exampels": 5}}}),
+                           "recipes.rnn.pretrain: exampels"),
+    "recipe_bad_value": (lambda s: s.update(recipes={"gru": {"model": {"hidden_size": 0}}}),
+                         "recipes.gru.model: hidden_size"),
+    "recipe_unknown_rnn": (lambda s: s.update(recipes={"transformer": {}}), "recipes.transformer"),
     "frame_words_missing_a_split": (lambda s: s["tune"].update(frame_excluded_words={"add_jump": ["jump"]}),
                                     "tune.frame_excluded_words"),
 }
@@ -132,3 +137,21 @@ def test_tune_stages_list_every_tune_setting_a_cell_reads():
         assert listed == expected, split
         assert "scan.grid" not in stages[f"scan_tune_{split}"]["params"]
     assert "scan.grid" not in stages["scan_pretrain"]["params"] and "scan.grid" in stages["scan_report"]["params"]
+
+
+def test_a_recipe_replaces_only_its_own_keys_for_its_own_kind():
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["scan"]["recipes"] = {"rnn": {"model": {"dropout": 0.0}, "pretrain": {"examples": 1_000, "lr": 0.01}}}
+    scan = validate(data).scan
+    rnn_pretrain, shared = scan.pretrain_for("rnn"), scan.pretrain
+    assert (rnn_pretrain.examples, rnn_pretrain.lr) == (1_000, 0.01)
+    assert rnn_pretrain.model_dump(exclude={"examples", "lr"}) == shared.model_dump(exclude={"examples", "lr"})
+    assert scan.model_for("rnn").dropout == 0.0 and scan.model_for("rnn").hidden_size == scan.model.hidden_size
+    assert scan.pretrain_for("lstm") == shared and scan.model_for("gru") == scan.model
+
+
+def test_recipes_are_params_of_every_stage_that_builds_a_model():
+    """A recipe changes a kind's model or its pretraining: DVC must rerun the stages that build or read them."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("scan_pretrain", "scan_tune_add_jump", "scan_tune_around_right", "scan_report"):
+        assert "scan.recipes" in stages[name]["params"], name

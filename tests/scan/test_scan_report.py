@@ -17,6 +17,7 @@ from equitune.scan.report import (
     _findings,
     _frame_table,
     _overlap_table,
+    _recipes_sentence,
     collect,
     plot_curves,
 )
@@ -151,3 +152,14 @@ def test_a_curve_without_a_test_column_at_every_step_is_an_error_naming_the_sett
     del results.tune_curves[("add_jump", "lstm", "jump_run")][0][100]["equizero_test_accuracy"]
     with pytest.raises(DataError, match=r"lack equizero_test_accuracy at steps \[100\] \(scan.tune.curve_steps\)"):
         plot_curves(params, results, tmp_path / "figures")
+
+
+def test_the_report_names_the_recipe_of_each_kind_in_the_grid_that_has_one():
+    params = _params()  # the committed recipes (an RNN one) and an LSTM-only grid: nothing to say
+    assert params.recipes and _recipes_sentence(params) == ""
+    params = params.model_copy(update={"grid": params.grid.model_copy(update={"rnns": ["lstm", "rnn"]})})
+    rnn = params.recipes["rnn"]
+    sentence = _recipes_sentence(params)
+    assert sentence.startswith(" Recipes of their own (scan.recipes): rnn: ")
+    assert f"pretrain.examples {rnn.pretrain['examples']:,}" in sentence and "model.dropout 0.0" in sentence
+    assert "lstm" not in sentence

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..core.frames import FrameRule, support_frame
 from ..core.groups import GroupSpecError, VocabPermutation, WordCycles, parse_group_spec
@@ -214,6 +214,13 @@ class ScanEvaluation(StrictModel):
     max_output_length: int = Field(50, ge=49, description="decoder steps (longest SCAN output is 48 actions + <eos>)")
 
 
+class ScanRecipe(StrictModel):
+    """One recurrent kind's own keys: each replaces the shared ``scan.model`` / ``scan.pretrain`` key for that
+    kind's cells (pretraining and tuning), the others are shared."""
+    model: dict[str, Any] = Field(default_factory=dict, description="keys of scan.model")
+    pretrain: dict[str, Any] = Field(default_factory=dict, description="keys of scan.pretrain")
+
+
 class ScanParams(StrictModel):
     threads: int = Field(1, ge=1, description="torch threads for SCAN stages: the tiny recurrent kernels gain "
                                               "nothing from more, and a second thread stalls on a busy machine")
@@ -222,8 +229,30 @@ class ScanParams(StrictModel):
     groups: dict[str, Any] = Field(description="named group specs; grid.groups picks those tuned on each split")
     model: ScanModel = ScanModel()
     pretrain: ScanPretrain
+    recipes: dict[RnnName, ScanRecipe] = Field(
+        default_factory=dict, description="per recurrent kind, the model and pretraining keys it does not share (a "
+                                          "vanilla RNN learns SCAN more slowly than an LSTM)")
     tune: ScanTune
     evaluation: ScanEvaluation = ScanEvaluation()
+
+    def model_for(self, rnn: str) -> ScanModel:
+        """``scan.model`` with the keys of ``recipes.<rnn>.model``."""
+        return _with_recipe(self.model, self.recipes.get(rnn), "model")
+
+    def pretrain_for(self, rnn: str) -> ScanPretrain:
+        """``scan.pretrain`` with the keys of ``recipes.<rnn>.pretrain``."""
+        return _with_recipe(self.pretrain, self.recipes.get(rnn), "pretrain")
+
+    @model_validator(mode="after")
+    def _recipes_validate(self) -> ScanParams:
+        for rnn, recipe in self.recipes.items():
+            for part in ("model", "pretrain"):
+                try:
+                    _with_recipe(getattr(self, part), recipe, part)
+                except ValidationError as error:
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or part}: {e['msg']}" for e in error.errors())
+                    raise ValueError(f"recipes.{rnn}.{part}: {problems}") from None
+        return self
 
     @field_validator("groups")
     @classmethod
@@ -254,3 +283,9 @@ class ScanParams(StrictModel):
             except ValueError as error:
                 raise ValueError(f"tune.frame_excluded_words.{split} with group {group!r}: {error}") from None
         return self
+
+
+def _with_recipe(shared: BaseModel, recipe: ScanRecipe | None, part: str) -> BaseModel:
+    """``shared`` validated again with the recipe's keys of ``part`` in place of its own (unknown keys fail)."""
+    keys = getattr(recipe, part) if recipe is not None else {}
+    return type(shared).model_validate({**shared.model_dump(), **keys}) if keys else shared

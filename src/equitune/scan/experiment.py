@@ -50,8 +50,9 @@ Log = Callable[[dict[str, float], int], None]
 
 
 def build_model(params: ScanParams, rnn: str) -> Seq2Seq:
-    """A freshly initialised seq2seq model of ``scan.model`` with the recurrent layer ``rnn``."""
-    m = params.model
+    """A freshly initialised seq2seq model of ``scan.model`` (and ``scan.recipes.<rnn>.model``) with the recurrent
+    layer ``rnn``."""
+    m = params.model_for(rnn)
     return Seq2Seq(rnn, len(input_vocabulary()), len(output_vocabulary()), m.hidden_size, m.layers, m.dropout,
                    m.attention, m.source_length)
 
@@ -75,7 +76,7 @@ def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPai
 
     clock = Clock()
     best_state, best_accuracy, best_at = pretrain(
-        wrapped, data["train"], lambda m: accuracy(m, data["validation"], params, "greedy"), params.pretrain,
+        wrapped, data["train"], lambda m: accuracy(m, data["validation"], params, "greedy"), params.pretrain_for(cell.rnn),
         generator=generator, on_validation=on_validation, device=device, context=context)
     cost = {f"pretrain_{key}": value for key, value in clock.seconds().items()}
     if context is not None and not context.is_main:
@@ -87,7 +88,7 @@ def pretrain_cell(params: ScanParams, cell: ScanCell, data: dict[str, EncodedPai
                **cost, "history": history,
                "validation_overlap": validation_overlap(model, data, params)}
     # The checkpoint keeps its key "cell" (the recurrent layer): the saved files stay byte for byte the same.
-    return {"cell": cell.rnn, "attention": params.model.attention, "state_dict": best_state}, metrics
+    return {"cell": cell.rnn, "attention": params.model_for(cell.rnn).attention, "state_dict": best_state}, metrics
 
 
 def load_pretrained(params: ScanParams, cell: ScanCell, model_dir: str | Path, device: torch.device) -> Seq2Seq:
@@ -96,10 +97,10 @@ def load_pretrained(params: ScanParams, cell: ScanCell, model_dir: str | Path, d
     if not source.exists():
         raise DataError(f"{source} not found; run scan_pretrain@{cell.name} first")
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    saved = checkpoint.get("attention", "input_feeding")
-    if saved != params.model.attention:
+    saved, attention = checkpoint.get("attention", "input_feeding"), params.model_for(cell.rnn).attention
+    if saved != attention:
         raise DataError(f"{source} was trained with scan.model.attention: {saved}, but params say "
-                        f"{params.model.attention}; rerun scan_pretrain@{cell.name}")
+                        f"{attention}; rerun scan_pretrain@{cell.name}")
     model = build_model(params, cell.rnn)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval()

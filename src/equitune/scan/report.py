@@ -157,6 +157,16 @@ def _rows(params: ScanParams):
                 yield split, rnn, group
 
 
+def _recipes_sentence(params: ScanParams) -> str:
+    """The keys a recurrent kind of the grid does not share with the others (``scan.recipes``), or nothing."""
+    own = {rnn: {f"{part}.{key}": value for part in ("model", "pretrain")
+                 for key, value in getattr(params.recipes[rnn], part).items()}
+           for rnn in params.grid.rnns if rnn in params.recipes}
+    parts = [f"{rnn}: " + ", ".join(f"{key} {value:,}" if isinstance(value, int) else f"{key} {value}"
+                                    for key, value in keys.items()) for rnn, keys in own.items() if keys]
+    return f" Recipes of their own (scan.recipes): {'; '.join(parts)}." if parts else ""
+
+
 def build_section(params: ScanParams, results: Results, figures: list[Path]) -> str:
     """The markdown section; ``figures`` are the figure paths relative to the section's own file."""
     seeds = params.grid.seeds
@@ -176,7 +186,8 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
         "copies go through the model as one batch; greedy decoding averages the mapped-back per-step "
         f"{_AVERAGED[t.combination]} (equitune, in decoding and in its loss) or keeps the most confident copy "
         f"({t.equizero_proxy} proxy, equizero, in "
-        "tuning and in decoding). The pretrained column is the same model for every group of a split.",
+        "tuning and in decoding). The pretrained column is the same model for every group of a split."
+        + _recipes_sentence(params),
         "",
         header,
         rule,
