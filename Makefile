@@ -53,7 +53,7 @@ paper: setup
 	@echo "params.yaml is now the paper profile; run: dvc repro"
 
 # The paper's whole SCAN table (LSTM, GRU and RNN rows) on the default profile: the profiles/scan-table.yaml overlay,
-# then the SCAN stages it adds (about 18 more minutes on 2 cores). `git checkout params.yaml` switches back.
+# then the SCAN stages it adds (20:30 more on 2 cores, measured). `git checkout params.yaml` switches back.
 scan-table: setup
 	python -m equitune.params compose profiles/scan-table.yaml -o params.yaml
 	python scripts/repro.py scan_report
