@@ -34,6 +34,12 @@ def test_both_profiles_validate():
     assert paper.pretrain.examples == 200_000 and paper.pretrain.batch_size == 1
     assert paper.tune.steps == {"add_jump": 10_000, "around_right": 10_000}
     assert paper.tune.lr == {"add_jump": 2e-5, "around_right": 5e-5} and paper.tune.lr_schedule == "constant"
+    # The default's RNN recipe must not reach the paper profile (nor its smoke overlay: 768k examples of batch 1)
+    assert default.recipes and paper.recipes == {} and paper.pretrain_for("rnn") == paper.pretrain
+    smoke = validate(compose(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                             *(yaml.safe_load((ROOT / "profiles" / name).read_text())
+                               for name in ("paper.yaml", "paper-smoke.yaml")))).scan
+    assert {smoke.pretrain_for(rnn).examples for rnn in smoke.grid.rnns} == {4}
 
 
 def _write_params(tmp_path: Path, edit) -> Path:

@@ -231,7 +231,7 @@ class ScanParams(StrictModel):
     pretrain: ScanPretrain
     recipes: dict[RnnName, ScanRecipe] = Field(
         default_factory=dict, description="per recurrent kind, the model and pretraining keys it does not share (a "
-                                          "vanilla RNN learns SCAN more slowly than an LSTM)")
+                                          "vanilla RNN learns SCAN more slowly than an LSTM); null: none")
     tune: ScanTune
     evaluation: ScanEvaluation = ScanEvaluation()
 
@@ -242,6 +242,13 @@ class ScanParams(StrictModel):
     def pretrain_for(self, rnn: str) -> ScanPretrain:
         """``scan.pretrain`` with the keys of ``recipes.<rnn>.pretrain``."""
         return _with_recipe(self.pretrain, self.recipes.get(rnn), "pretrain")
+
+    @field_validator("recipes", mode="before")
+    @classmethod
+    def _no_recipes(cls, recipes: Any) -> Any:
+        # null, not {}: a profile overlay merges a mapping into the default's key by key, so only a value can
+        # replace the default's recipes (profiles/paper.yaml: every kind trains by the paper's one recipe)
+        return {} if recipes is None else recipes
 
     @model_validator(mode="after")
     def _recipes_validate(self) -> ScanParams:
