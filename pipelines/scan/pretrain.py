@@ -23,7 +23,7 @@ def main(argv=None) -> None:
         params, context = stage.params, stage.distribution
         # A global batch with fewer examples than processes would leave a rank without work: refuse before any.
         context.check_batches(params.pretrain_for(cell.rnn).batch_size, what="scan.pretrain.batch_size")
-        data = load_split_files(args.data)
+        data = load_split_files(args.data, params.evaluation.max_commands)
         generator = stage.seed(cell.seed)
         context.reseed_stochastic_layers(cell.seed)
         tags = {"model": f"seq2seq-{cell.rnn}", "method": "pretrain", "group": "trivial", "seed": cell.seed,

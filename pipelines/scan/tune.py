@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     cell = TuneCell(args.split, args.group, args.rnn, args.seed)
     with open_stage(args, "scan", ScanParams, cell=cell) as stage:
         params, device = stage.params, stage.device
-        data = load_split_files(args.data)
+        data = load_split_files(args.data, params.evaluation.max_commands)
         stage.seed(cell.seed)
         pretrained = load_pretrained(params, cell.pretrained, args.model, device)
         tags = {"model": f"seq2seq-{cell.rnn}", "method": "equitune+equizero+frame", "group": cell.group,

@@ -161,3 +161,19 @@ def test_recipes_are_params_of_every_stage_that_builds_a_model():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name in ("scan_pretrain", "scan_tune_add_jump", "scan_tune_around_right", "scan_report"):
         assert "scan.recipes" in stages[name]["params"], name
+
+
+def test_max_commands_keeps_the_first_lines_of_validation_and_test_and_all_of_train(tmp_path):
+    from equitune.scan.splits import load_split_files
+
+    folder = tmp_path / "split"
+    folder.mkdir()
+    lines = {part: ["IN: walk OUT: I_WALK\n", "IN: run OUT: I_RUN\n", "IN: look twice OUT: I_LOOK I_LOOK\n"]
+             for part in ("train", "validation", "test")}
+    for part, text in lines.items():
+        (folder / f"{part}.txt").write_text("".join(text))
+    every = load_split_files(folder)
+    first = load_split_files(folder, max_commands=2)
+    assert [len(every[p]) for p in ("train", "validation", "test")] == [3, 3, 3]
+    assert [len(first[p]) for p in ("train", "validation", "test")] == [3, 2, 2]
+    assert first["test"].target_lists == every["test"].target_lists[:2]

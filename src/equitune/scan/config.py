@@ -212,6 +212,9 @@ class ScanTune(StrictModel):
 class ScanEvaluation(StrictModel):
     batch_size: int = Field(1024, ge=1)
     max_output_length: int = Field(50, ge=49, description="decoder steps (longest SCAN output is 48 actions + <eos>)")
+    max_commands: int | None = Field(
+        None, ge=1, description="null: every command; N: only the first N lines of the validation and test files "
+                                "(smoke runs: decoding the whole test split is most of a tuning stage's time)")
 
 
 class ScanRecipe(StrictModel):

@@ -187,7 +187,9 @@ def build_section(params: ScanParams, results: Results, figures: list[Path]) -> 
         f"{_AVERAGED[t.combination]} (equitune, in decoding and in its loss) or keeps the most confident copy "
         f"({t.equizero_proxy} proxy, equizero, in "
         "tuning and in decoding). The pretrained column is the same model for every group of a split."
-        + _recipes_sentence(params),
+        + _recipes_sentence(params)
+        + (f" Validation and test: the first {params.evaluation.max_commands:,} commands of each file only "
+           "(scan.evaluation.max_commands)." if params.evaluation.max_commands else ""),
         "",
         header,
         rule,

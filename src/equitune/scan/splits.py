@@ -51,10 +51,12 @@ def prepare_splits(params: ScanParams, write: Callable[[str, str], None]) -> dic
     return summary
 
 
-def load_split_files(folder: str | Path) -> dict[str, EncodedPairs]:
-    """The encoded train, validation and test pairs of one split's folder."""
+def load_split_files(folder: str | Path, max_commands: int | None = None) -> dict[str, EncodedPairs]:
+    """The encoded train, validation and test pairs of one split's folder; with ``max_commands``
+    (``scan.evaluation.max_commands``), only the first that many lines of validation and test."""
     folder = Path(folder)
     missing = [p for p in PARTS if not (folder / f"{p}.txt").exists()]
     if missing:
         raise DataError(f"{folder}: missing {missing}; run the scan_prepare stage first (dvc repro scan_prepare)")
-    return {part: encode_pairs(read_pairs(folder / f"{part}.txt")) for part in PARTS}
+    pairs = {part: read_pairs(folder / f"{part}.txt") for part in PARTS}
+    return {part: encode_pairs(lines if part == "train" else lines[:max_commands]) for part, lines in pairs.items()}
