@@ -66,6 +66,7 @@ EXPECTED_BOUNDS = {
     "ScanTune.grad_clip": {"gt": 0},
     "ScanTune.bucket_batches": {"ge": 1},
     "ScanEvaluation.batch_size": {"ge": 1},
+    "ScanEvaluation.max_commands": {"ge": 1},  # at least one command (null: all)
     "ScanEvaluation.max_output_length": {"ge": 49},  # the longest SCAN output (48 actions) and its <eos>
     "NlgParams.samples_per_prompt": {"ge": 1},
     "NlgParams.top_k": {"ge": 1},
