@@ -7,6 +7,9 @@ in a fresh interpreter, round-robin over ``--repeats`` rounds (so machine load h
 - ``python -c pass``: the interpreter alone (the baseline the other rows are shown against);
 - ``import X`` for the heavy libraries a stage may load: torch, torchvision, mlflow, transformers, e2cnn,
   efficientnet_lite_pytorch;
+- deterministic kernels, which every stage turns on: ``torch.use_deterministic_algorithms(True)`` (it imports
+  ``torch._inductor`` to set inductor's flag too) against ``equitune.pipeline.seeding.seed_everything`` (the same
+  flags without that import while nothing compiles), both after ``import torch``;
 - each stage script with ``--help``: its module-level imports (what it pays before parsing its arguments);
 - DVC around a stage: ``dvc repro --single-item --force params_check`` in a scratch clone versus the same command
   run directly; the difference is DVC's own cost per stage (start-up, reading dvc.yaml's matrices, hashing the
@@ -41,6 +44,11 @@ def _items(quick: bool) -> dict[str, list[str]]:
     items = {"python -c pass": [python, "-c", "pass"]}
     for library in LIBRARIES[:1] if quick else LIBRARIES:
         items[f"import {library}"] = [python, "-c", f"import {library}"]
+    if not quick:
+        items["import torch; use_deterministic_algorithms"] = [
+            python, "-c", "import torch; torch.use_deterministic_algorithms(True)"]
+        items["import torch; seed_everything"] = [
+            python, "-c", "import torch; from equitune.pipeline.seeding import seed_everything; seed_everything(0)"]
     scripts = sorted((timing.ROOT / "pipelines").rglob("*.py"))
     for script in scripts[:1] if quick else scripts:
         items[f"{script.relative_to(timing.ROOT)} --help"] = [python, str(script), "--help"]
@@ -94,6 +102,10 @@ def main() -> int:
     path = timing.record("startup", args, rows)
     if path:
         print(f"wrote {path}")
+    if "import torch; seed_everything" in times:
+        public = statistics.median(times["import torch; use_deterministic_algorithms"])
+        ours = statistics.median(times["import torch; seed_everything"])
+        print(timing.fmt_ratio_line("use_deterministic_algorithms / seed_everything", public / ours, "none"))
     torch_import = statistics.median(times["import torch"])
     print(timing.fmt_ratio_line("import torch / python -c pass", torch_import / baseline, "none"))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ def seed_everything(seed: int, threads: int | None = None, deterministic: bool =
     if deterministic:
         # Must be set before CUDA initialises; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        _use_deterministic_algorithms()
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -29,6 +30,22 @@ def seed_everything(seed: int, threads: int | None = None, deterministic: bool =
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+def _use_deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True)`` without importing ``torch._inductor`` when nothing has yet.
+
+    The public call also sets ``torch._inductor.config.deterministic``, and importing inductor for that costs a
+    stage ~1.4 s (torch 2.14, 2 cores; benchmarks/startup.py), about 100 s over the default run's 76 stages, while
+    no stage compiles. Where inductor is loaded the public call sets both; where it is not, inductor reads the same
+    setting from TORCHINDUCTOR_DETERMINISTIC when it is first imported (its config module's default), so a later
+    ``torch.compile`` in this process, or in a child it starts, is deterministic all the same.
+    """
+    if "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        return
+    os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
+    torch._C._set_deterministic_algorithms(True, warn_only=False)
 
 
 def determinism_flags() -> dict[str, object]:
