@@ -3,7 +3,6 @@ its deterministic kernels reach torch and, when anything compiles, inductor."""
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 
 from equitune.pipeline.seeding import seed_everything
 from helpers.paths import ROOT
+from helpers.toy_project import clean_env
 
 
 def test_every_global_generator_is_seeded():
@@ -47,8 +47,8 @@ print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algor
     ("import torch._inductor.config", "True False True True"),
 ])
 def test_deterministic_kernels_reach_torch_and_inductor(preload, expected):
-    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_DETERMINISTIC"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    env = clean_env(PYTHONPATH=str(ROOT / "src"))
+    env.pop("TORCHINDUCTOR_DETERMINISTIC", None)  # set in this process by any test that seeded deterministically
     result = subprocess.run([sys.executable, "-c", _DETERMINISM_PROBE.format(preload=preload)], env=env,
                             capture_output=True, text=True, check=True)
     assert result.stdout.split() == expected.split()

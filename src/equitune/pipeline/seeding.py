@@ -36,8 +36,9 @@ def _use_deterministic_algorithms() -> None:
     """``torch.use_deterministic_algorithms(True)`` without importing ``torch._inductor`` when nothing has yet.
 
     The public call also sets ``torch._inductor.config.deterministic``, and importing inductor for that costs a
-    stage ~1.4 s (torch 2.14, 2 cores; benchmarks/startup.py), about 100 s over the default run's 76 stages, while
-    no stage compiles. Where inductor is loaded the public call sets both; where it is not, inductor reads the same
+    process ~1.3 s (torch 2.14, 2 cores; benchmark 14, benchmarks/startup.py): paid by every seeded stage that
+    does not load inductor through torchvision anyway (the default run's 17 SCAN and NLG stages), while no stage
+    compiles. Where inductor is loaded the public call sets both; where it is not, inductor reads the same
     setting from TORCHINDUCTOR_DETERMINISTIC when it is first imported (its config module's default), so a later
     ``torch.compile`` in this process, or in a child it starts, is deterministic all the same.
     """
